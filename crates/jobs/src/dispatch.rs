@@ -1,0 +1,437 @@
+//! Scaling and the tick (ARCHITECTURE.md §1).
+//!
+//! **Scaling is one decision at a time, made from the store.** The decision is
+//! `desired = min(max_workers, max(min_warm_workers, busy + ⌈unclaimed queued / jobs_per_worker⌉))`,
+//! where `busy` and the live workers come from the worker registry (what runners
+//! themselves report), never from queue in-flight counts or an eventually consistent
+//! task list. The `FLEET` item, written with an optimistic lock, serialises decisions:
+//! a dispatcher first takes a short *launch lease* on it, launches the deficit,
+//! registers the launched workers as `starting`, then releases the lease. A second
+//! dispatcher that arrives meanwhile sees the lease and does nothing, so two wake-ups
+//! never launch the same deficit twice.
+//!
+//! **The tick is the safety net**, run every minute: it re-enqueues jobs recorded but
+//! never enqueued, expires jobs queued past their deadline, finalises or re-offers jobs
+//! whose lease expired, drains the dead-letter queues into `failed`, and scales in case
+//! a wake-up was lost.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::lifecycle::{Move, Refusal};
+use crate::model::{JobStatus, SCHEMA_VERSION, WorkMessage};
+use crate::ports::{
+    Clock, Fleet, JobStore, LaunchError, Launcher, Queue, QueueName, StoreError, WorkerPhase,
+    WorkerRecord,
+};
+use crate::service::{JobService, MoveError, apply_move};
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub max_workers: u32,
+    pub min_warm_workers: u32,
+    pub jobs_per_worker: u32,
+    /// A `starting` worker that has not reported by then is presumed lost.
+    pub start_timeout: Duration,
+    /// A worker whose heartbeat is older than this is presumed dead.
+    pub worker_stale_after: Duration,
+    /// How long a launch lease on the fleet item lasts.
+    pub launch_lease: Duration,
+    /// Recorded-but-not-enqueued jobs younger than this are left to their submitter.
+    pub enqueue_grace: Duration,
+    /// How long a capacity error keeps showing after it was last seen.
+    pub capacity_error_ttl: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_workers: 1,
+            min_warm_workers: 0,
+            jobs_per_worker: 1,
+            start_timeout: Duration::minutes(15),
+            worker_stale_after: Duration::minutes(2),
+            launch_lease: Duration::seconds(60),
+            enqueue_grace: Duration::seconds(30),
+            capacity_error_ttl: Duration::minutes(5),
+        }
+    }
+}
+
+/// The pure scaling rule.
+pub fn desired_workers(busy: u32, unclaimed_queued: u64, config: &DispatchConfig) -> u32 {
+    let per = u64::from(config.jobs_per_worker.max(1));
+    let for_queue = unclaimed_queued.div_ceil(per);
+    let wanted = u64::from(busy) + for_queue;
+    let wanted = wanted.max(u64::from(config.min_warm_workers));
+    wanted.min(u64::from(config.max_workers)) as u32
+}
+
+/// What one scaling decision did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScaleReport {
+    pub desired: u32,
+    pub live: u32,
+    pub busy: u32,
+    pub unclaimed_queued: u64,
+    pub launched: u32,
+    pub capacity_error: Option<String>,
+    /// True when another dispatcher held the launch lease, so this one stood aside.
+    pub stood_aside: bool,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TickReport {
+    pub reenqueued: u32,
+    pub expired: u32,
+    pub reaped: u32,
+    pub dead_lettered: u32,
+    pub scale: Option<ScaleReport>,
+}
+
+/// The fleet as health shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FleetSummary {
+    pub starting: u32,
+    pub idle: u32,
+    pub busy: u32,
+    pub draining: u32,
+    pub desired: u32,
+    pub max: u32,
+    pub capacity_error: Option<String>,
+}
+
+pub struct Dispatcher {
+    jobs: Arc<JobService>,
+    launcher: Arc<dyn Launcher>,
+    config: DispatchConfig,
+}
+
+fn store(jobs: &JobService) -> &dyn JobStore {
+    jobs.ports().store.as_ref()
+}
+
+impl Dispatcher {
+    pub fn new(jobs: Arc<JobService>, launcher: Arc<dyn Launcher>, config: DispatchConfig) -> Self {
+        Dispatcher {
+            jobs,
+            launcher,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    pub fn launcher(&self) -> &Arc<dyn Launcher> {
+        &self.launcher
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.jobs.ports().clock.as_ref()
+    }
+
+    fn queue(&self) -> &dyn Queue {
+        self.jobs.ports().queue.as_ref()
+    }
+
+    /// Live workers, after removing the ones that stopped reporting.
+    async fn live_workers(&self, now: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
+        let mut live = Vec::new();
+        for worker in store(&self.jobs).list_workers().await? {
+            let stale = match worker.phase {
+                WorkerPhase::Starting => now - worker.launched_at > self.config.start_timeout,
+                _ => now - worker.heartbeat_at > self.config.worker_stale_after,
+            };
+            if stale {
+                tracing::warn!(worker = %worker.id, phase = ?worker.phase, "worker stopped reporting; removing it from the registry");
+                store(&self.jobs).delete_worker(&worker.id).await?;
+            } else {
+                live.push(worker);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The fleet as it stands.
+    pub async fn summary(&self) -> Result<FleetSummary, StoreError> {
+        let now = self.clock().now();
+        let fleet = store(&self.jobs).get_fleet().await?;
+        let mut summary = FleetSummary {
+            desired: fleet.desired,
+            max: self.config.max_workers,
+            capacity_error: current_capacity_error(&fleet, now, &self.config),
+            ..FleetSummary::default()
+        };
+        for worker in store(&self.jobs).list_workers().await? {
+            match worker.phase {
+                WorkerPhase::Starting => summary.starting += 1,
+                WorkerPhase::Idle => summary.idle += 1,
+                WorkerPhase::Busy => summary.busy += 1,
+                WorkerPhase::Draining => summary.draining += 1,
+            }
+        }
+        Ok(summary)
+    }
+
+    /// One scaling decision.
+    pub async fn scale(&self) -> Result<ScaleReport, StoreError> {
+        let now = self.clock().now();
+        let workers = self.live_workers(now).await?;
+        let busy = workers.iter().filter(|w| w.phase == WorkerPhase::Busy).count() as u32;
+        // Draining workers take no new work, so they do not cover the queue.
+        let live = workers
+            .iter()
+            .filter(|w| w.phase != WorkerPhase::Draining)
+            .count() as u32;
+        let unclaimed_queued = store(&self.jobs).count_unclaimed_queued(now).await?;
+        let desired = desired_workers(busy, unclaimed_queued, &self.config);
+        let deficit = desired.saturating_sub(live);
+        let mut report = ScaleReport {
+            desired,
+            live,
+            busy,
+            unclaimed_queued,
+            ..ScaleReport::default()
+        };
+
+        // Take the launch lease (or just record the decision when nothing is to launch).
+        let mut fleet = store(&self.jobs).get_fleet().await?;
+        loop {
+            let lease_held = fleet.launch_lease_until.is_some_and(|until| until > now);
+            if lease_held && deficit > 0 {
+                report.stood_aside = true;
+                return Ok(report);
+            }
+            let mut next = fleet.clone();
+            next.v = SCHEMA_VERSION;
+            next.rev = fleet.rev + 1;
+            next.desired = desired;
+            next.decided_at = Some(now);
+            if deficit > 0 {
+                next.launch_lease_until = Some(now + self.config.launch_lease);
+            }
+            if next == fleet {
+                break;
+            }
+            match store(&self.jobs).put_fleet(&next, fleet.rev).await {
+                Ok(()) => {
+                    fleet = next;
+                    break;
+                }
+                Err(StoreError::Conflict) => fleet = store(&self.jobs).get_fleet().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        if deficit == 0 {
+            return Ok(report);
+        }
+
+        let (launched, failure) = match self.launcher.launch(deficit).await {
+            Ok(launched) => (launched, None),
+            Err((launched, error)) => (launched, Some(error)),
+        };
+        for worker in &launched {
+            store(&self.jobs)
+                .put_worker(&WorkerRecord {
+                    v: SCHEMA_VERSION,
+                    id: worker.id.clone(),
+                    phase: WorkerPhase::Starting,
+                    heartbeat_at: now,
+                    launched_at: now,
+                    detail: worker.detail.clone(),
+                })
+                .await?;
+        }
+        report.launched = launched.len() as u32;
+        let capacity_error = match failure {
+            Some(LaunchError::Capacity(reason)) => {
+                tracing::warn!(%reason, "no GPU capacity");
+                Some(reason)
+            }
+            Some(LaunchError::Unavailable(reason)) => {
+                tracing::error!(%reason, "launcher failed");
+                Some(format!("launcher unavailable: {reason}"))
+            }
+            None => None,
+        };
+        report.capacity_error = capacity_error.clone();
+        // Release the lease and record the outcome.
+        for _ in 0..8 {
+            let mut next = fleet.clone();
+            next.rev = fleet.rev + 1;
+            next.launch_lease_until = None;
+            if let Some(reason) = &capacity_error {
+                next.capacity_error = Some(reason.clone());
+                next.capacity_error_at = Some(now);
+            } else if !launched.is_empty() {
+                next.capacity_error = None;
+                next.capacity_error_at = None;
+            }
+            match store(&self.jobs).put_fleet(&next, fleet.rev).await {
+                Ok(()) => break,
+                Err(StoreError::Conflict) => fleet = store(&self.jobs).get_fleet().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The safety net. Each part is independent: one failing does not stop the others.
+    pub async fn tick(&self) -> TickReport {
+        let mut report = TickReport::default();
+        if let Err(e) = self.tick_queued(&mut report).await {
+            tracing::error!(error = %e, "tick: queued jobs");
+        }
+        if let Err(e) = self.tick_leases(&mut report).await {
+            tracing::error!(error = %e, "tick: leases");
+        }
+        if let Err(e) = self.drain_dead_letters(&mut report).await {
+            tracing::error!(error = %e, "tick: dead letters");
+        }
+        match self.scale().await {
+            Ok(scale) => report.scale = Some(scale),
+            Err(e) => tracing::error!(error = %e, "tick: scale"),
+        }
+        report
+    }
+
+    async fn tick_queued(&self, report: &mut TickReport) -> Result<(), MoveError> {
+        let now = self.clock().now();
+        for job in store(&self.jobs).jobs_in_status(JobStatus::Queued, 1000).await? {
+            if job.queue_deadline <= now {
+                let clock = self.clock();
+                match apply_move(store(&self.jobs), clock, job, &Move::Expire).await {
+                    Ok(j) if j.status == JobStatus::Expired => report.expired += 1,
+                    Ok(_) | Err(MoveError::Refused(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if !job.enqueued && now - job.created_at > self.config.enqueue_grace {
+                tracing::warn!(job_id = %job.id, "job recorded but never enqueued; enqueuing");
+                if self.jobs.enqueue(job).await.is_ok() {
+                    report.reenqueued += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick_leases(&self, report: &mut TickReport) -> Result<(), MoveError> {
+        let now = self.clock().now();
+        let max_attempts = self.jobs.config().max_attempts;
+        for status in [JobStatus::Running, JobStatus::Canceling] {
+            for job in store(&self.jobs).jobs_in_status(status, 1000).await? {
+                if job.has_live_lease(now) {
+                    continue;
+                }
+                let lapsed_since = job.lease_until.unwrap_or(now);
+                let id = job.id.clone();
+                let mv = Move::ReapExpiredLease { max_attempts };
+                match apply_move(store(&self.jobs), self.clock(), job, &mv).await {
+                    Ok(j) if j.status.is_terminal() => report.reaped += 1,
+                    Ok(_) => {
+                        // Waiting for a takeover. The message reappears when its
+                        // visibility lapses; if it has been long, offer a fresh copy in
+                        // case it was lost (a duplicate is harmless).
+                        if now - lapsed_since > Duration::minutes(2) {
+                            self.send_work(&id).await;
+                        }
+                    }
+                    Err(MoveError::Refused(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_work(&self, id: &crate::model::JobId) {
+        let body = serde_json::to_string(&WorkMessage {
+            v: SCHEMA_VERSION,
+            job_id: id.clone(),
+        })
+        .unwrap_or_default();
+        if let Err(e) = self.queue().send(QueueName::Work, &body).await {
+            tracing::error!(job_id = %id, error = %e, "could not re-offer job");
+        }
+    }
+
+    async fn drain_dead_letters(&self, report: &mut TickReport) -> Result<(), MoveError> {
+        let queue = self.queue();
+        let visibility = std::time::Duration::from_secs(60);
+        // Wake nudges carry nothing worth keeping.
+        for message in queue
+            .receive(QueueName::WakeDeadLetter, 10, std::time::Duration::ZERO, visibility)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        {
+            let _ = queue.delete(QueueName::WakeDeadLetter, &message.receipt).await;
+        }
+        loop {
+            let batch = queue
+                .receive(QueueName::WorkDeadLetter, 10, std::time::Duration::ZERO, visibility)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for message in batch {
+                let Ok(work) = serde_json::from_str::<WorkMessage>(&message.body) else {
+                    tracing::error!(message_id = %message.message_id, "unreadable dead letter dropped");
+                    let _ = queue.delete(QueueName::WorkDeadLetter, &message.receipt).await;
+                    continue;
+                };
+                if let Some(job) = store(&self.jobs).get_job(&work.job_id).await? {
+                    match apply_move(store(&self.jobs), self.clock(), job, &Move::DeadLetter).await {
+                        Ok(j) if j.status == JobStatus::Failed => report.dead_lettered += 1,
+                        Ok(_) => {}
+                        Err(MoveError::Refused(Refusal::LeaseHeld { .. })) => {
+                            // Someone is working on it: keep the message alive.
+                            self.send_work(&work.job_id).await;
+                        }
+                        Err(MoveError::Refused(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let _ = queue.delete(QueueName::WorkDeadLetter, &message.receipt).await;
+            }
+        }
+    }
+}
+
+fn current_capacity_error(fleet: &Fleet, now: DateTime<Utc>, config: &DispatchConfig) -> Option<String> {
+    match (&fleet.capacity_error, fleet.capacity_error_at) {
+        (Some(reason), Some(at)) if now - at < config.capacity_error_ttl => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_follows_the_rule() {
+        let c = DispatchConfig {
+            max_workers: 4,
+            min_warm_workers: 0,
+            jobs_per_worker: 2,
+            ..DispatchConfig::default()
+        };
+        assert_eq!(desired_workers(0, 0, &c), 0);
+        assert_eq!(desired_workers(0, 1, &c), 1);
+        assert_eq!(desired_workers(0, 2, &c), 1);
+        assert_eq!(desired_workers(0, 3, &c), 2);
+        assert_eq!(desired_workers(1, 3, &c), 3);
+        assert_eq!(desired_workers(2, 100, &c), 4, "capped at max");
+        let warm = DispatchConfig {
+            min_warm_workers: 1,
+            ..c
+        };
+        assert_eq!(desired_workers(0, 0, &warm), 1);
+    }
+}

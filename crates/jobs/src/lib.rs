@@ -1,0 +1,33 @@
+//! # jobs — the domain of serverless-comfyui
+//!
+//! Everything that decides what happens to a job lives here, once, and runs the same on
+//! AWS and on one machine. The outside world is reached only through [`ports`]:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`model`] | the [`model::Job`] record, its status, outputs, progress, queue messages |
+//! | [`lifecycle`] | the state machine and the lease protocol: pure, every move tested |
+//! | [`validate`] | request and workflow validation, before anything is stored |
+//! | [`ports`] | `JobStore`, `BlobStore`, `Queue`, `Launcher`, `Clock` |
+//! | [`service`] | submit, get, list, cancel, get-workflow over the ports |
+//! | [`dispatch`] | the scaling decision and the tick (the safety net) |
+//! | [`api`] | the Comfy API v2 router (axum) and its error envelope |
+//! | [`conformance`] | the shared test suite every adapter must pass |
+//!
+//! A newcomer should start with [`lifecycle`]: its module docs draw the state diagram
+//! and explain fencing, which is what keeps a crashed or stalled runner from ever
+//! losing or double-committing a job.
+
+pub mod api;
+pub mod auth;
+pub mod conformance;
+pub mod cursor;
+pub mod dispatch;
+pub mod error;
+pub mod lifecycle;
+pub mod model;
+pub mod ports;
+pub mod service;
+pub mod validate;
+
+pub use error::ApiError;

@@ -1,0 +1,285 @@
+//! The job record and the values that hang off it.
+//!
+//! A [`Job`] is what the JobStore keeps: one item per job, written only through the
+//! moves in [`crate::lifecycle`], each a single conditional write guarded by `rev`.
+//! Things that change often or that must never be logged live apart from it:
+//! the progress snapshot ([`ProgressRecord`], its own item) and the workflow and
+//! `extra_data` (one blob in the BlobStore, see [`JobInput`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Schema version written into every stored item and queue message.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A job id: `job_` followed by a ULID, so ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+static ULID_GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+
+/// A ULID that is strictly greater than every ULID this process generated before,
+/// even within one millisecond, so "newest first" is exact for one API process.
+pub(crate) fn monotonic_ulid() -> ulid::Ulid {
+    let mut generator = ULID_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let generator = generator.get_or_insert_with(ulid::Generator::new);
+    // `generate` only fails when the random part overflows within one millisecond.
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
+impl JobId {
+    pub const PREFIX: &'static str = "job_";
+
+    pub fn generate() -> Self {
+        JobId(format!("{}{}", Self::PREFIX, monotonic_ulid()))
+    }
+
+    /// Parses an id from a URL path. Anything that is not `job_<ULID>` cannot name a job.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ulid = raw.strip_prefix(Self::PREFIX)?;
+        ulid::Ulid::from_string(ulid).ok()?;
+        Some(JobId(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The v2 job states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Canceling,
+    Succeeded,
+    Failed,
+    Canceled,
+    Expired,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Canceling,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+        JobStatus::Expired,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled | JobStatus::Expired
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Canceling => "canceling",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job failed, as v2's `JobError`. Not an HTTP error: it travels in `job.error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub class_type: Option<String>,
+    #[serde(default)]
+    pub traceback: Option<String>,
+}
+
+impl JobError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError {
+            code: code.into(),
+            message: message.into(),
+            node_id: None,
+            class_type: None,
+            traceback: None,
+        }
+    }
+}
+
+/// The normalised kind of an output, as v2's `OutputType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    Image,
+    Video,
+    Audio,
+    Text,
+    File,
+    Latent,
+}
+
+/// One committed output of the finishing attempt. The URL is minted at read time
+/// from `blob_key`, so a stored record never holds a signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub node_id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: OutputKind,
+    pub content_type: String,
+    pub size_bytes: u64,
+    /// The asset id (`asset_<ULID>`): v2 says every output is an asset.
+    pub asset_id: String,
+    pub hash: Option<String>,
+    pub blob_key: String,
+}
+
+/// A progress snapshot, v2's `Progress`. Complete on its own: one snapshot re-syncs a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Progress {
+    pub value: f64,
+    pub nodes_done: u32,
+    pub nodes_total: u32,
+    #[serde(default)]
+    pub current_node: Option<String>,
+    #[serde(default)]
+    pub current_node_class: Option<String>,
+    #[serde(default)]
+    pub step: Option<u32>,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The progress item, stored apart from the job. It names the attempt that wrote it:
+/// a snapshot whose attempt is not the job's current attempt is ignored on read, so a
+/// fenced-out runner's late progress write can never show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    pub v: u32,
+    pub attempt: u32,
+    pub progress: Progress,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The job record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub v: u32,
+    pub id: JobId,
+    pub tenant: String,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Retention deadline: the record may be deleted after this.
+    pub expires_at: DateTime<Utc>,
+    /// A `queued` job still queued at this instant becomes `expired`.
+    pub queue_deadline: DateTime<Utc>,
+    /// Where the workflow (and `extra_data`) lives in the BlobStore.
+    pub input_key: String,
+    pub metadata: BTreeMap<String, String>,
+    /// The attempt number of the current (or last) lease; 0 before the first claim.
+    /// Every claim or takeover increments it, so it doubles as the fencing token.
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    /// A prefetch reservation: the job stays `queued`, but others leave it alone until then.
+    pub reserved_by: Option<String>,
+    pub reserved_until: Option<DateTime<Utc>>,
+    /// Hand-backs (SIGTERM, Spot). They do not count against `max_attempts`, up to a cap.
+    pub preemptions: u32,
+    /// The finishing attempt's outputs (reset on takeover).
+    pub outputs: Vec<OutputRecord>,
+    pub error: Option<JobError>,
+    /// True once the work message was sent; the tick re-sends for jobs left false.
+    pub enqueued: bool,
+    /// Optimistic-lock revision: every write is conditioned on the revision it read.
+    pub rev: u64,
+}
+
+impl Job {
+    pub fn has_live_lease(&self, now: DateTime<Utc>) -> bool {
+        self.lease_owner.is_some() && self.lease_until.is_some_and(|until| until > now)
+    }
+
+    pub fn has_live_reservation(&self, now: DateTime<Utc>) -> bool {
+        self.reserved_by.is_some() && self.reserved_until.is_some_and(|until| until > now)
+    }
+
+    /// Milliseconds spent waiting for a worker (null until the job started).
+    pub fn queue_ms(&self) -> Option<i64> {
+        self.started_at
+            .map(|started| (started - self.created_at).num_milliseconds())
+    }
+
+    /// Milliseconds of execution (null until the job finished after starting).
+    pub fn execution_ms(&self) -> Option<i64> {
+        match (self.started_at, self.completed_at) {
+            (Some(started), Some(done)) => Some((done - started).num_milliseconds()),
+            _ => None,
+        }
+    }
+}
+
+/// What the blob at [`Job::input_key`] holds. `extra_data` rides here rather than in the
+/// job record because it may carry a user's secret (a partner API key): it is read only
+/// by the runner, never listed, never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInput {
+    pub v: u32,
+    pub workflow: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The body of a message on the work queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkMessage {
+    pub v: u32,
+    pub job_id: JobId,
+}
+
+/// The idempotency record: a fingerprint of the request, never the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub v: u32,
+    pub tenant: String,
+    pub key: String,
+    /// SHA-256 of the request body, hex.
+    pub fingerprint: String,
+    pub job_id: JobId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}

@@ -1,0 +1,338 @@
+//! The ports: what the domain needs from the outside world, as async traits.
+//!
+//! Each port has a local adapter (`crates/local`: SQLite, files) and an AWS adapter
+//! (`crates/aws`: DynamoDB, S3, SQS, ECS). Both must pass [`crate::conformance`].
+//!
+//! **No transaction spans two ports.** A job record and its idempotency record are
+//! written together (one port, one transaction), but the workflow blob, the job and
+//! the queue message are three separate writes, ordered so that a crash between any
+//! two loses nothing: blob first (an orphan blob is harmless), then the job (the tick
+//! re-enqueues a job whose `enqueued` flag never flipped), then the message.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord};
+
+/// A failure of a store, blob store or queue.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The conditional write lost: someone wrote first. Re-read and decide again.
+    #[error("conditional write failed: the item changed since it was read")]
+    Conflict,
+    /// The backing service failed. The message is safe to log (no secrets).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One page request of a tenant's jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub tenant: String,
+    /// Every `(key, value)` must match the job's metadata.
+    pub metadata: Vec<(String, String)>,
+    /// Only jobs with an id strictly below this one (the previous page's last id).
+    pub before: Option<JobId>,
+    pub limit: usize,
+}
+
+/// What the create step writes alongside a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created,
+    /// The idempotency key is taken by an unexpired record; here it is.
+    KeyTaken(IdempotencyRecord),
+}
+
+/// The scaling state, one item, updated with an optimistic lock (`rev`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Fleet {
+    pub v: u32,
+    pub rev: u64,
+    /// The last desired worker count the dispatcher decided.
+    pub desired: u32,
+    /// The last capacity failure, shown in health and in queued jobs' progress.
+    pub capacity_error: Option<String>,
+    pub capacity_error_at: Option<DateTime<Utc>>,
+    pub decided_at: Option<DateTime<Utc>>,
+    /// While set and in the future, one dispatcher is launching; others stand aside.
+    #[serde(default)]
+    pub launch_lease_until: Option<DateTime<Utc>>,
+}
+
+/// What a worker is doing, as it last told the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerPhase {
+    /// Launched, not yet reporting (instance boot, image pull, model load).
+    Starting,
+    Idle,
+    Busy,
+    Draining,
+}
+
+/// One runner's registry item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub v: u32,
+    pub id: String,
+    pub phase: WorkerPhase,
+    pub heartbeat_at: DateTime<Utc>,
+    pub launched_at: DateTime<Utc>,
+    /// A free-form description: the ECS task ARN, a process id, a ComfyUI URL.
+    pub detail: String,
+}
+
+/// The job store: jobs, progress, idempotency records, the fleet and worker registry.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Writes a new job, and its idempotency record if given, in one transaction.
+    /// An unexpired record under the same `(tenant, key)` wins: nothing is written and
+    /// the existing record comes back. An expired one is replaced.
+    async fn create_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyRecord>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome>;
+
+    async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
+
+    /// Replaces the job if its stored `rev` is still `expected_rev`, else `Conflict`.
+    async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()>;
+
+    /// A tenant's jobs, newest first.
+    async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>>;
+
+    /// Jobs in a status, oldest first, for the tick.
+    async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>>;
+
+    /// Queued jobs created before this one (all tenants share one queue).
+    async fn queue_position(&self, id: &JobId) -> StoreResult<u64>;
+
+    /// Queued jobs nobody has claimed or reserved.
+    async fn count_unclaimed_queued(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    async fn get_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>>;
+
+    /// Writes the progress item unless a later attempt's progress is already there.
+    async fn put_progress(&self, id: &JobId, record: &ProgressRecord) -> StoreResult<()>;
+
+    async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>>;
+
+    async fn get_fleet(&self) -> StoreResult<Fleet>;
+
+    /// Replaces the fleet item if its `rev` is still `expected_rev`, else `Conflict`.
+    async fn put_fleet(&self, fleet: &Fleet, expected_rev: u64) -> StoreResult<()>;
+
+    async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()>;
+
+    async fn delete_worker(&self, id: &str) -> StoreResult<()>;
+
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>>;
+
+    /// A cheap round trip, for health.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// A short name for health (`sqlite`, `dynamodb`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Blob storage: workflows, inputs, outputs.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> StoreResult<()>;
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+}
+
+/// The queues the system uses. Each main queue has a dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    /// One message per job to run.
+    Work,
+    /// A nudge for the dispatcher: "there may be work; decide the fleet".
+    Wake,
+    WorkDeadLetter,
+    WakeDeadLetter,
+}
+
+impl QueueName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Work => "work",
+            QueueName::Wake => "wake",
+            QueueName::WorkDeadLetter => "work-dlq",
+            QueueName::WakeDeadLetter => "wake-dlq",
+        }
+    }
+
+    /// Where messages go after too many receives.
+    pub fn dead_letter(self) -> Option<QueueName> {
+        match self {
+            QueueName::Work => Some(QueueName::WorkDeadLetter),
+            QueueName::Wake => Some(QueueName::WakeDeadLetter),
+            _ => None,
+        }
+    }
+}
+
+/// A received message. `receipt` names this delivery, not the message: it changes on
+/// every receive, and only the latest one is guaranteed to work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+    /// Deliveries so far, this one included (SQS's ApproximateReceiveCount).
+    pub receive_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct QueueDepth {
+    /// Messages ready to be received.
+    pub visible: u64,
+    /// Messages received and not yet deleted or visible again.
+    pub in_flight: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The receipt is not the message's latest (it was received again), or the message
+    /// is gone. SQS answers this for some stale handles and silently accepts others, so
+    /// callers must treat both outcomes as possible.
+    #[error("the receipt handle is stale or the message is gone")]
+    StaleReceipt,
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type QueueResult<T> = Result<T, QueueError>;
+
+/// A queue with SQS's semantics: at-least-once delivery, a visibility timeout, receive
+/// counts, dead-lettering after `max_receive_count` receives, no ordering guarantee.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    async fn send(&self, queue: QueueName, body: &str) -> QueueResult<String>;
+
+    /// Up to `max` messages, waiting up to `wait` for the first (long polling). Each is
+    /// hidden from other receivers for `visibility`.
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> QueueResult<Vec<Received>>;
+
+    /// Hides (or, with zero, reveals) a received message for `visibility` from now.
+    async fn change_visibility(
+        &self,
+        queue: QueueName,
+        receipt: &str,
+        visibility: Duration,
+    ) -> QueueResult<()>;
+
+    async fn delete(&self, queue: QueueName, receipt: &str) -> QueueResult<()>;
+
+    async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth>;
+}
+
+/// A worker the launcher started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchedWorker {
+    pub id: String,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No capacity now (e.g. `VcpuLimitExceeded`, no Spot capacity). Shown to users.
+    #[error("{0}")]
+    Capacity(String),
+    #[error("launcher unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Starts and stops workers.
+#[async_trait]
+pub trait Launcher: Send + Sync + 'static {
+    /// Starts up to `count` workers. Some may start before a capacity error stops the rest.
+    async fn launch(&self, count: u32) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)>;
+
+    async fn stop(&self, worker_id: &str) -> Result<(), LaunchError>;
+
+    /// A short name for health (`ecs`, `subprocess`, `none`).
+    fn kind(&self) -> &'static str;
+}
+
+/// A launcher that launches nothing: the API alone, with no runner.
+pub struct NoLauncher;
+
+#[async_trait]
+impl Launcher for NoLauncher {
+    async fn launch(
+        &self,
+        _count: u32,
+    ) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)> {
+        Ok(vec![])
+    }
+
+    async fn stop(&self, _worker_id: &str) -> Result<(), LaunchError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// Time, as a port, so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *now += by;
+    }
+
+    pub fn set(&self, to: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = to;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,556 @@
+//! The job services: submit, get, list, cancel, get-workflow. They use only the ports.
+//!
+//! The submit path writes in an order that survives a crash at any point, without a
+//! transaction across ports:
+//!
+//! 1. the workflow (and `extra_data`) to the BlobStore: an orphan if we die now;
+//! 2. the job and its idempotency record, one transaction in the JobStore, with
+//!    `enqueued = false`;
+//! 3. the work message, then a wake nudge;
+//! 4. `enqueued = true` on the job.
+//!
+//! If we die between 2 and 4, a retry with the same `Idempotency-Key` re-enqueues, and
+//! so does the tick for a job left `enqueued = false`. A duplicate message is harmless:
+//! runners claim through the lease protocol, so a second copy finds the job taken.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::cursor::CursorCodec;
+use crate::error::ApiError;
+use crate::lifecycle::{self, Move, Refusal};
+use crate::model::{
+    IdempotencyRecord, Job, JobId, JobInput, JobStatus, Progress, SCHEMA_VERSION, WorkMessage,
+};
+use crate::ports::{
+    BlobStore, Clock, CreateOutcome, Fleet, JobStore, ListQuery, Queue, QueueName, StoreError,
+};
+use crate::validate::{self, Submission};
+
+/// Settings of the job services. Defaults are the documented production defaults.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// How long a finished job (and its outputs) is kept.
+    pub retention: Duration,
+    /// A job still queued after this long becomes `expired`.
+    pub queue_timeout: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// A replay within this long of the original, whose enqueue has not happened yet,
+    /// is a concurrent retry (409); after it, the original is presumed dead and the
+    /// replay re-enqueues.
+    pub idempotency_in_flight: Duration,
+    /// Charged attempts before a job fails with `attempts_exhausted`.
+    pub max_attempts: u32,
+    /// Mount prefix of the API (`/prod` behind an API Gateway stage, say), so `urls`
+    /// resolve behind a path prefix or a custom domain.
+    pub path_prefix: String,
+    /// How long an output's content URL is valid.
+    pub url_ttl: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            retention: Duration::days(7),
+            queue_timeout: Duration::hours(1),
+            idempotency_ttl: Duration::hours(24),
+            idempotency_in_flight: Duration::seconds(10),
+            max_attempts: 3,
+            path_prefix: String::new(),
+            url_ttl: Duration::hours(1),
+        }
+    }
+}
+
+/// The ports the services run on.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn JobStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub queue: Arc<dyn Queue>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The result of a submit.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub job: Value,
+    /// True when an `Idempotency-Key` matched an earlier request.
+    pub replayed: bool,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+/// Bounded retries of read-decide-write when a conditional write loses a race.
+const MAX_CAS_RETRIES: usize = 8;
+
+pub struct JobService {
+    ports: Ports,
+    config: JobsConfig,
+    cursors: CursorCodec,
+    /// The fleet item changes rarely and is advisory here (a capacity message for queued
+    /// jobs), so reads share one copy for a second.
+    fleet_cache: Mutex<Option<(DateTime<Utc>, Fleet)>>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn conflict_exhausted() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "the job changed too often while updating it; retry",
+    )
+    .with_retry_after(1)
+}
+
+impl JobService {
+    pub fn new(ports: Ports, config: JobsConfig, cursor_key: Vec<u8>) -> Self {
+        JobService {
+            ports,
+            config,
+            cursors: CursorCodec::new(cursor_key),
+            fleet_cache: Mutex::new(None),
+        }
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    pub fn config(&self) -> &JobsConfig {
+        &self.config
+    }
+
+    /// `POST /api/v2/jobs`.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, ApiError> {
+        let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
+        let now = self.ports.clock.now();
+        let fingerprint = hex::encode(Sha256::digest(body));
+
+        if let Some(key) = idempotency_key {
+            validate_idempotency_key(key)?;
+            if let Some(record) = self.ports.store.get_idempotency(tenant, key).await? {
+                if record.expires_at > now {
+                    return self.answer_existing(tenant, &record, &fingerprint).await;
+                }
+            }
+        }
+
+        let job = self.new_job(tenant, &submission, now);
+        let input = JobInput {
+            v: SCHEMA_VERSION,
+            workflow: submission.workflow,
+            extra_data: submission.extra_data,
+        };
+        let input_bytes = serde_json::to_vec(&input).map_err(|_| ApiError::unavailable())?;
+        self.ports
+            .blobs
+            .put(&job.input_key, Bytes::from(input_bytes), "application/json")
+            .await?;
+
+        let record = idempotency_key.map(|key| IdempotencyRecord {
+            v: SCHEMA_VERSION,
+            tenant: tenant.to_string(),
+            key: key.to_string(),
+            fingerprint: fingerprint.clone(),
+            job_id: job.id.clone(),
+            created_at: now,
+            expires_at: now + self.config.idempotency_ttl,
+        });
+        match self.ports.store.create_job(&job, record.as_ref(), now).await? {
+            CreateOutcome::Created => {}
+            CreateOutcome::KeyTaken(existing) => {
+                // A concurrent request with the same key won the race. Our blob is an
+                // orphan; remove it (best effort: an orphan is harmless).
+                let _ = self.ports.blobs.delete(&job.input_key).await;
+                return self.answer_existing(tenant, &existing, &fingerprint).await;
+            }
+        }
+        tracing::info!(job_id = %job.id, tenant, "job recorded");
+        let job = self.enqueue(job).await?;
+        Ok(Submitted {
+            job: self.view(&job).await?,
+            replayed: false,
+        })
+    }
+
+    fn new_job(&self, tenant: &str, submission: &Submission, now: DateTime<Utc>) -> Job {
+        let id = JobId::generate();
+        Job {
+            v: SCHEMA_VERSION,
+            input_key: format!("inputs/{id}.json"),
+            id,
+            tenant: tenant.to_string(),
+            status: JobStatus::Queued,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: now + self.config.retention,
+            queue_deadline: now + self.config.queue_timeout,
+            metadata: submission.metadata.clone(),
+            attempt: 0,
+            lease_owner: None,
+            lease_until: None,
+            reserved_by: None,
+            reserved_until: None,
+            preemptions: 0,
+            outputs: vec![],
+            error: None,
+            enqueued: false,
+            rev: 1,
+        }
+    }
+
+    /// Answers a request whose `Idempotency-Key` is already recorded.
+    async fn answer_existing(
+        &self,
+        tenant: &str,
+        record: &IdempotencyRecord,
+        fingerprint: &str,
+    ) -> Result<Submitted, ApiError> {
+        if record.fingerprint != fingerprint {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reuse",
+                "this Idempotency-Key was used with a different request body; use a new key for a new request",
+            ));
+        }
+        let Some(job) = self.ports.store.get_job(&record.job_id).await? else {
+            return Err(in_flight_conflict());
+        };
+        if job.tenant != tenant {
+            // Records are keyed by tenant, so this cannot happen; never leak across.
+            return Err(in_flight_conflict());
+        }
+        let job = if job.enqueued {
+            job
+        } else if self.ports.clock.now() - record.created_at < self.config.idempotency_in_flight {
+            return Err(in_flight_conflict());
+        } else {
+            tracing::warn!(job_id = %job.id, "replay found a job that was never enqueued; enqueuing");
+            self.enqueue(job).await?
+        };
+        Ok(Submitted {
+            job: self.view(&job).await?,
+            replayed: true,
+        })
+    }
+
+    /// Sends the work message and a wake nudge, then records that it did.
+    pub async fn enqueue(&self, job: Job) -> Result<Job, ApiError> {
+        let message = serde_json::to_string(&WorkMessage {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+        })
+        .map_err(|_| ApiError::unavailable())?;
+        self.ports.queue.send(QueueName::Work, &message).await?;
+        if let Err(e) = self.ports.queue.send(QueueName::Wake, "{\"v\":1}").await {
+            // The tick scales even when a nudge is lost.
+            tracing::warn!(error = %e, "wake nudge not sent");
+        }
+        let id = job.id.clone();
+        let mut job = job;
+        for _ in 0..MAX_CAS_RETRIES {
+            if job.enqueued {
+                return Ok(job);
+            }
+            let mut next = job.clone();
+            next.enqueued = true;
+            next.rev = job.rev + 1;
+            match self.ports.store.put_job(&next, job.rev).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict) => {
+                    job = self
+                        .ports
+                        .store
+                        .get_job(&id)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found("job"))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict_exhausted())
+    }
+
+    /// Reads a job of this tenant. Another tenant's job is "not found", never "forbidden".
+    pub async fn load(&self, tenant: &str, raw_id: &str) -> Result<Job, ApiError> {
+        let id = JobId::parse(raw_id).ok_or_else(|| ApiError::not_found("job"))?;
+        match self.ports.store.get_job(&id).await? {
+            Some(job) if job.tenant == tenant => Ok(job),
+            _ => Err(ApiError::not_found("job")),
+        }
+    }
+
+    /// `GET /api/v2/jobs/{id}`.
+    pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+        let job = self.load(tenant, raw_id).await?;
+        self.view(&job).await
+    }
+
+    /// `POST /api/v2/jobs/{id}/cancel`: idempotent; returns the job as it now is.
+    pub async fn cancel(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+        let job = self.load(tenant, raw_id).await?;
+        let job = self.apply_move(job, &Move::Cancel).await?;
+        tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
+        self.view(&job).await
+    }
+
+    /// Applies a move with read-decide-write retries. A refusal is returned as-is.
+    pub async fn apply_move(&self, job: Job, mv: &Move) -> Result<Job, ApiError> {
+        match apply_move(self.ports.store.as_ref(), self.ports.clock.as_ref(), job, mv).await {
+            Ok(job) => Ok(job),
+            Err(MoveError::Store(e)) => Err(e.into()),
+            Err(MoveError::Refused(r)) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                r.to_string(),
+            )),
+            Err(MoveError::Gone) => Err(ApiError::not_found("job")),
+            Err(MoveError::Contended) => Err(conflict_exhausted()),
+        }
+    }
+
+    /// `GET /api/v2/jobs/{id}/workflow`.
+    pub async fn workflow(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+        let job = self.load(tenant, raw_id).await?;
+        let input = self.input(&job).await?;
+        Ok(json!({ "workflow": input.workflow, "format": "api" }))
+    }
+
+    /// The stored input of a job (workflow and `extra_data`). For runners.
+    pub async fn input(&self, job: &Job) -> Result<JobInput, ApiError> {
+        let bytes = self
+            .ports
+            .blobs
+            .get(&job.input_key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("job workflow"))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            tracing::error!(job_id = %job.id, error = %e, "stored job input is unreadable");
+            ApiError::unavailable()
+        })
+    }
+
+    /// `GET /api/v2/jobs`: newest first, filtered by metadata, paged by a MAC'd cursor.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        metadata: Vec<(String, String)>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, ApiError> {
+        let before = match cursor {
+            None => None,
+            Some(raw) => Some(self.cursors.decode(tenant, &metadata, raw).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "the cursor is invalid or was issued for a different query; start again without it",
+                )
+            })?),
+        };
+        let query = ListQuery {
+            tenant: tenant.to_string(),
+            metadata: metadata.clone(),
+            before,
+            limit: limit + 1,
+        };
+        let mut jobs = self.ports.store.list_jobs(&query).await?;
+        let next_cursor = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last()
+                .map(|last| self.cursors.encode(tenant, &metadata, &last.id))
+        } else {
+            None
+        };
+        let mut views = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            views.push(self.list_item(job));
+        }
+        Ok(JobPage {
+            jobs: views,
+            next_cursor,
+        })
+    }
+
+    fn urls(&self, id: &JobId) -> Value {
+        let base = format!("{}/api/v2/jobs/{id}", self.config.path_prefix);
+        json!({
+            "self": base,
+            "events": format!("{base}/events"),
+            "cancel": format!("{base}/cancel"),
+        })
+    }
+
+    fn outputs_view(&self, job: &Job) -> Vec<Value> {
+        let expires = ts(self.ports.clock.now() + self.config.url_ttl);
+        job.outputs
+            .iter()
+            .map(|o| {
+                json!({
+                    "node_id": o.node_id,
+                    "name": o.name,
+                    "type": o.kind,
+                    "content_type": o.content_type,
+                    "size_bytes": o.size_bytes,
+                    "id": o.asset_id,
+                    "hash": o.hash,
+                    "url": format!("{}/api/v2/assets/{}/content", self.config.path_prefix, o.asset_id),
+                    "url_expires_at": expires,
+                })
+            })
+            .collect()
+    }
+
+    /// The lighter shape of a list item: everything but the live progress and the
+    /// queue position, which cost a read each.
+    fn list_item(&self, job: &Job) -> Value {
+        self.render(job, None, None)
+    }
+
+    fn render(&self, job: &Job, progress: Option<Progress>, queue_position: Option<u64>) -> Value {
+        json!({
+            "id": job.id,
+            "status": job.status,
+            "created_at": ts(job.created_at),
+            "started_at": job.started_at.map(ts),
+            "completed_at": job.completed_at.map(ts),
+            "expires_at": ts(job.expires_at),
+            "queue_position": queue_position,
+            "progress": progress,
+            "outputs": self.outputs_view(job),
+            "error": job.error,
+            "metrics": { "queue_ms": job.queue_ms(), "execution_ms": job.execution_ms() },
+            "urls": self.urls(&job.id),
+            "metadata": job.metadata,
+        })
+    }
+
+    /// The full v2 job object.
+    pub async fn view(&self, job: &Job) -> Result<Value, ApiError> {
+        let stored = self.ports.store.get_progress(&job.id).await?;
+        // Progress from an earlier attempt (or a fenced-out runner) is not shown.
+        let mut progress = stored
+            .filter(|p| p.attempt == job.attempt)
+            .map(|p| p.progress);
+        if job.status == JobStatus::Succeeded {
+            if let Some(p) = progress.as_mut() {
+                p.value = 1.0;
+                p.nodes_done = p.nodes_total;
+            }
+        }
+        let queue_position = if job.status == JobStatus::Queued {
+            let position = self.ports.store.queue_position(&job.id).await?;
+            if progress.is_none() {
+                progress = Some(self.waiting_progress(position).await?);
+            }
+            Some(position)
+        } else {
+            None
+        };
+        Ok(self.render(job, progress, queue_position))
+    }
+
+    /// The progress shown while a job waits: honest about capacity problems.
+    async fn waiting_progress(&self, position: u64) -> Result<Progress, ApiError> {
+        let fleet = self.fleet_cached().await?;
+        let message = match fleet.capacity_error {
+            Some(reason) => format!("waiting for GPU capacity: {reason}"),
+            None if position == 0 => "waiting for a worker".to_string(),
+            None => format!("queued behind {position} job(s)"),
+        };
+        Ok(Progress {
+            message: Some(message),
+            ..Progress::default()
+        })
+    }
+
+    async fn fleet_cached(&self) -> Result<Fleet, ApiError> {
+        let now = self.ports.clock.now();
+        if let Some((at, fleet)) = self.fleet_cache.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if now - *at < Duration::seconds(1) {
+                return Ok(fleet.clone());
+            }
+        }
+        let fleet = self.ports.store.get_fleet().await?;
+        *self.fleet_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, fleet.clone()));
+        Ok(fleet)
+    }
+}
+
+fn in_flight_conflict() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_conflict",
+        "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay",
+    )
+    .with_retry_after(1)
+}
+
+fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is recommended)",
+        ));
+    }
+    Ok(())
+}
+
+/// Why [`apply_move`] did not write.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the job no longer exists")]
+    Gone,
+    #[error("lost the conditional write too many times")]
+    Contended,
+}
+
+/// Read-decide-write: applies `mv` to the latest version of the job, retrying when a
+/// concurrent write wins. Starts from `job` as the caller last read it.
+pub async fn apply_move(
+    store: &dyn JobStore,
+    clock: &dyn Clock,
+    job: Job,
+    mv: &Move,
+) -> Result<Job, MoveError> {
+    let id = job.id.clone();
+    let mut current = job;
+    for _ in 0..MAX_CAS_RETRIES {
+        let applied = lifecycle::apply(&current, mv, clock.now())?;
+        if !applied.changed {
+            return Ok(applied.job);
+        }
+        match store.put_job(&applied.job, current.rev).await {
+            Ok(()) => return Ok(applied.job),
+            Err(StoreError::Conflict) => {
+                current = store.get_job(&id).await?.ok_or(MoveError::Gone)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(MoveError::Contended)
+}

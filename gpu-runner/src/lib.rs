@@ -1,0 +1,1 @@
+//! The GPU runner (filled in by the runner issue).
