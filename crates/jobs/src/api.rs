@@ -94,8 +94,13 @@ async fn envelope_errors(request: Request, next: Next) -> Response {
             "the request body is larger than this endpoint accepts",
         ),
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not accept that method"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported content type"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
         s if s.is_client_error() => ("invalid_request", "the request could not be understood"),
         _ => ("internal", "internal error"),
     };
@@ -144,9 +149,11 @@ async fn submit_job(
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            ApiError::invalid_request("Idempotency-Key must be visible ASCII")
-        })?),
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::invalid_request("Idempotency-Key must be visible ASCII"))?,
+        ),
     };
     let submitted = state.jobs.submit(&tenant.0, &body, key).await?;
     let mut response = json_response(StatusCode::CREATED, &submitted.job);
@@ -163,7 +170,10 @@ async fn get_job(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &state.jobs.get(&tenant.0, &id).await?))
+    Ok(json_response(
+        StatusCode::OK,
+        &state.jobs.get(&tenant.0, &id).await?,
+    ))
 }
 
 async fn get_workflow(
@@ -204,12 +214,17 @@ async fn job_events(
 }
 
 /// Parses `metadata[k]=v&limit=&cursor=`.
-fn parse_list_query(raw: Option<&str>) -> Result<(Vec<(String, String)>, usize, Option<String>), ApiError> {
+fn parse_list_query(
+    raw: Option<&str>,
+) -> Result<(Vec<(String, String)>, usize, Option<String>), ApiError> {
     let mut metadata = Vec::new();
     let mut limit = DEFAULT_LIST_LIMIT;
     let mut cursor = None;
     for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        if let Some(key) = name.strip_prefix("metadata[").and_then(|k| k.strip_suffix(']')) {
+        if let Some(key) = name
+            .strip_prefix("metadata[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
             validate_label_key(key).map_err(ApiError::invalid_request)?;
             if metadata.iter().any(|(k, _): &(String, String)| k == key) {
                 return Err(ApiError::invalid_request(format!(

@@ -1,1 +1,777 @@
-//! placeholder
+//! The adapter conformance suite: one set of checks against the ports, run on every
+//! adapter (local now, AWS later), with and without a fault-injecting queue.
+//!
+//! Each function panics with a message naming the broken promise. Adapters call them
+//! from their own tests, each with fresh, isolated resources:
+//!
+//! - [`job_store`]: conditional writes, idempotency records, listing, progress, fleet,
+//!   worker registry;
+//! - [`queue_strict`]: SQS's exact semantics (visibility, receipts, receive counts,
+//!   dead letters), for a queue without injected faults;
+//! - [`queue_at_least_once`]: what still holds when faults are injected: nothing sent
+//!   is lost, and processing with deletes drains the queue;
+//! - [`lease_protocol`]: several simulated runners working through jobs concurrently
+//!   over the store and the queue; every job must finish exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::lifecycle::{Fence, Finish, Move, Refusal};
+use crate::model::{
+    IdempotencyRecord, Job, JobId, JobStatus, OutputKind, OutputRecord, Progress, ProgressRecord,
+    SCHEMA_VERSION, WorkMessage,
+};
+use crate::ports::{
+    Clock, CreateOutcome, Fleet, JobStore, ListQuery, ManualClock, Queue, QueueError, QueueName,
+    StoreError, WorkerPhase, WorkerRecord,
+};
+use crate::service::{MoveError, apply_move};
+
+/// Moves time forward for a queue under test: a manual clock, or real sleeping.
+#[async_trait]
+pub trait TimeControl: Send + Sync {
+    async fn advance(&self, by: StdDuration);
+}
+
+#[async_trait]
+impl TimeControl for ManualClock {
+    async fn advance(&self, by: StdDuration) {
+        ManualClock::advance(self, Duration::from_std(by).expect("small duration"));
+    }
+}
+
+/// A new queued job for `tenant`, created at `now`.
+pub fn sample_job(tenant: &str, now: DateTime<Utc>, metadata: &[(&str, &str)]) -> Job {
+    let id = JobId::generate();
+    Job {
+        v: SCHEMA_VERSION,
+        input_key: format!("inputs/{id}.json"),
+        id,
+        tenant: tenant.to_string(),
+        status: JobStatus::Queued,
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+        expires_at: now + Duration::days(7),
+        queue_deadline: now + Duration::hours(1),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        attempt: 0,
+        lease_owner: None,
+        lease_until: None,
+        reserved_by: None,
+        reserved_until: None,
+        preemptions: 0,
+        outputs: vec![],
+        error: None,
+        enqueued: false,
+        rev: 1,
+    }
+}
+
+async fn create(store: &dyn JobStore, job: &Job) {
+    let outcome = store
+        .create_job(job, None, job.created_at)
+        .await
+        .expect("create");
+    assert_eq!(outcome, CreateOutcome::Created);
+}
+
+/// The JobStore's promises.
+pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
+    let store = store.as_ref();
+    let now = clock.now();
+
+    // Create and read back, field for field.
+    let job = sample_job("t1", now, &[("project", "fox"), ("run", "1")]);
+    create(store, &job).await;
+    assert_eq!(
+        store.get_job(&job.id).await.unwrap(),
+        Some(job.clone()),
+        "read back what was written"
+    );
+    assert_eq!(
+        store.get_job(&JobId::generate()).await.unwrap(),
+        None,
+        "unknown id is None"
+    );
+    assert!(
+        matches!(
+            store.create_job(&job, None, now).await,
+            Err(StoreError::Conflict)
+        ),
+        "creating an existing id must conflict"
+    );
+
+    // Conditional writes: the revision read must still be current.
+    let mut next = job.clone();
+    next.enqueued = true;
+    next.rev = 2;
+    store
+        .put_job(&next, 1)
+        .await
+        .expect("write at the right revision");
+    let mut stale = job.clone();
+    stale.status = JobStatus::Canceled;
+    stale.rev = 2;
+    assert!(
+        matches!(store.put_job(&stale, 1).await, Err(StoreError::Conflict)),
+        "a write at a stale revision must conflict"
+    );
+    assert_eq!(store.get_job(&job.id).await.unwrap().unwrap(), next);
+
+    // Idempotency: the record is written with the job, and an unexpired one wins.
+    let other = sample_job("t1", now, &[]);
+    let record = IdempotencyRecord {
+        v: SCHEMA_VERSION,
+        tenant: "t1".into(),
+        key: "key-1".into(),
+        fingerprint: "f1".into(),
+        job_id: other.id.clone(),
+        created_at: now,
+        expires_at: now + Duration::hours(24),
+    };
+    assert_eq!(
+        store.create_job(&other, Some(&record), now).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        store.get_idempotency("t1", "key-1").await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(
+        store.get_idempotency("t2", "key-1").await.unwrap(),
+        None,
+        "keys are per tenant"
+    );
+    let loser = sample_job("t1", now, &[]);
+    let mut loser_record = record.clone();
+    loser_record.job_id = loser.id.clone();
+    assert_eq!(
+        store
+            .create_job(&loser, Some(&loser_record), now)
+            .await
+            .unwrap(),
+        CreateOutcome::KeyTaken(record.clone()),
+        "an unexpired key is taken"
+    );
+    assert_eq!(
+        store.get_job(&loser.id).await.unwrap(),
+        None,
+        "the loser's job is not written"
+    );
+    // After expiry the key can be used again.
+    let later = now + Duration::hours(25);
+    let mut fresh_record = loser_record.clone();
+    fresh_record.created_at = later;
+    fresh_record.expires_at = later + Duration::hours(24);
+    assert_eq!(
+        store
+            .create_job(&loser, Some(&fresh_record), later)
+            .await
+            .unwrap(),
+        CreateOutcome::Created,
+        "an expired key is replaced"
+    );
+    // The same key in another tenant is independent.
+    let t2_job = sample_job("t2", now, &[]);
+    let mut t2_record = record.clone();
+    t2_record.tenant = "t2".into();
+    t2_record.job_id = t2_job.id.clone();
+    assert_eq!(
+        store
+            .create_job(&t2_job, Some(&t2_record), now)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+
+    // Listing: newest first, per tenant, filtered by every label, paged.
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let label = if i % 2 == 0 { "even" } else { "odd" };
+        let j = sample_job("lister", now, &[("parity", label), ("batch", "b")]);
+        create(store, &j).await;
+        mine.push(j.id.clone());
+    }
+    create(
+        store,
+        &sample_job("someone-else", now, &[("parity", "even")]),
+    )
+    .await;
+    let query = |metadata: Vec<(&str, &str)>, before: Option<JobId>, limit| ListQuery {
+        tenant: "lister".into(),
+        metadata: metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        before,
+        limit,
+    };
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let all = ids(store.list_jobs(&query(vec![], None, 10)).await.unwrap());
+    let newest_first: Vec<JobId> = mine.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first, "newest first, own tenant only");
+    let even = ids(store
+        .list_jobs(&query(vec![("parity", "even")], None, 10))
+        .await
+        .unwrap());
+    assert_eq!(
+        even,
+        vec![mine[4].clone(), mine[2].clone(), mine[0].clone()]
+    );
+    let both = ids(store
+        .list_jobs(&query(vec![("parity", "odd"), ("batch", "b")], None, 10))
+        .await
+        .unwrap());
+    assert_eq!(
+        both,
+        vec![mine[3].clone(), mine[1].clone()],
+        "every filter must match"
+    );
+    let none = store
+        .list_jobs(&query(vec![("parity", "nope")], None, 10))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let page1 = ids(store.list_jobs(&query(vec![], None, 2)).await.unwrap());
+    assert_eq!(page1, newest_first[..2]);
+    let page2 = ids(store
+        .list_jobs(&query(vec![], Some(page1[1].clone()), 2))
+        .await
+        .unwrap());
+    assert_eq!(
+        page2,
+        newest_first[2..4],
+        "paging continues below the cursor"
+    );
+
+    // Queue position and unclaimed counts follow status and reservations.
+    let q = sample_job("pos", now, &[]);
+    create(store, &q).await;
+    let before_q = store.queue_position(&q.id).await.unwrap();
+    let r = sample_job("pos", now, &[]);
+    create(store, &r).await;
+    assert_eq!(store.queue_position(&r.id).await.unwrap(), before_q + 1);
+    let unclaimed = store.count_unclaimed_queued(now).await.unwrap();
+    let reserved = crate::lifecycle::apply(
+        &r,
+        &Move::Reserve {
+            runner: "w".into(),
+            until: now + Duration::seconds(10),
+        },
+        now,
+    )
+    .unwrap()
+    .job;
+    store.put_job(&reserved, r.rev).await.unwrap();
+    assert_eq!(
+        store.count_unclaimed_queued(now).await.unwrap(),
+        unclaimed - 1,
+        "a live reservation is not unclaimed"
+    );
+    assert_eq!(
+        store
+            .count_unclaimed_queued(now + Duration::seconds(11))
+            .await
+            .unwrap(),
+        unclaimed,
+        "a lapsed reservation is unclaimed again"
+    );
+    let queued_before = store.jobs_in_status(JobStatus::Queued, 1000).await.unwrap();
+    assert!(queued_before.iter().any(|j| j.id == q.id));
+    assert!(
+        queued_before.windows(2).all(|w| w[0].id < w[1].id),
+        "jobs_in_status is oldest first"
+    );
+
+    // Progress never goes back to an earlier attempt.
+    let progress = |attempt, value| ProgressRecord {
+        v: SCHEMA_VERSION,
+        attempt,
+        progress: Progress {
+            value,
+            ..Progress::default()
+        },
+        updated_at: now,
+    };
+    store.put_progress(&q.id, &progress(2, 0.5)).await.unwrap();
+    store.put_progress(&q.id, &progress(1, 0.9)).await.unwrap();
+    assert_eq!(
+        store.get_progress(&q.id).await.unwrap(),
+        Some(progress(2, 0.5)),
+        "a stale attempt's progress is dropped"
+    );
+    store.put_progress(&q.id, &progress(2, 0.7)).await.unwrap();
+    assert_eq!(
+        store.get_progress(&q.id).await.unwrap(),
+        Some(progress(2, 0.7))
+    );
+    assert_eq!(store.get_progress(&r.id).await.unwrap(), None);
+
+    // The fleet item is optimistic-locked, starting from revision 0.
+    let fleet = store.get_fleet().await.unwrap();
+    assert_eq!(fleet.rev, 0, "a fresh store has an unwritten fleet");
+    let first = Fleet {
+        v: SCHEMA_VERSION,
+        rev: 1,
+        desired: 2,
+        ..Fleet::default()
+    };
+    store.put_fleet(&first, 0).await.unwrap();
+    assert!(matches!(
+        store.put_fleet(&first, 0).await,
+        Err(StoreError::Conflict)
+    ));
+    let second = Fleet {
+        rev: 2,
+        desired: 3,
+        ..first.clone()
+    };
+    store.put_fleet(&second, 1).await.unwrap();
+    assert!(matches!(
+        store.put_fleet(&second, 1).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.get_fleet().await.unwrap(), second);
+
+    // Worker registry.
+    let worker = |id: &str, phase| WorkerRecord {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        phase,
+        heartbeat_at: now,
+        launched_at: now,
+        detail: "test".into(),
+    };
+    store
+        .put_worker(&worker("w1", WorkerPhase::Starting))
+        .await
+        .unwrap();
+    store
+        .put_worker(&worker("w2", WorkerPhase::Idle))
+        .await
+        .unwrap();
+    store
+        .put_worker(&worker("w1", WorkerPhase::Busy))
+        .await
+        .unwrap();
+    let workers = store.list_workers().await.unwrap();
+    assert_eq!(
+        workers,
+        vec![
+            worker("w1", WorkerPhase::Busy),
+            worker("w2", WorkerPhase::Idle)
+        ]
+    );
+    store.delete_worker("w1").await.unwrap();
+    store.delete_worker("never-there").await.unwrap();
+    assert_eq!(store.list_workers().await.unwrap().len(), 1);
+    store.ping().await.unwrap();
+}
+
+const VIS: StdDuration = StdDuration::from_secs(30);
+const NO_WAIT: StdDuration = StdDuration::ZERO;
+
+/// SQS's exact semantics, for a queue with no injected faults. `max_receive_count` is
+/// what the adapter was built with.
+pub async fn queue_strict(queue: Arc<dyn Queue>, time: &dyn TimeControl, max_receive_count: u32) {
+    let q = QueueName::Work;
+    assert!(
+        queue.receive(q, 1, NO_WAIT, VIS).await.unwrap().is_empty(),
+        "a new queue is empty"
+    );
+
+    queue.send(q, "a").await.unwrap();
+    let depth = queue.depth(q).await.unwrap();
+    assert_eq!((depth.visible, depth.in_flight), (1, 0));
+    let first = queue.receive(q, 10, NO_WAIT, VIS).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].body, "a");
+    assert_eq!(first[0].receive_count, 1);
+    let depth = queue.depth(q).await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 1),
+        "received means in flight"
+    );
+    assert!(
+        queue.receive(q, 1, NO_WAIT, VIS).await.unwrap().is_empty(),
+        "a received message is hidden for its visibility timeout"
+    );
+
+    // Visibility lapses: the message comes back with a new receipt and a higher count.
+    time.advance(VIS + StdDuration::from_secs(1)).await;
+    let second = queue.receive(q, 1, NO_WAIT, VIS).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert_eq!(second[0].receive_count, 2);
+    assert_ne!(
+        second[0].receipt, first[0].receipt,
+        "each receive mints a receipt"
+    );
+    assert!(
+        matches!(
+            queue.delete(q, &first[0].receipt).await,
+            Err(QueueError::StaleReceipt)
+        ),
+        "the old receipt is stale"
+    );
+    assert!(matches!(
+        queue.change_visibility(q, &first[0].receipt, VIS).await,
+        Err(QueueError::StaleReceipt)
+    ));
+
+    // Change visibility: extend, then reveal at once.
+    queue
+        .change_visibility(q, &second[0].receipt, StdDuration::from_secs(120))
+        .await
+        .unwrap();
+    time.advance(VIS + StdDuration::from_secs(1)).await;
+    assert!(
+        queue.receive(q, 1, NO_WAIT, VIS).await.unwrap().is_empty(),
+        "extended visibility holds"
+    );
+    queue
+        .change_visibility(q, &second[0].receipt, StdDuration::ZERO)
+        .await
+        .unwrap();
+    let third = queue.receive(q, 1, NO_WAIT, VIS).await.unwrap();
+    assert_eq!(third.len(), 1, "visibility zero reveals at once");
+    queue.delete(q, &third[0].receipt).await.unwrap();
+    assert!(matches!(
+        queue.delete(q, &third[0].receipt).await,
+        Err(QueueError::StaleReceipt)
+    ));
+    let depth = queue.depth(q).await.unwrap();
+    assert_eq!((depth.visible, depth.in_flight), (0, 0), "deleted is gone");
+
+    // Batches, and queues are separate.
+    for body in ["1", "2", "3"] {
+        queue.send(q, body).await.unwrap();
+    }
+    queue.send(QueueName::Wake, "w").await.unwrap();
+    let batch = queue.receive(q, 2, NO_WAIT, VIS).await.unwrap();
+    assert_eq!(batch.len(), 2, "at most `max`");
+    let rest = queue.receive(q, 10, NO_WAIT, VIS).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    for m in batch.iter().chain(&rest) {
+        assert_ne!(m.body, "w", "the wake queue is separate");
+        queue.delete(q, &m.receipt).await.unwrap();
+    }
+    let wake = queue
+        .receive(QueueName::Wake, 10, NO_WAIT, VIS)
+        .await
+        .unwrap();
+    assert_eq!(wake.len(), 1);
+    queue
+        .delete(QueueName::Wake, &wake[0].receipt)
+        .await
+        .unwrap();
+
+    // Dead-lettering after max_receive_count receives.
+    queue.send(q, "poison").await.unwrap();
+    for n in 1..=max_receive_count {
+        let got = queue
+            .receive(q, 1, NO_WAIT, StdDuration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "receive {n} of {max_receive_count}");
+        assert_eq!(got[0].receive_count, n);
+    }
+    assert!(
+        queue.receive(q, 1, NO_WAIT, VIS).await.unwrap().is_empty(),
+        "past max_receive_count the message is dead-lettered, not delivered"
+    );
+    let dead = queue
+        .receive(QueueName::WorkDeadLetter, 1, NO_WAIT, VIS)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "poison");
+    queue
+        .delete(QueueName::WorkDeadLetter, &dead[0].receipt)
+        .await
+        .unwrap();
+
+    // Long polling returns as soon as a message arrives.
+    let waiter = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.receive(q, 1, StdDuration::from_secs(10), VIS).await })
+    };
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    queue.send(q, "late").await.unwrap();
+    let got = tokio::time::timeout(StdDuration::from_secs(5), waiter)
+        .await
+        .expect("long poll must return when a message arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "late");
+    queue.delete(q, &got[0].receipt).await.unwrap();
+}
+
+/// What holds under injected faults: every message sent is received at least once,
+/// and a consumer that deletes what it processed (retrying what comes back) drains the
+/// queue. Uses short visibility timeouts and real time.
+pub async fn queue_at_least_once(queue: Arc<dyn Queue>, messages: usize) {
+    let q = QueueName::Work;
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..messages {
+        let body = format!("m{i}");
+        queue.send(q, &body).await.unwrap();
+        expected.insert(body);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+    loop {
+        let depth = queue.depth(q).await.unwrap();
+        if seen.len() == expected.len() && depth.visible + depth.in_flight == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain: seen {}/{}, depth {depth:?}",
+            seen.len(),
+            expected.len()
+        );
+        let batch = queue
+            .receive(
+                q,
+                5,
+                StdDuration::from_millis(50),
+                StdDuration::from_millis(200),
+            )
+            .await
+            .unwrap();
+        for m in batch {
+            seen.insert(m.body.clone());
+            // A stale receipt means someone else holds it now; it will come back.
+            let _ = queue.delete(q, &m.receipt).await;
+        }
+    }
+    assert_eq!(seen, expected, "every message sent was received");
+}
+
+/// What the simulated runners recorded: successful finishing writes per job.
+#[derive(Default)]
+struct Ledger {
+    commits: HashMap<JobId, Vec<Fence>>,
+    fenced_out: u32,
+    pushed_back: u32,
+}
+
+/// Several simulated runners work through `jobs` jobs concurrently over the store and
+/// the queue. Every job must end `succeeded`, committed exactly once, listing exactly
+/// its finishing attempt's outputs, whatever the queue does.
+pub async fn lease_protocol(
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+    runners: usize,
+    jobs: usize,
+) {
+    let now = clock.now();
+    let mut ids = Vec::new();
+    for _ in 0..jobs {
+        let job = sample_job("chaos", now, &[]);
+        create(store.as_ref(), &job).await;
+        let body = serde_json::to_string(&WorkMessage {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+        })
+        .unwrap();
+        queue.send(QueueName::Work, &body).await.unwrap();
+        ids.push(job.id);
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let lease = Duration::seconds(5);
+    let mut tasks = Vec::new();
+    for r in 0..runners {
+        let (store, queue, clock, ledger, ids) = (
+            store.clone(),
+            queue.clone(),
+            clock.clone(),
+            ledger.clone(),
+            ids.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let runner = format!("runner-{r}");
+            let deadline = tokio::time::Instant::now() + StdDuration::from_secs(60);
+            loop {
+                let mut all_done = true;
+                for id in &ids {
+                    let job = store.get_job(id).await.unwrap().unwrap();
+                    if !job.status.is_terminal() {
+                        all_done = false;
+                        break;
+                    }
+                }
+                if all_done {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "runners did not finish all jobs"
+                );
+                let batch = queue
+                    .receive(
+                        QueueName::Work,
+                        1,
+                        StdDuration::from_millis(20),
+                        StdDuration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                for message in batch {
+                    let work: WorkMessage = serde_json::from_str(&message.body).unwrap();
+                    let job = store.get_job(&work.job_id).await.unwrap().unwrap();
+                    if job.status.is_terminal() {
+                        let _ = queue.delete(QueueName::Work, &message.receipt).await;
+                        continue;
+                    }
+                    let claim = Move::Claim {
+                        runner: runner.clone(),
+                        lease,
+                        max_attempts: 3,
+                    };
+                    let claimed =
+                        match apply_move(store.as_ref(), clock.as_ref(), job, &claim).await {
+                            Ok(job) => job,
+                            Err(MoveError::Refused(
+                                Refusal::LeaseHeld { .. } | Refusal::Reserved { .. },
+                            )) => {
+                                // Another runner holds it: push the copy back, never delete it.
+                                ledger.lock().unwrap().pushed_back += 1;
+                                let _ = queue
+                                    .change_visibility(
+                                        QueueName::Work,
+                                        &message.receipt,
+                                        StdDuration::from_millis(100),
+                                    )
+                                    .await;
+                                continue;
+                            }
+                            Err(MoveError::Refused(_)) => continue,
+                            Err(e) => panic!("claim failed: {e}"),
+                        };
+                    if claimed.status != JobStatus::Running
+                        || claimed.lease_owner.as_deref() != Some(&runner)
+                    {
+                        continue;
+                    }
+                    let fence = Fence {
+                        owner: runner.clone(),
+                        attempt: claimed.attempt,
+                    };
+                    // "Execute" long enough for duplicate deliveries to overlap.
+                    tokio::time::sleep(StdDuration::from_millis(10)).await;
+                    let output = OutputRecord {
+                        node_id: "9".into(),
+                        name: format!("{}_{}.png", fence.owner, fence.attempt),
+                        kind: OutputKind::Image,
+                        content_type: "image/png".into(),
+                        size_bytes: 1,
+                        asset_id: format!("asset_{}_{}", claimed.id, fence.attempt),
+                        hash: None,
+                        blob_key: format!("outputs/{}/{}/out.png", claimed.id, fence.attempt),
+                    };
+                    let finish = Move::Finish {
+                        fence: fence.clone(),
+                        finish: Finish::Succeeded {
+                            outputs: vec![output],
+                        },
+                    };
+                    match apply_move(store.as_ref(), clock.as_ref(), claimed.clone(), &finish).await
+                    {
+                        Ok(_) => {
+                            ledger
+                                .lock()
+                                .unwrap()
+                                .commits
+                                .entry(claimed.id.clone())
+                                .or_default()
+                                .push(fence);
+                            let _ = queue.delete(QueueName::Work, &message.receipt).await;
+                        }
+                        Err(MoveError::Refused(_)) => ledger.lock().unwrap().fenced_out += 1,
+                        Err(e) => panic!("finish failed: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("runner task panicked");
+    }
+    let ledger = ledger.lock().unwrap();
+    for id in &ids {
+        let job = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(
+            job.status,
+            JobStatus::Succeeded,
+            "job {id} ended {}",
+            job.status
+        );
+        let commits = ledger.commits.get(id).map(Vec::len).unwrap_or(0);
+        assert_eq!(commits, 1, "job {id} was committed {commits} times");
+        let fence = &ledger.commits[id][0];
+        assert_eq!(
+            job.attempt, fence.attempt,
+            "the stored attempt is the finishing one"
+        );
+        assert_eq!(
+            job.outputs.len(),
+            1,
+            "exactly the finishing attempt's outputs"
+        );
+        assert!(
+            job.outputs[0]
+                .blob_key
+                .contains(&format!("/{}/", fence.attempt))
+        );
+    }
+}
+
+/// A stalled runner that wakes after a takeover is fenced out, through a real store.
+pub async fn stalled_runner_is_fenced(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
+    let job = sample_job("fence", clock.now(), &[]);
+    create(store.as_ref(), &job).await;
+    let lease = Duration::seconds(30);
+    let claim = |runner: &str| Move::Claim {
+        runner: runner.into(),
+        lease,
+        max_attempts: 3,
+    };
+    let a = apply_move(store.as_ref(), clock.as_ref(), job, &claim("a"))
+        .await
+        .unwrap();
+    assert_eq!(a.attempt, 1);
+    clock.advance(Duration::seconds(31));
+    let b = apply_move(store.as_ref(), clock.as_ref(), a.clone(), &claim("b"))
+        .await
+        .unwrap();
+    assert_eq!((b.attempt, b.lease_owner.as_deref()), (2, Some("b")));
+    // Runner a wakes with its stale copy; the write re-reads and is refused.
+    let finish_a = Move::Finish {
+        fence: Fence {
+            owner: "a".into(),
+            attempt: 1,
+        },
+        finish: Finish::Succeeded { outputs: vec![] },
+    };
+    let refused = apply_move(store.as_ref(), clock.as_ref(), a, &finish_a).await;
+    assert!(
+        matches!(refused, Err(MoveError::Refused(Refusal::Fenced))),
+        "stale runner must be fenced, got {refused:?}"
+    );
+    let stored = store.get_job(&b.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Running);
+    assert_eq!(stored.lease_owner.as_deref(), Some("b"));
+}

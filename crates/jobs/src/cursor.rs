@@ -66,7 +66,10 @@ impl CursorCodec {
         let tag = URL_SAFE_NO_PAD.decode(tag_part).ok()?;
         let expected = self.tag(tenant, filter, &id);
         // Constant-time comparison: the tag is a secret-derived value.
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(tag.as_slice(), expected.as_slice())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            tag.as_slice(),
+            expected.as_slice(),
+        )) {
             return None;
         }
         JobId::parse(&id)
@@ -88,7 +91,11 @@ mod tests {
         assert_eq!(codec.decode("t1", &[], &c), None, "other filter");
         let other = CursorCodec::new(b"other".to_vec());
         assert_eq!(other.decode("t1", &filter, &c), None, "other key");
-        let forged = format!("{}.{}", URL_SAFE_NO_PAD.encode(id.as_str()), "AAAAAAAAAAAAAAAAAAAAAA");
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(id.as_str()),
+            "AAAAAAAAAAAAAAAAAAAAAA"
+        );
         assert_eq!(codec.decode("t1", &filter, &forged), None);
         assert_eq!(codec.decode("t1", &filter, "garbage"), None);
     }

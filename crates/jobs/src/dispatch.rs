@@ -182,7 +182,10 @@ impl Dispatcher {
     pub async fn scale(&self) -> Result<ScaleReport, StoreError> {
         let now = self.clock().now();
         let workers = self.live_workers(now).await?;
-        let busy = workers.iter().filter(|w| w.phase == WorkerPhase::Busy).count() as u32;
+        let busy = workers
+            .iter()
+            .filter(|w| w.phase == WorkerPhase::Busy)
+            .count() as u32;
         // Draining workers take no new work, so they do not cover the queue.
         let live = workers
             .iter()
@@ -302,7 +305,10 @@ impl Dispatcher {
 
     async fn tick_queued(&self, report: &mut TickReport) -> Result<(), MoveError> {
         let now = self.clock().now();
-        for job in store(&self.jobs).jobs_in_status(JobStatus::Queued, 1000).await? {
+        for job in store(&self.jobs)
+            .jobs_in_status(JobStatus::Queued, 1000)
+            .await?
+        {
             if job.queue_deadline <= now {
                 let clock = self.clock();
                 match apply_move(store(&self.jobs), clock, job, &Move::Expire).await {
@@ -365,15 +371,27 @@ impl Dispatcher {
         let visibility = std::time::Duration::from_secs(60);
         // Wake nudges carry nothing worth keeping.
         for message in queue
-            .receive(QueueName::WakeDeadLetter, 10, std::time::Duration::ZERO, visibility)
+            .receive(
+                QueueName::WakeDeadLetter,
+                10,
+                std::time::Duration::ZERO,
+                visibility,
+            )
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
         {
-            let _ = queue.delete(QueueName::WakeDeadLetter, &message.receipt).await;
+            let _ = queue
+                .delete(QueueName::WakeDeadLetter, &message.receipt)
+                .await;
         }
         loop {
             let batch = queue
-                .receive(QueueName::WorkDeadLetter, 10, std::time::Duration::ZERO, visibility)
+                .receive(
+                    QueueName::WorkDeadLetter,
+                    10,
+                    std::time::Duration::ZERO,
+                    visibility,
+                )
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             if batch.is_empty() {
@@ -382,11 +400,14 @@ impl Dispatcher {
             for message in batch {
                 let Ok(work) = serde_json::from_str::<WorkMessage>(&message.body) else {
                     tracing::error!(message_id = %message.message_id, "unreadable dead letter dropped");
-                    let _ = queue.delete(QueueName::WorkDeadLetter, &message.receipt).await;
+                    let _ = queue
+                        .delete(QueueName::WorkDeadLetter, &message.receipt)
+                        .await;
                     continue;
                 };
                 if let Some(job) = store(&self.jobs).get_job(&work.job_id).await? {
-                    match apply_move(store(&self.jobs), self.clock(), job, &Move::DeadLetter).await {
+                    match apply_move(store(&self.jobs), self.clock(), job, &Move::DeadLetter).await
+                    {
                         Ok(j) if j.status == JobStatus::Failed => report.dead_lettered += 1,
                         Ok(_) => {}
                         Err(MoveError::Refused(Refusal::LeaseHeld { .. })) => {
@@ -397,13 +418,19 @@ impl Dispatcher {
                         Err(e) => return Err(e),
                     }
                 }
-                let _ = queue.delete(QueueName::WorkDeadLetter, &message.receipt).await;
+                let _ = queue
+                    .delete(QueueName::WorkDeadLetter, &message.receipt)
+                    .await;
             }
         }
     }
 }
 
-fn current_capacity_error(fleet: &Fleet, now: DateTime<Utc>, config: &DispatchConfig) -> Option<String> {
+fn current_capacity_error(
+    fleet: &Fleet,
+    now: DateTime<Utc>,
+    config: &DispatchConfig,
+) -> Option<String> {
     match (&fleet.capacity_error, fleet.capacity_error_at) {
         (Some(reason), Some(at)) if now - at < config.capacity_error_ttl => Some(reason.clone()),
         _ => None,

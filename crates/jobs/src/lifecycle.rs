@@ -48,7 +48,9 @@ pub struct Fence {
 /// How a runner's work on a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    Succeeded { outputs: Vec<OutputRecord> },
+    Succeeded {
+        outputs: Vec<OutputRecord>,
+    },
     Failed(JobError),
     /// The runner stopped the prompt because the job was `canceling`.
     Canceled,
@@ -64,7 +66,10 @@ pub enum Move {
         max_attempts: u32,
     },
     /// Prefetch: hold a queued job for a short, renewable time without starting it.
-    Reserve { runner: String, until: DateTime<Utc> },
+    Reserve {
+        runner: String,
+        until: DateTime<Utc>,
+    },
     /// Give a reservation up early.
     Unreserve { runner: String },
     /// Heartbeat: extend the lease. The written job comes back, so a cancel is noticed.

@@ -268,7 +268,10 @@ pub enum LaunchError {
 #[async_trait]
 pub trait Launcher: Send + Sync + 'static {
     /// Starts up to `count` workers. Some may start before a capacity error stops the rest.
-    async fn launch(&self, count: u32) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)>;
+    async fn launch(
+        &self,
+        count: u32,
+    ) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)>;
 
     async fn stop(&self, worker_id: &str) -> Result<(), LaunchError>;
 

@@ -176,7 +176,12 @@ impl JobService {
             created_at: now,
             expires_at: now + self.config.idempotency_ttl,
         });
-        match self.ports.store.create_job(&job, record.as_ref(), now).await? {
+        match self
+            .ports
+            .store
+            .create_job(&job, record.as_ref(), now)
+            .await?
+        {
             CreateOutcome::Created => {}
             CreateOutcome::KeyTaken(existing) => {
                 // A concurrent request with the same key won the race. Our blob is an
@@ -317,7 +322,14 @@ impl JobService {
 
     /// Applies a move with read-decide-write retries. A refusal is returned as-is.
     pub async fn apply_move(&self, job: Job, mv: &Move) -> Result<Job, ApiError> {
-        match apply_move(self.ports.store.as_ref(), self.ports.clock.as_ref(), job, mv).await {
+        match apply_move(
+            self.ports.store.as_ref(),
+            self.ports.clock.as_ref(),
+            job,
+            mv,
+        )
+        .await
+        {
             Ok(job) => Ok(job),
             Err(MoveError::Store(e)) => Err(e.into()),
             Err(MoveError::Refused(r)) => Err(ApiError::new(
@@ -487,7 +499,12 @@ impl JobService {
 
     async fn fleet_cached(&self) -> Result<Fleet, ApiError> {
         let now = self.ports.clock.now();
-        if let Some((at, fleet)) = self.fleet_cache.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some((at, fleet)) = self
+            .fleet_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             if now - *at < Duration::seconds(1) {
                 return Ok(fleet.clone());
             }

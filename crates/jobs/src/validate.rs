@@ -100,7 +100,9 @@ pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = StrictValue::deserialize(&mut deserializer)
         .and_then(|v| deserializer.end().map(|()| v.0))
-        .map_err(|e| ApiError::invalid_request(format!("the request body is not valid JSON: {e}")))?;
+        .map_err(|e| {
+            ApiError::invalid_request(format!("the request body is not valid JSON: {e}"))
+        })?;
     Ok(value)
 }
 
@@ -306,7 +308,10 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
     if graph.len() > MAX_NODES {
         return Err(unprocessable(
             "invalid_workflow",
-            format!("the workflow has {} nodes; at most {MAX_NODES} are allowed", graph.len()),
+            format!(
+                "the workflow has {} nodes; at most {MAX_NODES} are allowed",
+                graph.len()
+            ),
         ));
     }
 
@@ -319,20 +324,36 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
                 id,
                 None,
                 "invalid_node",
-                format!("node {id} must be an object with `class_type` and `inputs`, not {}", json_type(node)),
+                format!(
+                    "node {id} must be an object with `class_type` and `inputs`, not {}",
+                    json_type(node)
+                ),
             );
             continue;
         };
         match node.get("class_type") {
             Some(Value::String(class)) if !class.trim().is_empty() => {}
-            Some(Value::String(_)) => errors.add(id, Some("class_type"), "invalid_class_type", format!("node {id} has an empty `class_type`")),
+            Some(Value::String(_)) => errors.add(
+                id,
+                Some("class_type"),
+                "invalid_class_type",
+                format!("node {id} has an empty `class_type`"),
+            ),
             Some(other) => errors.add(
                 id,
                 Some("class_type"),
                 "invalid_class_type",
-                format!("node {id}: `class_type` must be a string, not {}", json_type(other)),
+                format!(
+                    "node {id}: `class_type` must be a string, not {}",
+                    json_type(other)
+                ),
             ),
-            None => errors.add(id, Some("class_type"), "missing_class_type", format!("node {id} has no `class_type`")),
+            None => errors.add(
+                id,
+                Some("class_type"),
+                "missing_class_type",
+                format!("node {id} has no `class_type`"),
+            ),
         }
         let inputs = match node.get("inputs") {
             Some(Value::Object(inputs)) => inputs,
@@ -341,12 +362,20 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
                     id,
                     Some("inputs"),
                     "invalid_inputs",
-                    format!("node {id}: `inputs` must be an object, not {}", json_type(other)),
+                    format!(
+                        "node {id}: `inputs` must be an object, not {}",
+                        json_type(other)
+                    ),
                 );
                 continue;
             }
             None => {
-                errors.add(id, Some("inputs"), "missing_inputs", format!("node {id} has no `inputs` object"));
+                errors.add(
+                    id,
+                    Some("inputs"),
+                    "missing_inputs",
+                    format!("node {id} has no `inputs` object"),
+                );
                 continue;
             }
         };
@@ -406,7 +435,10 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
     let message = if count == 1 {
         format!("invalid workflow: {first}")
     } else {
-        format!("invalid workflow: {first} (and problems in {} more node(s))", count - 1)
+        format!(
+            "invalid workflow: {first} (and problems in {} more node(s))",
+            count - 1
+        )
     };
     Err(unprocessable("invalid_workflow", message).with_details(json!({ "node_errors": errors.0 })))
 }
@@ -511,7 +543,9 @@ mod tests {
     #[test]
     fn asset_references_are_found() {
         let wf = json!({"10": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": "asset_1"}}}}});
-        let Value::Object(wf) = wf else { unreachable!() };
+        let Value::Object(wf) = wf else {
+            unreachable!()
+        };
         assert_eq!(
             asset_references(&wf),
             vec![("10".to_string(), "image".to_string(), "asset_1".to_string())]

@@ -80,7 +80,10 @@ fn ok(job: &Job, mv: Move, now: DateTime<Utc>) -> Job {
 
 fn refused(job: &Job, mv: Move, now: DateTime<Utc>) -> Refusal {
     match apply(job, &mv, now) {
-        Ok(a) => panic!("{mv:?} on {} should be refused, got {:?}", job.status, a.job.status),
+        Ok(a) => panic!(
+            "{mv:?} on {} should be refused, got {:?}",
+            job.status, a.job.status
+        ),
         Err(r) => r,
     }
 }
@@ -159,8 +162,15 @@ fn takeover_after_lease_expiry_bumps_attempt_and_clears_outputs() {
     assert_eq!(taken.status, JobStatus::Running);
     assert_eq!(taken.attempt, 2);
     assert_eq!(taken.lease_owner.as_deref(), Some("b"));
-    assert!(taken.outputs.is_empty(), "only the finishing attempt's outputs");
-    assert_eq!(taken.started_at, Some(t0()), "started_at keeps the first start");
+    assert!(
+        taken.outputs.is_empty(),
+        "only the finishing attempt's outputs"
+    );
+    assert_eq!(
+        taken.started_at,
+        Some(t0()),
+        "started_at keeps the first start"
+    );
 }
 
 #[test]
@@ -527,7 +537,10 @@ fn retention_restarts_at_completion() {
         },
         t0() + Duration::hours(1),
     );
-    assert_eq!(done.expires_at, t0() + Duration::hours(1) + Duration::days(7));
+    assert_eq!(
+        done.expires_at,
+        t0() + Duration::hours(1) + Duration::days(7)
+    );
 }
 
 // ---- hand-back -----------------------------------------------------------------------
@@ -591,7 +604,11 @@ fn cancel_in_each_state() {
 
     let c = ok(&running(), Move::Cancel, t0());
     assert_eq!(c.status, JobStatus::Canceling);
-    assert_eq!(c.lease_owner.as_deref(), Some("a"), "the runner keeps its lease");
+    assert_eq!(
+        c.lease_owner.as_deref(),
+        Some("a"),
+        "the runner keeps its lease"
+    );
 
     // Idempotent where there is nothing to do.
     let again = apply(&canceling(), &Move::Cancel, t0()).unwrap();
@@ -634,7 +651,10 @@ fn reap_expired_lease() {
     let a = apply(&running(), &reap, later).unwrap();
     assert!(!a.changed);
     // Expired and canceling: canceled.
-    assert_eq!(ok(&canceling(), reap.clone(), later).status, JobStatus::Canceled);
+    assert_eq!(
+        ok(&canceling(), reap.clone(), later).status,
+        JobStatus::Canceled
+    );
     // Expired at the limit: failed.
     let mut job = running();
     job.attempt = MAX;

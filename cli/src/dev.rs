@@ -1,0 +1,227 @@
+//! `serverless-comfyui dev`: the product on one machine.
+//!
+//! It is the composition root for the local adapters: it opens the data directory,
+//! builds the job services and the dispatcher over the ports, and serves the v2
+//! router. Beside the server it runs the two loops the AWS stack runs as Lambda
+//! triggers:
+//!
+//! - the **wake consumer** (SQS "wake" → `dispatch`): each nudge makes one scaling
+//!   decision;
+//! - the **tick** (EventBridge, every minute): the safety net.
+//!
+//! Shutdown is graceful: on Ctrl-C or SIGTERM the server stops accepting, finishes the
+//! requests in flight, and the loops stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use jobs::api::{self, ApiState, ServerInfo};
+use jobs::auth::{DEFAULT_TENANT, SingleTenant};
+use jobs::dispatch::{DispatchConfig, Dispatcher};
+use jobs::ports::{Clock, NoLauncher, QueueName, SystemClock};
+use jobs::service::{JobService, JobsConfig};
+use local::DataDir;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// Settings of `dev`, from flags.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How often the tick runs.
+    pub tick_every: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from(".serverless-comfyui"),
+            tick_every: Duration::from_secs(10),
+            max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The assembled application: state for the router, and the dispatcher for the loops.
+pub struct DevApp {
+    pub state: Arc<ApiState>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub data_dir: DataDir,
+    pub max_body_bytes: usize,
+}
+
+impl DevApp {
+    /// Builds everything over the data directory, with the given clock.
+    pub fn build(config: &DevConfig, clock: Arc<dyn Clock>) -> anyhow::Result<DevApp> {
+        let data_dir = DataDir::open(&config.data_dir)?;
+        let ports = data_dir
+            .ports(clock)
+            .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
+        let secret = data_dir.secret()?;
+        let jobs = Arc::new(JobService::new(ports, JobsConfig::default(), secret));
+        let dispatcher = Arc::new(Dispatcher::new(
+            jobs.clone(),
+            Arc::new(NoLauncher),
+            DispatchConfig {
+                // No runner exists yet: nothing to launch.
+                max_workers: 0,
+                ..DispatchConfig::default()
+            },
+        ));
+        let state = Arc::new(ApiState {
+            jobs,
+            dispatcher: dispatcher.clone(),
+            auth: Arc::new(SingleTenant(DEFAULT_TENANT.to_string())),
+            info: ServerInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                comfyui: json!({
+                    "mode": "none",
+                    "message": "no runner yet: jobs stay queued",
+                }),
+            },
+        });
+        Ok(DevApp {
+            state,
+            dispatcher,
+            data_dir,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone(), self.max_body_bytes)
+    }
+}
+
+/// Runs `dev` until Ctrl-C or SIGTERM.
+pub async fn run(config: DevConfig) -> anyhow::Result<()> {
+    if !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {}: without API keys, `dev` serves one unauthenticated tenant \
+             and binds loopback only (127.0.0.1 or ::1)",
+            config.listen
+        );
+    }
+    let app = DevApp::build(&config, Arc::new(SystemClock))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    print_banner(address, &app);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loops = [
+        tokio::spawn(tick_loop(
+            app.dispatcher.clone(),
+            config.tick_every,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(wake_loop(
+            app.dispatcher.clone(),
+            app.state.clone(),
+            stop_rx.clone(),
+        )),
+    ];
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    let _ = stop_tx.send(true);
+    for task in loops {
+        let _ = task.await;
+    }
+    eprintln!("serverless-comfyui dev stopped");
+    Ok(())
+}
+
+fn print_banner(address: SocketAddr, app: &DevApp) {
+    let url = format!("http://{address}");
+    eprintln!();
+    eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
+    eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
+    eprintln!("  health    {url}/api/v2/health");
+    eprintln!("  data dir  {}", app.data_dir.root().display());
+    eprintln!("  auth      none: one default tenant, loopback only");
+    eprintln!("  ComfyUI   none yet: jobs are accepted and stay queued until a runner exists");
+    eprintln!();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}
+
+/// The tick, as EventBridge runs it on AWS.
+async fn tick_loop(dispatcher: Arc<Dispatcher>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let report = dispatcher.tick().await;
+                tracing::debug!(?report, "tick");
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The wake consumer, as the SQS event source runs `dispatch` on AWS.
+async fn wake_loop(
+    dispatcher: Arc<Dispatcher>,
+    state: Arc<ApiState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let queue = state.jobs.ports().queue.clone();
+    loop {
+        let receive = queue.receive(
+            QueueName::Wake,
+            10,
+            Duration::from_secs(20),
+            Duration::from_secs(30),
+        );
+        let batch = tokio::select! {
+            batch = receive => batch,
+            _ = stop.changed() => return,
+        };
+        match batch {
+            Ok(messages) if messages.is_empty() => continue,
+            Ok(messages) => {
+                if let Err(e) = dispatcher.scale().await {
+                    tracing::error!(error = %e, "scale failed; the tick will retry");
+                    continue;
+                }
+                for message in messages {
+                    let _ = queue.delete(QueueName::Wake, &message.receipt).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "wake queue unavailable");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! # serverless-comfyui, the command
+//!
+//! The binary's subcommands live here as a library so that tests drive the same code:
+//!
+//! - [`dev`]: the whole product on one machine: the Comfy API v2 server over the local
+//!   adapters (SQLite, files), the tick, and the dispatcher.
+pub mod dev;

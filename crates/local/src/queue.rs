@@ -1,0 +1,246 @@
+//! Queues on SQLite with SQS's semantics.
+//!
+//! - At-least-once: a received message is only hidden, for its visibility timeout;
+//!   unless deleted it comes back.
+//! - Each receive mints a new receipt handle; only the latest one can delete the
+//!   message or change its visibility (an old one gets [`QueueError::StaleReceipt`]).
+//! - Each receive counts. A message received more than `max_receive_count` times moves
+//!   to the dead-letter queue instead of being delivered again (SQS's redrive policy).
+//! - Long polling: `receive` waits up to `wait` for a message. Senders in this process
+//!   wake waiters at once; other processes (runners) are seen within a short poll.
+//!
+//! The queue lives in its own database file, apart from the job store, so no
+//! transaction can ever span the two, just as none can span DynamoDB and SQS.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobs::ports::{
+    Clock, Queue, QueueDepth, QueueError, QueueName, QueueResult, Received, StoreError,
+};
+use rusqlite::params;
+use tokio::sync::Notify;
+
+use crate::db::Db;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    sent_at_ms INTEGER NOT NULL
+);
+CREATE INDEX messages_ready ON messages (queue, visible_at_ms, seq);
+CREATE UNIQUE INDEX messages_by_receipt ON messages (receipt);
+"#];
+
+/// How often a waiting receive looks for messages sent by other processes.
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(10);
+
+pub struct SqliteQueue {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    max_receive_count: u32,
+    sent: Notify,
+}
+
+fn to_queue_error(e: StoreError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    crate::db::unavailable(e)
+}
+
+impl SqliteQueue {
+    /// Opens the queue database. Messages received more than `max_receive_count` times
+    /// are dead-lettered.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>, max_receive_count: u32) -> QueueResult<Self> {
+        Ok(SqliteQueue {
+            db: Db::open(path, MIGRATIONS).map_err(to_queue_error)?,
+            clock,
+            max_receive_count,
+            sent: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    fn try_receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> QueueResult<Vec<Received>> {
+        let now = self.now_ms();
+        let hidden_until = now + visibility.as_millis() as i64;
+        let max_receives = self.max_receive_count;
+        self.db
+            .write(|conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(sql)?;
+                let candidates: Vec<(i64, String, String, u32)> = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT seq, id, body, receive_count FROM messages
+                             WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY seq LIMIT ?3",
+                        )
+                        .map_err(sql)?;
+                    let rows = stmt
+                        .query_map(params![queue.as_str(), now, (max * 2) as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })
+                        .map_err(sql)?;
+                    rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+                };
+                let mut received = Vec::new();
+                for (seq, id, body, count) in candidates {
+                    if count >= max_receives {
+                        if let Some(dead) = queue.dead_letter() {
+                            tx.prepare_cached(
+                                "UPDATE messages SET queue = ?1, visible_at_ms = ?2, receive_count = 0, receipt = NULL WHERE seq = ?3",
+                            )
+                            .and_then(|mut s| s.execute(params![dead.as_str(), now, seq]))
+                            .map_err(sql)?;
+                            continue;
+                        }
+                    }
+                    if received.len() == max {
+                        break;
+                    }
+                    let receipt = ulid::Ulid::new().to_string();
+                    tx.prepare_cached(
+                        "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2 WHERE seq = ?3",
+                    )
+                    .and_then(|mut s| s.execute(params![hidden_until, receipt, seq]))
+                    .map_err(sql)?;
+                    received.push(Received {
+                        message_id: id,
+                        receipt,
+                        body,
+                        receive_count: count + 1,
+                    });
+                }
+                tx.commit().map_err(sql)?;
+                Ok(received)
+            })
+            .map_err(to_queue_error)
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn send(&self, queue: QueueName, body: &str) -> QueueResult<String> {
+        let id = ulid::Ulid::new().to_string();
+        let now = self.now_ms();
+        self.db
+            .write(|conn| {
+                conn.prepare_cached(
+                    "INSERT INTO messages (id, queue, body, visible_at_ms, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![id, queue.as_str(), body, now]))
+                .map_err(sql)
+            })
+            .map_err(to_queue_error)?;
+        self.sent.notify_waiters();
+        Ok(id)
+    }
+
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> QueueResult<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a send in between is not missed.
+            let notified = self.sent.notified();
+            let received = self.try_receive(queue, max.max(1), visibility)?;
+            if !received.is_empty() {
+                return Ok(received);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(received);
+            }
+            let nap = CROSS_PROCESS_POLL.min(deadline - now);
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn change_visibility(
+        &self,
+        queue: QueueName,
+        receipt: &str,
+        visibility: Duration,
+    ) -> QueueResult<()> {
+        let visible_at = self.now_ms() + visibility.as_millis() as i64;
+        let changed = self
+            .db
+            .write(|conn| {
+                conn.prepare_cached(
+                    "UPDATE messages SET visible_at_ms = ?1 WHERE queue = ?2 AND receipt = ?3",
+                )
+                .and_then(|mut s| s.execute(params![visible_at, queue.as_str(), receipt]))
+                .map_err(sql)
+            })
+            .map_err(to_queue_error)?;
+        if changed == 0 {
+            return Err(QueueError::StaleReceipt);
+        }
+        if visibility.is_zero() {
+            self.sent.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, queue: QueueName, receipt: &str) -> QueueResult<()> {
+        let changed = self
+            .db
+            .write(|conn| {
+                conn.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND receipt = ?2")
+                    .and_then(|mut s| s.execute(params![queue.as_str(), receipt]))
+                    .map_err(sql)
+            })
+            .map_err(to_queue_error)?;
+        if changed == 0 {
+            Err(QueueError::StaleReceipt)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth> {
+        let now = self.now_ms();
+        self.db
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT
+                        coalesce(sum(CASE WHEN visible_at_ms <= ?2 THEN 1 ELSE 0 END), 0),
+                        coalesce(sum(CASE WHEN visible_at_ms > ?2 THEN 1 ELSE 0 END), 0)
+                     FROM messages WHERE queue = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![queue.as_str(), now], |r| {
+                        Ok(QueueDepth {
+                            visible: r.get::<_, i64>(0)? as u64,
+                            in_flight: r.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                })
+                .map_err(sql)
+            })
+            .map_err(to_queue_error)
+    }
+}

@@ -1,0 +1,377 @@
+//! The JobStore on SQLite.
+//!
+//! Each item is a JSON document (the same serde types DynamoDB items carry) plus the
+//! few columns queries need: status, revision, tenant, the reservation deadline, and a
+//! labels table for `metadata[k]=v` filters. Every job write is conditioned on the
+//! revision read, exactly like the DynamoDB adapter's `ConditionExpression`.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use jobs::model::{IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord};
+use jobs::ports::{
+    CreateOutcome, Fleet, JobStore, ListQuery, StoreError, StoreResult, WorkerRecord,
+};
+use rusqlite::{OptionalExtension, params, params_from_iter};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::db::{Db, unavailable};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    reserved_until_ms INTEGER,
+    body TEXT NOT NULL
+);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
+CREATE INDEX jobs_by_status ON jobs (status, id);
+CREATE TABLE job_labels (
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    k TEXT NOT NULL,
+    v TEXT NOT NULL,
+    PRIMARY KEY (job_id, k)
+);
+CREATE INDEX job_labels_by_value ON job_labels (tenant, k, v, job_id);
+CREATE TABLE progress (
+    job_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE idempotency (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+CREATE TABLE fleet (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    rev INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+"#];
+
+pub struct SqliteJobStore {
+    db: Db,
+}
+
+fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(raw: &str) -> StoreResult<T> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Unavailable(format!("decode: {e}")))
+}
+
+fn reserved_ms(job: &Job) -> Option<i64> {
+    job.reserved_until.map(|t| t.timestamp_millis())
+}
+
+impl SqliteJobStore {
+    /// Opens `path` (created if missing), migrating it to the current schema.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        Ok(SqliteJobStore {
+            db: Db::open(path, MIGRATIONS)?,
+        })
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn create_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyRecord>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome> {
+        let body = to_json(job)?;
+        let record_body = idempotency.map(to_json).transpose()?;
+        self.db.write(|conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            if let (Some(record), Some(record_body)) = (idempotency, &record_body) {
+                let existing: Option<(String, i64)> = tx
+                    .prepare_cached(
+                        "SELECT body, expires_at_ms FROM idempotency WHERE tenant = ?1 AND key = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![record.tenant, record.key], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(unavailable)?;
+                if let Some((existing, expires_ms)) = existing {
+                    if expires_ms > now.timestamp_millis() {
+                        return Ok(CreateOutcome::KeyTaken(from_json(&existing)?));
+                    }
+                }
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency (tenant, key, expires_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        record.tenant,
+                        record.key,
+                        record.expires_at.timestamp_millis(),
+                        record_body
+                    ])
+                })
+                .map_err(unavailable)?;
+            }
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        job.id.as_str(),
+                        job.tenant,
+                        job.status.as_str(),
+                        job.rev as i64,
+                        reserved_ms(job),
+                        body
+                    ])
+                })
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            {
+                let mut label = tx
+                    .prepare_cached(
+                        "INSERT INTO job_labels (job_id, tenant, k, v) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(unavailable)?;
+                for (k, v) in &job.metadata {
+                    label
+                        .execute(params![job.id.as_str(), job.tenant, k, v])
+                        .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(CreateOutcome::Created)
+        })
+    }
+
+    async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
+        let body: Option<String> = self.db.read(|conn| {
+            conn.prepare_cached("SELECT body FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })?;
+        body.as_deref().map(from_json).transpose()
+    }
+
+    async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()> {
+        let body = to_json(job)?;
+        let changed = self.db.write(|conn| {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4 WHERE id = ?5 AND rev = ?6",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    job.status.as_str(),
+                    job.rev as i64,
+                    reserved_ms(job),
+                    body,
+                    job.id.as_str(),
+                    expected_rev as i64
+                ])
+            })
+            .map_err(unavailable)
+        })?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>> {
+        let mut sql = String::from("SELECT j.body FROM jobs j WHERE j.tenant = ?");
+        let mut args: Vec<String> = vec![query.tenant.clone()];
+        if let Some(before) = &query.before {
+            sql.push_str(" AND j.id < ?");
+            args.push(before.as_str().to_string());
+        }
+        for (k, v) in &query.metadata {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = j.id AND l.tenant = j.tenant AND l.k = ? AND l.v = ?)",
+            );
+            args.push(k.clone());
+            args.push(v.clone());
+        }
+        sql.push_str(" ORDER BY j.id DESC LIMIT ?");
+        args.push(query.limit.to_string());
+        let bodies: Vec<String> = self.db.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), |r| r.get(0))
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable)
+        })?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>> {
+        let bodies: Vec<String> = self.db.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT body FROM jobs WHERE status = ?1 ORDER BY id LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![status.as_str(), limit as i64], |r| r.get(0))
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable)
+        })?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn queue_position(&self, id: &JobId) -> StoreResult<u64> {
+        self.db.read(|conn| {
+            conn.prepare_cached("SELECT count(*) FROM jobs WHERE status = 'queued' AND id < ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(unavailable)
+        })
+    }
+
+    async fn count_unclaimed_queued(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.db.read(|conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND (reserved_until_ms IS NULL OR reserved_until_ms <= ?1)",
+            )
+            .and_then(|mut s| s.query_row([now.timestamp_millis()], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+    }
+
+    async fn get_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        let body: Option<String> = self.db.read(|conn| {
+            conn.prepare_cached("SELECT body FROM idempotency WHERE tenant = ?1 AND key = ?2")
+                .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })?;
+        body.as_deref().map(from_json).transpose()
+    }
+
+    async fn put_progress(&self, id: &JobId, record: &ProgressRecord) -> StoreResult<()> {
+        let body = to_json(record)?;
+        self.db.write(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO progress (job_id, attempt, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt, body = excluded.body
+                 WHERE excluded.attempt >= progress.attempt",
+            )
+            .and_then(|mut s| s.execute(params![id.as_str(), record.attempt, body]))
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+    }
+
+    async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>> {
+        let body: Option<String> = self.db.read(|conn| {
+            conn.prepare_cached("SELECT body FROM progress WHERE job_id = ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })?;
+        body.as_deref().map(from_json).transpose()
+    }
+
+    async fn get_fleet(&self) -> StoreResult<Fleet> {
+        let body: Option<String> = self.db.read(|conn| {
+            conn.prepare_cached("SELECT body FROM fleet WHERE id = 1")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })?;
+        Ok(body
+            .as_deref()
+            .map(from_json)
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    async fn put_fleet(&self, fleet: &Fleet, expected_rev: u64) -> StoreResult<()> {
+        let body = to_json(fleet)?;
+        let changed = self.db.write(|conn| {
+            if expected_rev == 0 {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO fleet (id, rev, body) VALUES (1, ?1, ?2)",
+                )
+                .and_then(|mut s| s.execute(params![fleet.rev as i64, body]))
+            } else {
+                conn.prepare_cached(
+                    "UPDATE fleet SET rev = ?1, body = ?2 WHERE id = 1 AND rev = ?3",
+                )
+                .and_then(|mut s| s.execute(params![fleet.rev as i64, body, expected_rev as i64]))
+            }
+            .map_err(unavailable)
+        })?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
+        let body = to_json(worker)?;
+        self.db.write(|conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO workers (id, body) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![worker.id, body]))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    async fn delete_worker(&self, id: &str) -> StoreResult<()> {
+        self.db.write(|conn| {
+            conn.prepare_cached("DELETE FROM workers WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>> {
+        let bodies: Vec<String> = self.db.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT body FROM workers ORDER BY id")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable)
+        })?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.read(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,81 @@
+//! The shared adapter conformance suite (`jobs::conformance`) on the local adapters,
+//! with and without the fault-injecting queue. Each test gets its own data directory.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use jobs::conformance;
+use jobs::ports::{Clock, ManualClock, Queue, SystemClock};
+use local::faults::{Faults, FaultyQueue};
+use local::{SqliteJobStore, SqliteQueue};
+
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn job_store_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::job_store(store, manual_clock()).await;
+}
+
+#[tokio::test]
+async fn stalled_runner_is_fenced_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::stalled_runner_is_fenced(store, manual_clock()).await;
+}
+
+#[tokio::test]
+async fn queue_strict_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual_clock();
+    let queue =
+        Arc::new(SqliteQueue::open(&dir.path().join("q.sqlite"), clock.clone(), 5).unwrap());
+    conformance::queue_strict(queue, clock.as_ref(), 5).await;
+}
+
+fn real_queue(dir: &tempfile::TempDir) -> Arc<dyn Queue> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Arc::new(
+        SqliteQueue::open(
+            &dir.path().join("q.sqlite"),
+            clock,
+            local::MAX_RECEIVE_COUNT,
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn queue_at_least_once_without_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::queue_at_least_once(real_queue(&dir), 50).await;
+}
+
+#[tokio::test]
+async fn queue_at_least_once_with_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(FaultyQueue::new(real_queue(&dir), Faults::CHAOTIC, 7));
+    conformance::queue_at_least_once(faulty, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_protocol_without_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::lease_protocol(store, real_queue(&dir), Arc::new(SystemClock), 4, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_protocol_with_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    for seed in [1, 2, 3] {
+        let faulty = Arc::new(FaultyQueue::new(real_queue(&dir), Faults::CHAOTIC, seed));
+        conformance::lease_protocol(store.clone(), faulty, Arc::new(SystemClock), 4, 60).await;
+    }
+}
