@@ -213,10 +213,15 @@ async fn job_events(
     ))
 }
 
+/// A parsed `GET /api/v2/jobs` query.
+struct ListParams {
+    metadata: Vec<(String, String)>,
+    limit: usize,
+    cursor: Option<String>,
+}
+
 /// Parses `metadata[k]=v&limit=&cursor=`.
-fn parse_list_query(
-    raw: Option<&str>,
-) -> Result<(Vec<(String, String)>, usize, Option<String>), ApiError> {
+fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
     let mut metadata = Vec::new();
     let mut limit = DEFAULT_LIST_LIMIT;
     let mut cursor = None;
@@ -225,11 +230,12 @@ fn parse_list_query(
             .strip_prefix("metadata[")
             .and_then(|k| k.strip_suffix(']'))
         {
-            validate_label_key(key).map_err(ApiError::invalid_request)?;
+            let bad_filter = |message: String| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_metadata_filter", message)
+            };
+            validate_label_key(key).map_err(bad_filter)?;
             if metadata.iter().any(|(k, _): &(String, String)| k == key) {
-                return Err(ApiError::invalid_request(format!(
-                    "metadata[{key}] is given twice"
-                )));
+                return Err(bad_filter(format!("metadata[{key}] is given twice")));
             }
             metadata.push((key.to_string(), value.into_owned()));
         } else if name == "limit" {
@@ -251,7 +257,11 @@ fn parse_list_query(
         }
     }
     metadata.sort();
-    Ok((metadata, limit, cursor))
+    Ok(ListParams {
+        metadata,
+        limit,
+        cursor,
+    })
 }
 
 async fn list_jobs(
@@ -259,10 +269,15 @@ async fn list_jobs(
     tenant: Tenant,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (metadata, limit, cursor) = parse_list_query(query.as_deref())?;
+    let params = parse_list_query(query.as_deref())?;
     let page = state
         .jobs
-        .list(&tenant.0, metadata, limit, cursor.as_deref())
+        .list(
+            &tenant.0,
+            params.metadata,
+            params.limit,
+            params.cursor.as_deref(),
+        )
         .await?;
     let mut body = json!({ "jobs": page.jobs });
     if let Some(cursor) = page.next_cursor {

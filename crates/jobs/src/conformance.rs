@@ -710,7 +710,7 @@ pub async fn lease_protocol(
     for task in tasks {
         task.await.expect("runner task panicked");
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     for id in &ids {
         let job = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(

@@ -148,10 +148,10 @@ impl JobService {
 
         if let Some(key) = idempotency_key {
             validate_idempotency_key(key)?;
-            if let Some(record) = self.ports.store.get_idempotency(tenant, key).await? {
-                if record.expires_at > now {
-                    return self.answer_existing(tenant, &record, &fingerprint).await;
-                }
+            if let Some(record) = self.ports.store.get_idempotency(tenant, key).await?
+                && record.expires_at > now
+            {
+                return self.answer_existing(tenant, &record, &fingerprint).await;
             }
         }
 
@@ -465,11 +465,11 @@ impl JobService {
         let mut progress = stored
             .filter(|p| p.attempt == job.attempt)
             .map(|p| p.progress);
-        if job.status == JobStatus::Succeeded {
-            if let Some(p) = progress.as_mut() {
-                p.value = 1.0;
-                p.nodes_done = p.nodes_total;
-            }
+        if job.status == JobStatus::Succeeded
+            && let Some(p) = progress.as_mut()
+        {
+            p.value = 1.0;
+            p.nodes_done = p.nodes_total;
         }
         let queue_position = if job.status == JobStatus::Queued {
             let position = self.ports.store.queue_position(&job.id).await?;
@@ -499,15 +499,14 @@ impl JobService {
 
     async fn fleet_cached(&self) -> Result<Fleet, ApiError> {
         let now = self.ports.clock.now();
-        if let Some((at, fleet)) = self
+        let cached = self
             .fleet_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            if now - *at < Duration::seconds(1) {
-                return Ok(fleet.clone());
-            }
+            .clone()
+            .filter(|(at, _)| now - *at < Duration::seconds(1));
+        if let Some((_, fleet)) = cached {
+            return Ok(fleet);
         }
         let fleet = self.ports.store.get_fleet().await?;
         *self.fleet_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, fleet.clone()));

@@ -408,8 +408,10 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
             }
         }
     }
-    if errors.0.is_empty() {
-        if let Some(cycle) = find_cycle(&edges) {
+    if errors.0.is_empty()
+        && let Some(cycle) = find_cycle(&edges)
+    {
+        {
             for node in &cycle {
                 errors.add(
                     node,

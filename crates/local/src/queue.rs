@@ -104,15 +104,15 @@ impl SqliteQueue {
                 };
                 let mut received = Vec::new();
                 for (seq, id, body, count) in candidates {
-                    if count >= max_receives {
-                        if let Some(dead) = queue.dead_letter() {
-                            tx.prepare_cached(
-                                "UPDATE messages SET queue = ?1, visible_at_ms = ?2, receive_count = 0, receipt = NULL WHERE seq = ?3",
-                            )
-                            .and_then(|mut s| s.execute(params![dead.as_str(), now, seq]))
-                            .map_err(sql)?;
-                            continue;
-                        }
+                    if count >= max_receives
+                        && let Some(dead) = queue.dead_letter()
+                    {
+                        tx.prepare_cached(
+                            "UPDATE messages SET queue = ?1, visible_at_ms = ?2, receive_count = 0, receipt = NULL WHERE seq = ?3",
+                        )
+                        .and_then(|mut s| s.execute(params![dead.as_str(), now, seq]))
+                        .map_err(sql)?;
+                        continue;
                     }
                     if received.len() == max {
                         break;

@@ -112,10 +112,10 @@ impl JobStore for SqliteJobStore {
                         .optional()
                     })
                     .map_err(unavailable)?;
-                if let Some((existing, expires_ms)) = existing {
-                    if expires_ms > now.timestamp_millis() {
-                        return Ok(CreateOutcome::KeyTaken(from_json(&existing)?));
-                    }
+                if let Some((existing, expires_ms)) = existing
+                    && expires_ms > now.timestamp_millis()
+                {
+                    return Ok(CreateOutcome::KeyTaken(from_json(&existing)?));
                 }
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO idempotency (tenant, key, expires_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
