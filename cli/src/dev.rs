@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use jobs::api::{self, ApiState, ServerInfo};
-use jobs::auth::{DEFAULT_TENANT, SingleTenant};
+use jobs::assets::{AssetService, AssetsConfig};
+use jobs::auth::KeyAuthenticator;
 use jobs::dispatch::{DispatchConfig, Dispatcher};
 use jobs::ports::{Clock, NoLauncher, QueueName, SystemClock};
 use jobs::service::{JobService, JobsConfig};
@@ -54,17 +55,39 @@ pub struct DevApp {
     pub dispatcher: Arc<Dispatcher>,
     pub data_dir: DataDir,
     pub max_body_bytes: usize,
+    blob_server: axum::Router,
 }
 
 impl DevApp {
     /// Builds everything over the data directory, with the given clock.
     pub fn build(config: &DevConfig, clock: Arc<dyn Clock>) -> anyhow::Result<DevApp> {
         let data_dir = DataDir::open(&config.data_dir)?;
+        let public_base = format!("http://{}", config.listen);
         let ports = data_dir
-            .ports(clock)
+            .ports(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
         let secret = data_dir.secret()?;
-        let jobs = Arc::new(JobService::new(ports, JobsConfig::default(), secret));
+        let jobs_config = JobsConfig::default();
+        let assets = Arc::new(AssetService::new(
+            ports.clone(),
+            AssetsConfig::default(),
+            jobs_config.path_prefix.clone(),
+        ));
+        let auth = Arc::new(KeyAuthenticator::new(
+            ports.store.clone(),
+            clock.clone(),
+            config.listen.ip().is_loopback(),
+        ));
+        let blob_server = local::serve::blob_routes(
+            Arc::new(local::FileBlobStore::open(
+                &data_dir.blobs(),
+                data_dir.signer()?,
+                &public_base,
+            )?),
+            data_dir.signer()?,
+            clock,
+        );
+        let jobs = Arc::new(JobService::new(ports, jobs_config, secret));
         let dispatcher = Arc::new(Dispatcher::new(
             jobs.clone(),
             Arc::new(NoLauncher),
@@ -76,8 +99,9 @@ impl DevApp {
         ));
         let state = Arc::new(ApiState {
             jobs,
+            assets,
             dispatcher: dispatcher.clone(),
-            auth: Arc::new(SingleTenant(DEFAULT_TENANT.to_string())),
+            auth,
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 comfyui: json!({
@@ -91,29 +115,35 @@ impl DevApp {
             dispatcher,
             data_dir,
             max_body_bytes: config.max_body_bytes,
+            blob_server,
         })
     }
 
+    /// The v2 API, plus the signed blob URLs the local blob store hands out.
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone(), self.max_body_bytes)
+        api::router(self.state.clone(), self.max_body_bytes).merge(self.blob_server.clone())
     }
 }
 
 /// Runs `dev` until Ctrl-C or SIGTERM.
 pub async fn run(config: DevConfig) -> anyhow::Result<()> {
-    if !config.listen.ip().is_loopback() {
+    let app = DevApp::build(&config, Arc::new(SystemClock))?;
+    let keys = app.state.jobs.ports().store.list_api_keys().await?;
+    let active_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
+    if !config.listen.ip().is_loopback() && active_keys == 0 {
         bail!(
             "refusing to listen on {}: without API keys, `dev` serves one unauthenticated tenant \
-             and binds loopback only (127.0.0.1 or ::1)",
-            config.listen
+             and binds loopback only (127.0.0.1 or ::1). Create a key first: \
+             serverless-comfyui keys create --tenant NAME --data-dir {}",
+            config.listen,
+            config.data_dir.display()
         );
     }
-    let app = DevApp::build(&config, Arc::new(SystemClock))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    print_banner(address, &app);
+    print_banner(address, &app, active_keys);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = [
@@ -140,14 +170,20 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(address: SocketAddr, app: &DevApp) {
+fn print_banner(address: SocketAddr, app: &DevApp, active_keys: usize) {
     let url = format!("http://{address}");
     eprintln!();
     eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
     eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
     eprintln!("  health    {url}/api/v2/health");
     eprintln!("  data dir  {}", app.data_dir.root().display());
-    eprintln!("  auth      none: one default tenant, loopback only");
+    if active_keys == 0 {
+        eprintln!(
+            "  auth      none: one default tenant, loopback only (create a key to require auth)"
+        );
+    } else {
+        eprintln!("  auth      Authorization: Bearer <key> required ({active_keys} active key(s))");
+    }
     eprintln!("  ComfyUI   none yet: jobs are accepted and stay queued until a runner exists");
     eprintln!();
 }

@@ -1,28 +1,43 @@
-//! The Comfy API v2 router (axum).
+//! The Comfy API v2 router (axum), and its OpenAPI document.
 //!
 //! One router serves `dev` directly and, on AWS, sits behind `lambda_http` in the
 //! `submit` and `status` functions. Handlers are thin: authenticate, call a service,
 //! shape the response. Every error, including the ones axum produces itself (unknown
 //! route, wrong method, oversized body), leaves as the v2 envelope; the
 //! [`envelope_errors`] middleware guarantees it.
+//!
+//! Routes are registered through `utoipa_axum`'s `OpenApiRouter`: a route and its
+//! OpenAPI entry are one declaration, so `/api/v2/openapi.json` cannot drift from what
+//! the router serves.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
+use futures::SinkExt;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::assets::{
+    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, RangeRequest,
+    UploadView, parse_range, validate_meta,
+};
 use crate::auth::{Authenticator, Tenant};
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
-use crate::ports::QueueName;
+use crate::ports::{BlobStore, QueueName, SignedAccess};
 use crate::service::JobService;
 use crate::validate::validate_label_key;
+use crate::views::{ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView};
 
 /// What the server tells about itself in health.
 #[derive(Debug, Clone)]
@@ -34,31 +49,98 @@ pub struct ServerInfo {
 
 pub struct ApiState {
     pub jobs: Arc<JobService>,
+    pub assets: Arc<AssetService>,
     pub dispatcher: Arc<Dispatcher>,
     pub auth: Arc<dyn Authenticator>,
     pub info: ServerInfo,
 }
 
-/// The largest request body accepted (API Gateway's limit is 10 MB).
+/// The largest JSON request body accepted (API Gateway's limit is 10 MB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 pub const MAX_LIST_LIMIT: usize = 100;
 
-/// The v2 router over the given state.
-pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/api/v2/health", get(health))
-        .route("/api/v2/jobs", post(submit_job).get(list_jobs))
-        .route("/api/v2/jobs/{id}", get(get_job))
-        .route("/api/v2/jobs/{id}/workflow", get(get_workflow))
-        .route("/api/v2/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/v2/jobs/{id}/events", get(job_events))
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "serverless-comfyui: Comfy API v2",
+        description = "Comfy API v2 (Comfy Cloud's contract) plus additive extensions under \
+                       `/api/v2/x-serverless-comfyui/`. Every error is the envelope \
+                       `{\"error\": {code, message, details}}`."
+    ),
+    tags(
+        (name = "jobs", description = "One execution of a workflow: durable, pollable, cancelable."),
+        (name = "assets", description = "UUID-identified records over content-addressed blobs."),
+        (name = "x-serverless-comfyui", description = "Our extensions."),
+        (name = "health", description = "Liveness and capacity."),
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearerAuth",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The v2 router over the given state, and its OpenAPI document.
+pub fn router_and_openapi(
+    state: Arc<ApiState>,
+    max_body_bytes: usize,
+) -> (Router, utoipa::openapi::OpenApi) {
+    let max_upload = usize::try_from(state.assets.config().max_upload_bytes).unwrap_or(usize::MAX);
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(get_workflow))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_events))
+        .routes(routes!(from_hash))
+        .routes(routes!(head_by_hash))
+        .routes(routes!(get_asset, delete_asset))
+        .routes(routes!(get_asset_content))
+        .routes(routes!(create_upload))
+        .routes(routes!(complete_upload))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Multipart uploads stream to storage, so they may be much larger.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(upload_asset))
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .split_for_parts();
+    let document = openapi.clone();
+    let router = api
+        .route(
+            "/api/v2/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document) }
+            }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(envelope_errors))
-        .with_state(state)
+        .with_state(state);
+    (router, openapi)
+}
+
+/// The v2 router over the given state.
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    router_and_openapi(state, max_body_bytes).0
 }
 
 async fn not_found() -> ApiError {
@@ -75,17 +157,18 @@ async fn method_not_allowed() -> ApiError {
 
 /// Rewrites any error response that is not already JSON into the v2 envelope, so
 /// rejections produced inside axum (body limits, extractors) look like ours.
-async fn envelope_errors(request: Request, next: Next) -> Response {
+pub async fn envelope_errors(request: Request, next: Next) -> Response {
+    let is_head = request.method() == axum::http::Method::HEAD;
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if is_head || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
+    if is_json || status == StatusCode::RANGE_NOT_SATISFIABLE {
         return response;
     }
     let (code, message) = match status {
@@ -131,7 +214,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+/// A strictly parsed JSON body of a declared type.
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value = crate::validate::parse_json_strict(bytes)?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("the request body does not match: {e}"),
+        )
+    })
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = (status, Body::from(bytes)).into_response();
     response.headers_mut().insert(
@@ -141,6 +236,20 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
+/// `POST /api/v2/jobs`
+#[utoipa::path(
+    post, path = "/api/v2/jobs", tag = "jobs",
+    request_body = SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe semantics; keys last 24 h")),
+    responses(
+        (status = 201, description = "Job created and queued (or replayed: `Idempotency-Replayed: true`)", body = JobView),
+        (status = 400, description = "`invalid_request`: malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
+        (status = 409, description = "`idempotency_conflict`, with Retry-After", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
+        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `idempotency_key_reuse`, `reserved_field`", body = ErrorEnvelope),
+    )
+)]
 async fn submit_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -165,6 +274,16 @@ async fn submit_job(
     Ok(response)
 }
 
+/// `GET /api/v2/jobs/{id}`
+#[utoipa::path(
+    get, path = "/api/v2/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job_<ULID>")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
 async fn get_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -176,6 +295,15 @@ async fn get_job(
     ))
 }
 
+/// `GET /api/v2/jobs/{id}/workflow`
+#[utoipa::path(
+    get, path = "/api/v2/jobs/{id}/workflow", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The workflow behind the job", body = WorkflowView),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
 async fn get_workflow(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -187,6 +315,15 @@ async fn get_workflow(
     ))
 }
 
+/// `POST /api/v2/jobs/{id}/cancel`
+#[utoipa::path(
+    post, path = "/api/v2/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The job as it now is: canceled, canceling, or already terminal", body = JobView),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
 async fn cancel_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -198,8 +335,16 @@ async fn cancel_job(
     ))
 }
 
-/// Live events arrive with the runner. Until then the route says so; comfy-sdk treats
-/// a 501 from it as "no SSE on this surface" and polls.
+/// `GET /api/v2/jobs/{id}/events`: live events arrive with the runner. Until then the
+/// route says so; comfy-sdk treats a 501 from it as "no SSE here" and polls.
+#[utoipa::path(
+    get, path = "/api/v2/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 501, description = "`not_implemented`: poll the job instead", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
 async fn job_events(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -264,6 +409,19 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
     })
 }
 
+/// `GET /api/v2/jobs`
+#[utoipa::path(
+    get, path = "/api/v2/jobs", tag = "jobs",
+    params(
+        ("metadata[key]" = Option<String>, Query, description = "Filter: label `key` equals the value; repeatable with different keys"),
+        ("limit" = Option<usize>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of the tenant's jobs, newest first", body = JobListView),
+        (status = 400, description = "`invalid_request`, `invalid_cursor`, `invalid_metadata_filter`", body = ErrorEnvelope),
+    )
+)]
 async fn list_jobs(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
@@ -279,14 +437,378 @@ async fn list_jobs(
             params.cursor.as_deref(),
         )
         .await?;
-    let mut body = json!({ "jobs": page.jobs });
-    if let Some(cursor) = page.next_cursor {
-        body["next_cursor"] = Value::String(cursor);
+    Ok(json_response(
+        StatusCode::OK,
+        &JobListView {
+            jobs: page.jobs,
+            next_cursor: page.next_cursor,
+        },
+    ))
+}
+
+/// Streams a blob (or the requested range of it) with the right status and headers:
+/// 200 whole, 206 partial, 416 unsatisfiable. Shared by `/content` and local signed URLs.
+pub async fn blob_response(
+    blobs: &dyn BlobStore,
+    key: &str,
+    headers: &HeaderMap,
+    content_type: &str,
+) -> Result<Response, ApiError> {
+    let size = blobs
+        .size(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("content"))?;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = parse_range(range_header, size);
+    let (status, wanted) = match range {
+        RangeRequest::Full => (StatusCode::OK, None),
+        RangeRequest::Partial(first, last) => (StatusCode::PARTIAL_CONTENT, Some((first, last))),
+        RangeRequest::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [
+                    (header::CONTENT_RANGE, format!("bytes */{size}")),
+                    (header::ACCEPT_RANGES, "bytes".to_string()),
+                ],
+            )
+                .into_response());
+        }
+    };
+    let read = blobs
+        .read(key, wanted)
+        .await?
+        .ok_or_else(|| ApiError::not_found("content"))?;
+    let length = match wanted {
+        Some((first, last)) => last - first + 1,
+        None => read.size,
+    };
+    let mut response = Response::new(Body::from_stream(read.stream));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, value);
     }
-    Ok(json_response(StatusCode::OK, &body))
+    if let Some((first, last)) = wanted {
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size)) {
+            h.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+fn asset_response(
+    state: &ApiState,
+    asset: &crate::model::Asset,
+    created_new: bool,
+) -> Result<Response, ApiError> {
+    let view = state.assets.view(asset, Some(created_new))?;
+    let status = if created_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, &view))
+}
+
+/// The multipart form of `POST /api/v2/assets`, for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AssetUploadForm {
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    content_type: String,
+    file_path: String,
+    expected_hash: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+/// `POST /api/v2/assets`: streamed, hashed while it streams, deduplicated per tenant.
+#[utoipa::path(
+    post, path = "/api/v2/assets", tag = "assets",
+    request_body(content = AssetUploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "New blob stored; asset minted", body = AssetView),
+        (status = 200, description = "Bytes deduplicated to an existing blob; asset minted over it", body = AssetView),
+        (status = 409, description = "`hash_mismatch`: nothing minted", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`: use the upload extension", body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, a missing field", body = ErrorEnvelope),
+    )
+)]
+async fn upload_asset(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    mut multipart: Multipart,
+) -> Result<Response, ApiError> {
+    let multipart_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the file is too large for a single request; use POST /api/v2/x-serverless-comfyui/uploads",
+            )
+        } else {
+            ApiError::invalid_request(format!("malformed multipart body: {}", e.body_text()))
+        }
+    };
+    let mut meta = AssetMeta::default();
+    let mut staged = None;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if !seen.insert(name.clone()) && name != "tags" {
+            discard(&state, staged.take()).await;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the form field `{name}` is given twice"),
+            ));
+        }
+        match name.as_str() {
+            "file" => {
+                // The field borrows the form, and storage wants an owned stream: hand
+                // the chunks over through a small channel while both run here.
+                let (mut chunks, received) = futures::channel::mpsc::channel(4);
+                let pump = async move {
+                    let mut field = field;
+                    loop {
+                        let next = match field.chunk().await {
+                            Ok(Some(chunk)) => Ok(chunk),
+                            Ok(None) => break,
+                            Err(e) => Err(std::io::Error::other(e.body_text())),
+                        };
+                        let failed = next.is_err();
+                        // A send fails when storage stopped reading (too large): stop too.
+                        if chunks.send(next).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                };
+                let max = state.assets.config().max_upload_bytes;
+                let (result, ()) = tokio::join!(state.assets.stage(Box::pin(received), max), pump);
+                staged = Some(result?);
+            }
+            "content_type" | "file_path" | "expected_hash" | "tags" => {
+                let text = match field.text().await {
+                    Ok(text) => text,
+                    Err(e) => {
+                        discard(&state, staged.take()).await;
+                        return Err(multipart_error(e));
+                    }
+                };
+                match name.as_str() {
+                    "content_type" => meta.content_type = text,
+                    "file_path" => meta.file_path = text,
+                    "expected_hash" => meta.expected_hash = Some(text),
+                    _ => meta.tags.push(text),
+                }
+            }
+            // Unknown parts are ignored, as v2 leaves room for additive fields.
+            _ => {}
+        }
+    }
+    let Some(staged) = staged else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the form has no `file` part",
+        ));
+    };
+    for (field, present) in [
+        ("content_type", !meta.content_type.is_empty()),
+        ("file_path", !meta.file_path.is_empty()),
+    ] {
+        if !present {
+            discard(&state, Some(staged)).await;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the form has no `{field}` part"),
+            ));
+        }
+    }
+    if let Err(e) = validate_meta(&meta) {
+        discard(&state, Some(staged)).await;
+        return Err(e);
+    }
+    let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
+    asset_response(&state, &asset, created_new)
+}
+
+async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
+    if let Some(staged) = staged {
+        let _ = state.jobs.ports().blobs.delete(&staged.key).await;
+    }
+}
+
+/// `POST /api/v2/assets/from-hash`
+#[utoipa::path(
+    post, path = "/api/v2/assets/from-hash", tag = "assets",
+    request_body = FromHashRequest,
+    responses(
+        (status = 201, description = "Asset minted over the existing blob", body = AssetView),
+        (status = 200, description = "An identical reference already existed", body = AssetView),
+        (status = 404, description = "`blob_not_found`", body = ErrorEnvelope),
+    )
+)]
+async fn from_hash(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let request: FromHashRequest = parse_body(&body)?;
+    let (asset, created) = state.assets.from_hash(&tenant.0, request).await?;
+    let view = state.assets.view(&asset, None)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, &view))
+}
+
+/// `HEAD /api/v2/assets/by-hash/{hash}`
+#[utoipa::path(
+    head, path = "/api/v2/assets/by-hash/{hash}", tag = "assets",
+    params(("hash" = String, Path, description = "blake3:<hex>")),
+    responses(
+        (status = 200, description = "You may mint from this blob"),
+        (status = 404, description = "No blob you may mint from"),
+    )
+)]
+async fn head_by_hash(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(hash): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    Ok(if state.assets.has_blob(&tenant.0, &hash).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// `GET /api/v2/assets/{id}`
+#[utoipa::path(
+    get, path = "/api/v2/assets/{id}", tag = "assets",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The asset, with a fresh signed url", body = AssetView),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
+async fn get_asset(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let asset = state.assets.load(&tenant.0, &id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &state.assets.view(&asset, None)?,
+    ))
+}
+
+/// `DELETE /api/v2/assets/{id}`
+#[utoipa::path(
+    delete, path = "/api/v2/assets/{id}", tag = "assets",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
+async fn delete_asset(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.assets.delete(&tenant.0, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v2/assets/{id}/content`
+#[utoipa::path(
+    get, path = "/api/v2/assets/{id}/content", tag = "assets",
+    params(("id" = String, Path), ("Range" = Option<String>, Header, description = "bytes=first-last")),
+    responses(
+        (status = 200, description = "The content", content_type = "application/octet-stream"),
+        (status = 206, description = "Partial content", content_type = "application/octet-stream"),
+        (status = 302, description = "Redirect to a fresh signed URL (object storage)"),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 416, description = "Range not satisfiable"),
+    )
+)]
+async fn get_asset_content(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let asset = state.assets.load(&tenant.0, &id).await?;
+    let blobs = state.jobs.ports().blobs.as_ref();
+    if blobs.serves_content_directly() {
+        blob_response(blobs, &asset.blob_key, &headers, &asset.content_type).await
+    } else {
+        let expires = state.jobs.ports().clock.now() + state.assets.config().url_ttl;
+        let url = blobs.signed_url(
+            &asset.blob_key,
+            SignedAccess::Get,
+            expires,
+            Some(&asset.content_type),
+        )?;
+        Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+    }
+}
+
+/// `POST /api/v2/x-serverless-comfyui/uploads`: start a large-file upload.
+#[utoipa::path(
+    post, path = "/api/v2/x-serverless-comfyui/uploads", tag = "x-serverless-comfyui",
+    request_body = CreateUploadRequest,
+    responses(
+        (status = 201, description = "PUT the bytes to upload_url, then POST complete_url", body = UploadView),
+        (status = 422, description = "`invalid_file_path`, `invalid_size`, ...", body = ErrorEnvelope),
+    )
+)]
+async fn create_upload(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let request: CreateUploadRequest = parse_body(&body)?;
+    let upload = state.assets.create_upload(&tenant.0, request).await?;
+    Ok(json_response(StatusCode::CREATED, &upload))
+}
+
+/// `POST /api/v2/x-serverless-comfyui/uploads/{id}/complete`: hash, dedup, mint.
+#[utoipa::path(
+    post, path = "/api/v2/x-serverless-comfyui/uploads/{id}/complete", tag = "x-serverless-comfyui",
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, description = "New blob; asset minted", body = AssetView),
+        (status = 200, description = "Deduplicated; asset minted", body = AssetView),
+        (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+    )
+)]
+async fn complete_upload(
+    State(state): State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (asset, created_new) = state.assets.complete_upload(&tenant.0, &id).await?;
+    asset_response(&state, &asset, created_new)
 }
 
 /// `GET /api/v2/health`: no authentication, no tenant data.
+#[utoipa::path(
+    get, path = "/api/v2/health", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Version, store, queue depth, workers, capacity", body = Object),
+        (status = 503, description = "Degraded", body = Object),
+    )
+)]
 async fn health(State(state): State<Arc<ApiState>>) -> Response {
     let ports = state.jobs.ports();
     let store_ok = ports.store.ping().await.is_ok();
@@ -319,7 +841,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             "message": capacity_error,
         },
         "comfyui": state.info.comfyui,
-        "auth": state.auth.describe(),
+        "auth": state.auth.describe().await,
     });
     let status = if healthy {
         StatusCode::OK

@@ -24,7 +24,7 @@ pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError>;
 
     /// What health shows about authentication (never a secret).
-    fn describe(&self) -> Value;
+    async fn describe(&self) -> Value;
 }
 
 /// No keys: every request is the one default tenant. Only safe on loopback; `dev`
@@ -39,7 +39,7 @@ impl Authenticator for SingleTenant {
         Ok(Tenant(self.0.clone()))
     }
 
-    fn describe(&self) -> Value {
+    async fn describe(&self) -> Value {
         json!({ "required": false, "loopback_default_tenant": true })
     }
 }
@@ -52,5 +52,160 @@ impl FromRequestParts<Arc<ApiState>> for Tenant {
         state: &Arc<ApiState>,
     ) -> Result<Self, Self::Rejection> {
         state.auth.authenticate(&parts.headers).await
+    }
+}
+
+/// API keys: `sck_` followed by 43 characters of URL-safe base64 (256 random bits).
+pub const KEY_PREFIX: &str = "sck_";
+
+/// A freshly minted key: the secret (shown once) and the record to store.
+pub struct MintedKey {
+    pub secret: String,
+    pub record: crate::model::ApiKeyRecord,
+}
+
+/// SHA-256 of a key, hex: what the store keeps and looks up.
+pub fn key_hash(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// Checks a tenant name: 1 to 64 of `a-z 0-9 - _`, so it is safe in keys and paths.
+pub fn validate_tenant(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tenant {name:?} is not allowed: use 1 to 64 of a-z, 0-9, '-' and '_'"
+        ))
+    }
+}
+
+/// Mints a new key for a tenant.
+pub fn mint_key(tenant: &str, now: chrono::DateTime<chrono::Utc>) -> Result<MintedKey, String> {
+    use base64::Engine;
+    validate_tenant(tenant)?;
+    let random: [u8; 32] = rand::random();
+    let secret = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    );
+    let record = crate::model::ApiKeyRecord {
+        v: crate::model::SCHEMA_VERSION,
+        id: format!("key_{}", crate::model::monotonic_ulid()),
+        tenant: tenant.to_string(),
+        key_hash: key_hash(&secret),
+        prefix: secret.chars().take(KEY_PREFIX.len() + 6).collect(),
+        created_at: now,
+        revoked_at: None,
+    };
+    Ok(MintedKey { secret, record })
+}
+
+/// Bearer API keys. While no key exists and the server binds loopback only, requests
+/// run as the default tenant (the `dev` convenience); once a key exists, every request
+/// needs `Authorization: Bearer <key>`.
+pub struct KeyAuthenticator {
+    store: Arc<dyn crate::ports::JobStore>,
+    clock: Arc<dyn crate::ports::Clock>,
+    /// Whether "no keys yet" may mean "default tenant" (loopback `dev` only).
+    allow_default_without_keys: bool,
+    /// Whether any active key exists, cached briefly: checked on every request.
+    keys_exist: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, bool)>>,
+}
+
+impl KeyAuthenticator {
+    pub fn new(
+        store: Arc<dyn crate::ports::JobStore>,
+        clock: Arc<dyn crate::ports::Clock>,
+        allow_default_without_keys: bool,
+    ) -> Self {
+        KeyAuthenticator {
+            store,
+            clock,
+            allow_default_without_keys,
+            keys_exist: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn any_active_key(&self) -> Result<bool, ApiError> {
+        let now = self.clock.now();
+        let cached = *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, exist)) = cached
+            && now - at < chrono::Duration::seconds(1)
+        {
+            return Ok(exist);
+        }
+        let exist = self
+            .store
+            .list_api_keys()
+            .await?
+            .iter()
+            .any(|k| k.revoked_at.is_none());
+        *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, exist));
+        Ok(exist)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing credentials: send Authorization: Bearer <api key>")
+        })?
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not readable"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::unauthorized(
+            "unsupported authorization scheme: use Authorization: Bearer <api key>",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::unauthorized("the bearer token is empty"));
+    }
+    Ok(token)
+}
+
+#[async_trait]
+impl Authenticator for KeyAuthenticator {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        if self.allow_default_without_keys
+            && headers.get(axum::http::header::AUTHORIZATION).is_none()
+            && !self.any_active_key().await?
+        {
+            return Ok(Tenant(DEFAULT_TENANT.to_string()));
+        }
+        let token = bearer(headers)?;
+        let presented = key_hash(token);
+        let record = self.store.find_api_key(&presented).await?;
+        // Compare in constant time even though the lookup was by hash: the comparison
+        // must not leak how much of a guessed hash matched.
+        let matches = record.as_ref().is_some_and(|r| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                r.key_hash.as_bytes(),
+                presented.as_bytes(),
+            ))
+        });
+        match record {
+            Some(record) if matches && record.revoked_at.is_none() => Ok(Tenant(record.tenant)),
+            Some(_) if matches => Err(ApiError::unauthorized("this API key was revoked")),
+            _ => Err(ApiError::unauthorized("invalid API key")),
+        }
+    }
+
+    async fn describe(&self) -> Value {
+        let keys = self.any_active_key().await.ok();
+        let default_tenant = self.allow_default_without_keys && keys == Some(false);
+        json!({
+            "required": !default_tenant,
+            "loopback_default_tenant": default_tenant,
+        })
     }
 }

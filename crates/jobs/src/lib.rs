@@ -19,6 +19,7 @@
 //! losing or double-committing a job.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod conformance;
 pub mod cursor;
@@ -29,5 +30,6 @@ pub mod model;
 pub mod ports;
 pub mod service;
 pub mod validate;
+pub mod views;
 
 pub use error::ApiError;

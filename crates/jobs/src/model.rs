@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Schema version written into every stored item and queue message.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,7 +59,7 @@ impl fmt::Display for JobId {
 }
 
 /// The v2 job states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -112,7 +113,7 @@ impl fmt::Display for JobStatus {
 }
 
 /// Why a job failed, as v2's `JobError`. Not an HTTP error: it travels in `job.error`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -137,7 +138,7 @@ impl JobError {
 }
 
 /// The normalised kind of an output, as v2's `OutputType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     Image,
@@ -165,7 +166,7 @@ pub struct OutputRecord {
 }
 
 /// A progress snapshot, v2's `Progress`. Complete on its own: one snapshot re-syncs a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, ToSchema)]
 pub struct Progress {
     pub value: f64,
     pub nodes_done: u32,
@@ -280,6 +281,77 @@ pub struct IdempotencyRecord {
     /// SHA-256 of the request body, hex.
     pub fingerprint: String,
     pub job_id: JobId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An asset id: `asset_` followed by a ULID.
+pub fn new_asset_id() -> String {
+    format!("asset_{}", monotonic_ulid())
+}
+
+/// An asset: a tenant's record over an immutable blob, identified by its own id and
+/// carrying the blob's server-computed blake3 hash. Many assets may share one blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Asset {
+    pub v: u32,
+    pub id: String,
+    pub tenant: String,
+    /// `blake3:<hex>`.
+    pub hash: String,
+    pub size_bytes: u64,
+    pub content_type: String,
+    pub file_path: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub blob_key: String,
+    /// The job that produced it, for outputs.
+    #[serde(default)]
+    pub job_id: Option<JobId>,
+}
+
+/// A blob a tenant may mint assets from: the dedup index, keyed by `(tenant, hash)`.
+/// Scoping it by tenant is what makes `HEAD by-hash` unable to probe another tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub v: u32,
+    pub tenant: String,
+    pub hash: String,
+    pub size_bytes: u64,
+    pub blob_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key, stored only as a hash. The key itself is shown once, at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub v: u32,
+    /// `key_<ULID>`: how `keys list` and `keys revoke` name it.
+    pub id: String,
+    pub tenant: String,
+    /// SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// The first characters of the key, for recognising it in a list.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A large-file upload in progress (our extension): the client PUTs bytes to a signed
+/// URL, then completes, and the server hashes, dedups and mints the asset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub v: u32,
+    pub id: String,
+    pub tenant: String,
+    pub blob_key: String,
+    pub max_bytes: u64,
+    pub content_type: String,
+    pub file_path: String,
+    pub expected_hash: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }

@@ -16,7 +16,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord};
+use crate::model::{
+    ApiKeyRecord, Asset, BlobRecord, IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord,
+    UploadRecord,
+};
 
 /// A failure of a store, blob store or queue.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,45 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>>;
 
+    async fn put_asset(&self, asset: &Asset) -> StoreResult<()>;
+
+    async fn get_asset(&self, id: &str) -> StoreResult<Option<Asset>>;
+
+    /// Deletes the asset record; true if it existed. The blob stays: other assets may
+    /// share it.
+    async fn delete_asset(&self, id: &str) -> StoreResult<bool>;
+
+    /// The tenant's newest asset over `hash` with this `file_path`, if any.
+    async fn find_asset(
+        &self,
+        tenant: &str,
+        hash: &str,
+        file_path: Option<&str>,
+    ) -> StoreResult<Option<Asset>>;
+
+    /// The dedup index: the blob a tenant may mint from, by hash.
+    async fn get_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<Option<BlobRecord>>;
+
+    /// Records a blob unless the tenant already has one with this hash. Returns the
+    /// record that stands, and whether it is the one given.
+    async fn put_blob_record_if_absent(
+        &self,
+        record: &BlobRecord,
+    ) -> StoreResult<(BlobRecord, bool)>;
+
+    /// Creates or replaces an API key record (revoking writes `revoked_at`).
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+
+    async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()>;
+
+    async fn get_upload(&self, id: &str) -> StoreResult<Option<UploadRecord>>;
+
+    async fn delete_upload(&self, id: &str) -> StoreResult<()>;
+
     /// A cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -148,12 +190,77 @@ pub trait JobStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// A stream of bytes, as blobs are written and read.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Why a streamed blob write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobWriteError {
+    #[error("the body is larger than {max_bytes} bytes")]
+    TooLarge { max_bytes: u64 },
+    /// The client's stream failed (disconnect, malformed multipart).
+    #[error("the upload stream failed: {0}")]
+    Body(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A blob being read: its whole size, and the bytes of the requested range.
+pub struct BlobRead {
+    pub size: u64,
+    pub stream: ByteStream,
+}
+
+/// What a signed URL lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedAccess {
+    Get,
+    /// Upload at most this many bytes to the key.
+    Put {
+        max_bytes: u64,
+    },
+}
+
 /// Blob storage: workflows, inputs, outputs.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> StoreResult<()>;
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+
     async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Writes a stream without holding it in memory, refusing more than `max_bytes`.
+    /// Returns the size written. Nothing is left at `key` on failure.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<u64, BlobWriteError>;
+
+    /// Reads a blob, or the inclusive byte range `first..=last` of it.
+    async fn read(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Option<BlobRead>>;
+
+    /// The blob's size, if it exists.
+    async fn size(&self, key: &str) -> StoreResult<Option<u64>>;
+
+    /// Moves a blob to a new key (S3: copy, then delete).
+    async fn rename(&self, from: &str, to: &str) -> StoreResult<()>;
+
+    /// A URL that grants `access` to `key` until `expires_at`, without credentials.
+    /// A GET URL serves the bytes as `content_type` when given.
+    fn signed_url(
+        &self,
+        key: &str,
+        access: SignedAccess,
+        expires_at: DateTime<Utc>,
+        content_type: Option<&str>,
+    ) -> StoreResult<String>;
+
+    /// True where the API serves content bytes itself (local files); false where it
+    /// answers `/content` with a 302 to a signed URL (S3).
+    fn serves_content_directly(&self) -> bool;
 }
 
 /// The queues the system uses. Each main queue has a dead-letter queue.

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::cursor::CursorCodec;
@@ -27,10 +26,12 @@ use crate::lifecycle::{self, Move, Refusal};
 use crate::model::{
     IdempotencyRecord, Job, JobId, JobInput, JobStatus, Progress, SCHEMA_VERSION, WorkMessage,
 };
+use crate::ports::SignedAccess;
 use crate::ports::{
     BlobStore, Clock, CreateOutcome, Fleet, JobStore, ListQuery, Queue, QueueName, StoreError,
 };
 use crate::validate::{self, Submission};
+use crate::views::{JobUrls, JobView, Metrics, OutputView, WorkflowView};
 
 /// Settings of the job services. Defaults are the documented production defaults.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ pub struct Ports {
 /// The result of a submit.
 #[derive(Debug, Clone)]
 pub struct Submitted {
-    pub job: Value,
+    pub job: JobView,
     /// True when an `Idempotency-Key` matched an earlier request.
     pub replayed: bool,
 }
@@ -88,7 +89,7 @@ pub struct Submitted {
 /// A page of jobs.
 #[derive(Debug, Clone)]
 pub struct JobPage {
-    pub jobs: Vec<Value>,
+    pub jobs: Vec<JobView>,
     pub next_cursor: Option<String>,
 }
 
@@ -143,6 +144,8 @@ impl JobService {
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
+        crate::assets::check_references(self.ports.store.as_ref(), tenant, &submission.workflow)
+            .await?;
         let now = self.ports.clock.now();
         let fingerprint = hex::encode(Sha256::digest(body));
 
@@ -307,13 +310,13 @@ impl JobService {
     }
 
     /// `GET /api/v2/jobs/{id}`.
-    pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+    pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<JobView, ApiError> {
         let job = self.load(tenant, raw_id).await?;
         self.view(&job).await
     }
 
     /// `POST /api/v2/jobs/{id}/cancel`: idempotent; returns the job as it now is.
-    pub async fn cancel(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+    pub async fn cancel(&self, tenant: &str, raw_id: &str) -> Result<JobView, ApiError> {
         let job = self.load(tenant, raw_id).await?;
         let job = self.apply_move(job, &Move::Cancel).await?;
         tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
@@ -343,10 +346,13 @@ impl JobService {
     }
 
     /// `GET /api/v2/jobs/{id}/workflow`.
-    pub async fn workflow(&self, tenant: &str, raw_id: &str) -> Result<Value, ApiError> {
+    pub async fn workflow(&self, tenant: &str, raw_id: &str) -> Result<WorkflowView, ApiError> {
         let job = self.load(tenant, raw_id).await?;
         let input = self.input(&job).await?;
-        Ok(json!({ "workflow": input.workflow, "format": "api" }))
+        Ok(WorkflowView {
+            workflow: input.workflow,
+            format: "api".into(),
+        })
     }
 
     /// The stored input of a job (workflow and `extra_data`). For runners.
@@ -405,61 +411,81 @@ impl JobService {
         })
     }
 
-    fn urls(&self, id: &JobId) -> Value {
+    fn urls(&self, id: &JobId) -> JobUrls {
         let base = format!("{}/api/v2/jobs/{id}", self.config.path_prefix);
-        json!({
-            "self": base,
-            "events": format!("{base}/events"),
-            "cancel": format!("{base}/cancel"),
-        })
+        JobUrls {
+            events: format!("{base}/events"),
+            cancel: format!("{base}/cancel"),
+            self_: base,
+        }
     }
 
-    fn outputs_view(&self, job: &Job) -> Vec<Value> {
-        let expires = ts(self.ports.clock.now() + self.config.url_ttl);
+    fn outputs_view(&self, job: &Job) -> Vec<OutputView> {
+        let expires = self.ports.clock.now() + self.config.url_ttl;
         job.outputs
             .iter()
-            .map(|o| {
-                json!({
-                    "node_id": o.node_id,
-                    "name": o.name,
-                    "type": o.kind,
-                    "content_type": o.content_type,
-                    "size_bytes": o.size_bytes,
-                    "id": o.asset_id,
-                    "hash": o.hash,
-                    "url": format!("{}/api/v2/assets/{}/content", self.config.path_prefix, o.asset_id),
-                    "url_expires_at": expires,
-                })
+            .map(|o| OutputView {
+                node_id: o.node_id.clone(),
+                name: o.name.clone(),
+                kind: o.kind,
+                content_type: o.content_type.clone(),
+                size_bytes: o.size_bytes,
+                id: o.asset_id.clone(),
+                hash: o.hash.clone(),
+                url: self
+                    .ports
+                    .blobs
+                    .signed_url(
+                        &o.blob_key,
+                        SignedAccess::Get,
+                        expires,
+                        Some(&o.content_type),
+                    )
+                    .unwrap_or_else(|_| {
+                        format!(
+                            "{}/api/v2/assets/{}/content",
+                            self.config.path_prefix, o.asset_id
+                        )
+                    }),
+                url_expires_at: ts(expires),
             })
             .collect()
     }
 
     /// The lighter shape of a list item: everything but the live progress and the
     /// queue position, which cost a read each.
-    fn list_item(&self, job: &Job) -> Value {
+    fn list_item(&self, job: &Job) -> JobView {
         self.render(job, None, None)
     }
 
-    fn render(&self, job: &Job, progress: Option<Progress>, queue_position: Option<u64>) -> Value {
-        json!({
-            "id": job.id,
-            "status": job.status,
-            "created_at": ts(job.created_at),
-            "started_at": job.started_at.map(ts),
-            "completed_at": job.completed_at.map(ts),
-            "expires_at": ts(job.expires_at),
-            "queue_position": queue_position,
-            "progress": progress,
-            "outputs": self.outputs_view(job),
-            "error": job.error,
-            "metrics": { "queue_ms": job.queue_ms(), "execution_ms": job.execution_ms() },
-            "urls": self.urls(&job.id),
-            "metadata": job.metadata,
-        })
+    fn render(
+        &self,
+        job: &Job,
+        progress: Option<Progress>,
+        queue_position: Option<u64>,
+    ) -> JobView {
+        JobView {
+            id: job.id.to_string(),
+            status: job.status,
+            created_at: ts(job.created_at),
+            started_at: job.started_at.map(ts),
+            completed_at: job.completed_at.map(ts),
+            expires_at: ts(job.expires_at),
+            queue_position,
+            progress,
+            outputs: self.outputs_view(job),
+            error: job.error.clone(),
+            metrics: Metrics {
+                queue_ms: job.queue_ms(),
+                execution_ms: job.execution_ms(),
+            },
+            urls: self.urls(&job.id),
+            metadata: job.metadata.clone(),
+        }
     }
 
     /// The full v2 job object.
-    pub async fn view(&self, job: &Job) -> Result<Value, ApiError> {
+    pub async fn view(&self, job: &Job) -> Result<JobView, ApiError> {
         let stored = self.ports.store.get_progress(&job.id).await?;
         // Progress from an earlier attempt (or a fenced-out runner) is not shown.
         let mut progress = stored

@@ -21,12 +21,13 @@ mod blobs;
 mod db;
 pub mod faults;
 mod queue;
+pub mod serve;
 mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use blobs::FileBlobStore;
+pub use blobs::{FileBlobStore, SIGNED_PATH, UrlSigner};
 use jobs::ports::{Clock, StoreError};
 use jobs::service::Ports;
 pub use queue::SqliteQueue;
@@ -69,6 +70,11 @@ impl DataDir {
         self.root.join("blobs")
     }
 
+    /// The signer for blob URLs, keyed by this directory's secret.
+    pub fn signer(&self) -> Result<UrlSigner, StoreError> {
+        Ok(UrlSigner::new(self.secret()?))
+    }
+
     /// A 32-byte secret for MACs (list cursors, signed URLs), created on first use and
     /// kept, so cursors and URLs stay valid across restarts.
     pub fn secret(&self) -> Result<Vec<u8>, StoreError> {
@@ -100,12 +106,13 @@ impl DataDir {
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))
     }
 
-    /// The local adapters for every port, over this directory.
-    pub fn ports(&self, clock: Arc<dyn Clock>) -> Result<Ports, StoreError> {
+    /// The local adapters for every port, over this directory. Signed blob URLs start
+    /// with `public_base` (the `dev` server's origin).
+    pub fn ports(&self, clock: Arc<dyn Clock>, public_base: &str) -> Result<Ports, StoreError> {
         let store = SqliteJobStore::open(&self.jobs_db())?;
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let blobs = FileBlobStore::open(&self.blobs())?;
+        let blobs = FileBlobStore::open(&self.blobs(), self.signer()?, public_base)?;
         Ok(Ports {
             store: Arc::new(store),
             blobs: Arc::new(blobs),

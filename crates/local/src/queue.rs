@@ -21,6 +21,11 @@ use jobs::ports::{
     Clock, Queue, QueueDepth, QueueError, QueueName, QueueResult, Received, StoreError,
 };
 use rusqlite::params;
+use rusqlite::types::Value;
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
 use tokio::sync::Notify;
 
 use crate::db::Db;
@@ -74,7 +79,7 @@ impl SqliteQueue {
         self.clock.now().timestamp_millis()
     }
 
-    fn try_receive(
+    async fn try_receive(
         &self,
         queue: QueueName,
         max: usize,
@@ -84,10 +89,7 @@ impl SqliteQueue {
         let hidden_until = now + visibility.as_millis() as i64;
         let max_receives = self.max_receive_count;
         self.db
-            .write(|conn| {
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(sql)?;
+            .write(move |tx| {
                 let candidates: Vec<(i64, String, String, u32)> = {
                     let mut stmt = tx
                         .prepare_cached(
@@ -130,9 +132,9 @@ impl SqliteQueue {
                         receive_count: count + 1,
                     });
                 }
-                tx.commit().map_err(sql)?;
                 Ok(received)
             })
+            .await
             .map_err(to_queue_error)
     }
 }
@@ -143,13 +145,11 @@ impl Queue for SqliteQueue {
         let id = ulid::Ulid::new().to_string();
         let now = self.now_ms();
         self.db
-            .write(|conn| {
-                conn.prepare_cached(
-                    "INSERT INTO messages (id, queue, body, visible_at_ms, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-                )
-                .and_then(|mut s| s.execute(params![id, queue.as_str(), body, now]))
-                .map_err(sql)
-            })
+            .execute(
+                "INSERT INTO messages (id, queue, body, visible_at_ms, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                vec![text(&id), text(queue.as_str()), text(body), Value::Integer(now)],
+            )
+            .await
             .map_err(to_queue_error)?;
         self.sent.notify_waiters();
         Ok(id)
@@ -166,7 +166,7 @@ impl Queue for SqliteQueue {
         loop {
             // Register interest before looking, so a send in between is not missed.
             let notified = self.sent.notified();
-            let received = self.try_receive(queue, max.max(1), visibility)?;
+            let received = self.try_receive(queue, max.max(1), visibility).await?;
             if !received.is_empty() {
                 return Ok(received);
             }
@@ -188,13 +188,15 @@ impl Queue for SqliteQueue {
         let visible_at = self.now_ms() + visibility.as_millis() as i64;
         let changed = self
             .db
-            .write(|conn| {
-                conn.prepare_cached(
-                    "UPDATE messages SET visible_at_ms = ?1 WHERE queue = ?2 AND receipt = ?3",
-                )
-                .and_then(|mut s| s.execute(params![visible_at, queue.as_str(), receipt]))
-                .map_err(sql)
-            })
+            .execute(
+                "UPDATE messages SET visible_at_ms = ?1 WHERE queue = ?2 AND receipt = ?3",
+                vec![
+                    Value::Integer(visible_at),
+                    text(queue.as_str()),
+                    text(receipt),
+                ],
+            )
+            .await
             .map_err(to_queue_error)?;
         if changed == 0 {
             return Err(QueueError::StaleReceipt);
@@ -208,11 +210,11 @@ impl Queue for SqliteQueue {
     async fn delete(&self, queue: QueueName, receipt: &str) -> QueueResult<()> {
         let changed = self
             .db
-            .write(|conn| {
-                conn.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND receipt = ?2")
-                    .and_then(|mut s| s.execute(params![queue.as_str(), receipt]))
-                    .map_err(sql)
-            })
+            .execute(
+                "DELETE FROM messages WHERE queue = ?1 AND receipt = ?2",
+                vec![text(queue.as_str()), text(receipt)],
+            )
+            .await
             .map_err(to_queue_error)?;
         if changed == 0 {
             Err(QueueError::StaleReceipt)

@@ -9,17 +9,22 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use jobs::model::{IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord};
+use jobs::model::{
+    ApiKeyRecord, Asset, BlobRecord, IdempotencyRecord, Job, JobId, JobStatus, ProgressRecord,
+    UploadRecord,
+};
 use jobs::ports::{
     CreateOutcome, Fleet, JobStore, ListQuery, StoreError, StoreResult, WorkerRecord,
 };
+use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::db::{Db, unavailable};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -59,7 +64,33 @@ CREATE TABLE workers (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE assets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    file_path TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX assets_by_hash ON assets (tenant, hash, file_path);
+CREATE TABLE blobs (
+    tenant TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (tenant, hash)
+);
+CREATE TABLE api_keys (
+    key_hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE TABLE uploads (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+"#,
+];
 
 pub struct SqliteJobStore {
     db: Db,
@@ -73,11 +104,33 @@ fn from_json<T: DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Unavailable(format!("decode: {e}")))
 }
 
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
 fn reserved_ms(job: &Job) -> Option<i64> {
     job.reserved_until.map(|t| t.timestamp_millis())
 }
 
 impl SqliteJobStore {
+    /// Reads one JSON body by a query, if a row matches.
+    fn read_one<T: DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        args: Vec<Value>,
+    ) -> StoreResult<Option<T>> {
+        let body: Option<String> = self.db.read(|conn| {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.query_row(params_from_iter(args), |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })?;
+        body.as_deref().map(from_json).transpose()
+    }
+
     /// Opens `path` (created if missing), migrating it to the current schema.
     pub fn open(path: &Path) -> StoreResult<Self> {
         Ok(SqliteJobStore {
@@ -96,11 +149,10 @@ impl JobStore for SqliteJobStore {
     ) -> StoreResult<CreateOutcome> {
         let body = to_json(job)?;
         let record_body = idempotency.map(to_json).transpose()?;
-        self.db.write(|conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            if let (Some(record), Some(record_body)) = (idempotency, &record_body) {
+        let job = job.clone();
+        let idempotency = idempotency.cloned();
+        self.db.write(move |tx| {
+            if let (Some(record), Some(record_body)) = (&idempotency, &record_body) {
                 let existing: Option<(String, i64)> = tx
                     .prepare_cached(
                         "SELECT body, expires_at_ms FROM idempotency WHERE tenant = ?1 AND key = ?2",
@@ -140,7 +192,7 @@ impl JobStore for SqliteJobStore {
                         job.tenant,
                         job.status.as_str(),
                         job.rev as i64,
-                        reserved_ms(job),
+                        reserved_ms(&job),
                         body
                     ])
                 })
@@ -160,9 +212,9 @@ impl JobStore for SqliteJobStore {
                         .map_err(unavailable)?;
                 }
             }
-            tx.commit().map_err(unavailable)?;
             Ok(CreateOutcome::Created)
         })
+        .await
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
@@ -176,22 +228,20 @@ impl JobStore for SqliteJobStore {
 
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()> {
         let body = to_json(job)?;
-        let changed = self.db.write(|conn| {
-            conn.prepare_cached(
+        let changed = self
+            .db
+            .execute(
                 "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4 WHERE id = ?5 AND rev = ?6",
+                vec![
+                    text(job.status.as_str()),
+                    int(job.rev as i64),
+                    reserved_ms(job).map_or(Value::Null, int),
+                    Value::Text(body),
+                    text(job.id.as_str()),
+                    int(expected_rev as i64),
+                ],
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    job.status.as_str(),
-                    job.rev as i64,
-                    reserved_ms(job),
-                    body,
-                    job.id.as_str(),
-                    expected_rev as i64
-                ])
-            })
-            .map_err(unavailable)
-        })?;
+            .await?;
         if changed == 1 {
             Ok(())
         } else {
@@ -242,7 +292,10 @@ impl JobStore for SqliteJobStore {
 
     async fn queue_position(&self, id: &JobId) -> StoreResult<u64> {
         self.db.read(|conn| {
-            conn.prepare_cached("SELECT count(*) FROM jobs WHERE status = 'queued' AND id < ?1")
+            // Bounded: counting a deep queue on every read would cost O(depth).
+            conn.prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND id < ?1 LIMIT 1000)",
+            )
                 .and_then(|mut s| s.query_row([id.as_str()], |r| r.get::<_, i64>(0)))
                 .map(|n| n as u64)
                 .map_err(unavailable)
@@ -275,16 +328,19 @@ impl JobStore for SqliteJobStore {
 
     async fn put_progress(&self, id: &JobId, record: &ProgressRecord) -> StoreResult<()> {
         let body = to_json(record)?;
-        self.db.write(|conn| {
-            conn.prepare_cached(
+        self.db
+            .execute(
                 "INSERT INTO progress (job_id, attempt, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt, body = excluded.body
                  WHERE excluded.attempt >= progress.attempt",
+                vec![
+                    text(id.as_str()),
+                    int(record.attempt.into()),
+                    Value::Text(body),
+                ],
             )
-            .and_then(|mut s| s.execute(params![id.as_str(), record.attempt, body]))
+            .await
             .map(|_| ())
-            .map_err(unavailable)
-        })
     }
 
     async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>> {
@@ -311,20 +367,25 @@ impl JobStore for SqliteJobStore {
 
     async fn put_fleet(&self, fleet: &Fleet, expected_rev: u64) -> StoreResult<()> {
         let body = to_json(fleet)?;
-        let changed = self.db.write(|conn| {
-            if expected_rev == 0 {
-                conn.prepare_cached(
+        let changed = if expected_rev == 0 {
+            self.db
+                .execute(
                     "INSERT OR IGNORE INTO fleet (id, rev, body) VALUES (1, ?1, ?2)",
+                    vec![int(fleet.rev as i64), Value::Text(body)],
                 )
-                .and_then(|mut s| s.execute(params![fleet.rev as i64, body]))
-            } else {
-                conn.prepare_cached(
+                .await?
+        } else {
+            self.db
+                .execute(
                     "UPDATE fleet SET rev = ?1, body = ?2 WHERE id = 1 AND rev = ?3",
+                    vec![
+                        int(fleet.rev as i64),
+                        Value::Text(body),
+                        int(expected_rev as i64),
+                    ],
                 )
-                .and_then(|mut s| s.execute(params![fleet.rev as i64, body, expected_rev as i64]))
-            }
-            .map_err(unavailable)
-        })?;
+                .await?
+        };
         if changed == 1 {
             Ok(())
         } else {
@@ -334,21 +395,20 @@ impl JobStore for SqliteJobStore {
 
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
         let body = to_json(worker)?;
-        self.db.write(|conn| {
-            conn.prepare_cached("INSERT OR REPLACE INTO workers (id, body) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![worker.id, body]))
-                .map(|_| ())
-                .map_err(unavailable)
-        })
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO workers (id, body) VALUES (?1, ?2)",
+                vec![text(&worker.id), Value::Text(body)],
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn delete_worker(&self, id: &str) -> StoreResult<()> {
-        self.db.write(|conn| {
-            conn.prepare_cached("DELETE FROM workers WHERE id = ?1")
-                .and_then(|mut s| s.execute([id]))
-                .map(|_| ())
-                .map_err(unavailable)
-        })
+        self.db
+            .execute("DELETE FROM workers WHERE id = ?1", vec![text(id)])
+            .await
+            .map(|_| ())
     }
 
     async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>> {
@@ -361,6 +421,136 @@ impl JobStore for SqliteJobStore {
                 .map_err(unavailable)
         })?;
         bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn put_asset(&self, asset: &Asset) -> StoreResult<()> {
+        let body = to_json(asset)?;
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO assets (id, tenant, hash, file_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                vec![
+                    text(&asset.id),
+                    text(&asset.tenant),
+                    text(&asset.hash),
+                    asset.file_path.as_deref().map_or(Value::Null, text),
+                    Value::Text(body),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_asset(&self, id: &str) -> StoreResult<Option<Asset>> {
+        self.read_one("SELECT body FROM assets WHERE id = ?1", vec![text(id)])
+    }
+
+    async fn delete_asset(&self, id: &str) -> StoreResult<bool> {
+        let n = self
+            .db
+            .execute("DELETE FROM assets WHERE id = ?1", vec![text(id)])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn find_asset(
+        &self,
+        tenant: &str,
+        hash: &str,
+        file_path: Option<&str>,
+    ) -> StoreResult<Option<Asset>> {
+        match file_path {
+            Some(path) => self.read_one(
+                "SELECT body FROM assets WHERE tenant = ?1 AND hash = ?2 AND file_path = ?3 ORDER BY id DESC LIMIT 1",
+                vec![text(tenant), text(hash), text(path)],
+            ),
+            None => self.read_one(
+                "SELECT body FROM assets WHERE tenant = ?1 AND hash = ?2 ORDER BY id DESC LIMIT 1",
+                vec![text(tenant), text(hash)],
+            ),
+        }
+    }
+
+    async fn get_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<Option<BlobRecord>> {
+        self.read_one(
+            "SELECT body FROM blobs WHERE tenant = ?1 AND hash = ?2",
+            vec![text(tenant), text(hash)],
+        )
+    }
+
+    async fn put_blob_record_if_absent(
+        &self,
+        record: &BlobRecord,
+    ) -> StoreResult<(BlobRecord, bool)> {
+        let body = to_json(record)?;
+        let (tenant, hash) = (record.tenant.clone(), record.hash.clone());
+        let standing: String = self
+            .db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO blobs (tenant, hash, body) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![tenant, hash, body]))
+                .map_err(unavailable)?;
+                conn.prepare_cached("SELECT body FROM blobs WHERE tenant = ?1 AND hash = ?2")
+                    .and_then(|mut s| s.query_row(params![tenant, hash], |r| r.get(0)))
+                    .map_err(unavailable)
+            })
+            .await?;
+        let standing: BlobRecord = from_json(&standing)?;
+        let created = standing == *record;
+        Ok((standing, created))
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let body = to_json(key)?;
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO api_keys (key_hash, id, body) VALUES (?1, ?2, ?3)",
+                vec![text(&key.key_hash), text(&key.id), Value::Text(body)],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        self.read_one(
+            "SELECT body FROM api_keys WHERE key_hash = ?1",
+            vec![text(key_hash)],
+        )
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        let bodies: Vec<String> = self.db.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT body FROM api_keys ORDER BY id")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable)
+        })?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
+        let body = to_json(upload)?;
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO uploads (id, body) VALUES (?1, ?2)",
+                vec![text(&upload.id), Value::Text(body)],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_upload(&self, id: &str) -> StoreResult<Option<UploadRecord>> {
+        self.read_one("SELECT body FROM uploads WHERE id = ?1", vec![text(id)])
+    }
+
+    async fn delete_upload(&self, id: &str) -> StoreResult<()> {
+        self.db
+            .execute("DELETE FROM uploads WHERE id = ?1", vec![text(id)])
+            .await
+            .map(|_| ())
     }
 
     async fn ping(&self) -> StoreResult<()> {

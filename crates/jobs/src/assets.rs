@@ -1,0 +1,720 @@
+//! Assets: v2's UUID-identified records over content-addressed blobs.
+//!
+//! Bytes arrive as a stream (multipart, or our large-file upload extension) and are
+//! written to a staging blob while a blake3 hasher watches them go by, so nothing is
+//! ever held whole in memory. Then:
+//!
+//! 1. a declared `expected_hash` is checked (409 `hash_mismatch`, nothing minted);
+//! 2. the hash is looked up in the tenant's dedup index: a hit discards the staged
+//!    copy (200, `created_new: false`), a miss moves it to `cas/{tenant}/{hex}` (201);
+//! 3. an asset record is minted over the blob.
+//!
+//! The dedup index is per tenant, so `HEAD /assets/by-hash/{hash}` cannot tell one
+//! tenant whether another has some bytes.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::model::{Asset, BlobRecord, SCHEMA_VERSION, UploadRecord, new_asset_id};
+use crate::ports::{BlobWriteError, ByteStream, SignedAccess, StoreError};
+use crate::service::Ports;
+
+#[derive(Debug, Clone)]
+pub struct AssetsConfig {
+    /// How long an asset's content URL is valid.
+    pub url_ttl: Duration,
+    /// The largest single-request upload (`POST /api/v2/assets`).
+    pub max_upload_bytes: u64,
+    /// The largest upload through the large-file extension.
+    pub max_large_upload_bytes: u64,
+    /// How long a large-file upload may take before its signed URL lapses.
+    pub upload_ttl: Duration,
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        AssetsConfig {
+            url_ttl: Duration::hours(1),
+            max_upload_bytes: 1024 * 1024 * 1024,
+            max_large_upload_bytes: 50 * 1024 * 1024 * 1024,
+            upload_ttl: Duration::hours(1),
+        }
+    }
+}
+
+/// What the client says about the bytes it sends.
+#[derive(Debug, Clone, Default)]
+pub struct AssetMeta {
+    pub content_type: String,
+    pub file_path: String,
+    pub expected_hash: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// v2's `Asset`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AssetView {
+    #[schema(example = "asset_01JZV8Q3M7K2W9X0Y1Z2A3B4C5")]
+    pub id: String,
+    /// `blake3:<hex>`.
+    pub hash: Option<String>,
+    pub size_bytes: u64,
+    pub content_type: String,
+    pub file_path: Option<String>,
+    pub tags: Vec<String>,
+    /// On create responses: a brand-new blob (true) or a dedup hit (false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_new: Option<bool>,
+    pub created_at: String,
+    /// Short-lived signed content URL.
+    pub url: String,
+    pub url_expires_at: String,
+}
+
+/// The body of `POST /api/v2/assets/from-hash`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromHashRequest {
+    pub hash: String,
+    pub file_path: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Not in v2; accepted so a client may say what the bytes are.
+    pub content_type: Option<String>,
+}
+
+/// The body of `POST /api/v2/x-serverless-comfyui/uploads` (our extension).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUploadRequest {
+    /// Placement path / filename, as in `POST /api/v2/assets`.
+    pub file_path: String,
+    pub content_type: String,
+    /// The exact or maximum size of the file; the signed URL refuses more.
+    pub size_bytes: u64,
+    pub expected_hash: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// An upload in progress: PUT the bytes to `upload_url`, then POST `complete_url`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadView {
+    pub id: String,
+    pub upload_url: String,
+    /// The HTTP method for `upload_url`.
+    pub upload_method: String,
+    pub max_bytes: u64,
+    pub expires_at: String,
+    pub complete_url: String,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// Checks a placement path: relative, no `..`, no NUL, no backslash.
+pub fn validate_file_path(path: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        unprocessable(
+            "invalid_file_path",
+            format!("file_path {path:?} is not allowed: {why}"),
+        )
+    };
+    if path.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if path.len() > 1024 {
+        return Err(bad("it is longer than 1024 bytes"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("it must be relative, without a leading '/'"));
+    }
+    if path.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    if path.contains('\\') {
+        return Err(bad("it contains a backslash; use '/'"));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(bad("it contains '..'"));
+    }
+    if path.split('/').any(str::is_empty) {
+        return Err(bad("it has an empty path segment"));
+    }
+    Ok(())
+}
+
+/// Parses `blake3:<64 hex digits>`, case-insensitively, into its canonical lowercase form.
+pub fn parse_hash(raw: &str) -> Result<String, ApiError> {
+    let hex = raw.strip_prefix("blake3:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_hash",
+            format!("{raw:?} is not a hash: expected blake3:<64 hex digits>"),
+        ));
+    }
+    Ok(format!("blake3:{}", hex.to_ascii_lowercase()))
+}
+
+fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > 16 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+        return Err(unprocessable(
+            "invalid_tags",
+            "tags: at most 16, each 1 to 64 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_content_type(content_type: &str) -> Result<(), ApiError> {
+    let plausible = content_type.len() <= 255
+        && content_type.contains('/')
+        && content_type
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ');
+    if !plausible {
+        return Err(unprocessable(
+            "invalid_content_type",
+            format!("{content_type:?} is not a media type such as image/png"),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates what a client says about an upload, before any byte is kept.
+pub fn validate_meta(meta: &AssetMeta) -> Result<(), ApiError> {
+    validate_content_type(&meta.content_type)?;
+    validate_file_path(&meta.file_path)?;
+    validate_tags(&meta.tags)?;
+    if let Some(expected) = &meta.expected_hash {
+        parse_hash(expected)?;
+    }
+    Ok(())
+}
+
+/// Which part of a blob a `Range` header asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    Full,
+    /// Inclusive byte positions.
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header against a blob of `size` bytes (RFC 9110 §14). Only single
+/// ranges are honoured; anything else is served whole, as the RFC allows.
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    match (first.parse::<u64>(), last.parse::<u64>()) {
+        // bytes=-N: the last N bytes.
+        (Err(_), Ok(suffix)) if first.is_empty() => {
+            if suffix == 0 || size == 0 {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(size.saturating_sub(suffix), size - 1)
+            }
+        }
+        // bytes=N-: from N to the end.
+        (Ok(start), Err(_)) if last.is_empty() => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(start, size - 1)
+            }
+        }
+        (Ok(start), Ok(end)) if start <= end => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(start, end.min(size - 1))
+            }
+        }
+        _ => RangeRequest::Full,
+    }
+}
+
+/// A stream that feeds every chunk to a blake3 hasher on its way through.
+pub fn hashing(stream: ByteStream) -> (ByteStream, Arc<Mutex<blake3::Hasher>>) {
+    let hasher = Arc::new(Mutex::new(blake3::Hasher::new()));
+    let watcher = hasher.clone();
+    let stream = stream
+        .inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                watcher
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(bytes);
+            }
+        })
+        .boxed();
+    (stream, hasher)
+}
+
+fn finish_hash(hasher: &Mutex<blake3::Hasher>) -> String {
+    let hash = hasher.lock().unwrap_or_else(|e| e.into_inner()).finalize();
+    format!("blake3:{}", hash.to_hex())
+}
+
+/// Bytes written to a staging key, with their hash.
+pub struct Staged {
+    pub key: String,
+    pub hash: String,
+    pub size: u64,
+}
+
+pub struct AssetService {
+    ports: Ports,
+    config: AssetsConfig,
+    path_prefix: String,
+}
+
+impl AssetService {
+    pub fn new(ports: Ports, config: AssetsConfig, path_prefix: String) -> Self {
+        AssetService {
+            ports,
+            config,
+            path_prefix,
+        }
+    }
+
+    pub fn config(&self) -> &AssetsConfig {
+        &self.config
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.ports.clock.now()
+    }
+
+    /// The v2 view of an asset, with a fresh signed URL.
+    pub fn view(&self, asset: &Asset, created_new: Option<bool>) -> Result<AssetView, ApiError> {
+        let expires = self.now() + self.config.url_ttl;
+        let url = self.ports.blobs.signed_url(
+            &asset.blob_key,
+            SignedAccess::Get,
+            expires,
+            Some(&asset.content_type),
+        )?;
+        Ok(AssetView {
+            id: asset.id.clone(),
+            hash: Some(asset.hash.clone()),
+            size_bytes: asset.size_bytes,
+            content_type: asset.content_type.clone(),
+            file_path: asset.file_path.clone(),
+            tags: asset.tags.clone(),
+            created_new,
+            created_at: ts(asset.created_at),
+            url,
+            url_expires_at: ts(expires),
+        })
+    }
+
+    /// A signed URL for any blob (job outputs use it).
+    pub fn signed_get(
+        &self,
+        blob_key: &str,
+        content_type: &str,
+    ) -> Result<(String, String), ApiError> {
+        let expires = self.now() + self.config.url_ttl;
+        let url = self.ports.blobs.signed_url(
+            blob_key,
+            SignedAccess::Get,
+            expires,
+            Some(content_type),
+        )?;
+        Ok((url, ts(expires)))
+    }
+
+    /// Streams bytes into a staging blob, hashing as they pass.
+    pub async fn stage(&self, body: ByteStream, max_bytes: u64) -> Result<Staged, ApiError> {
+        let key = format!("staging/{}", ulid::Ulid::new());
+        let (stream, hasher) = hashing(body);
+        let size = self
+            .ports
+            .blobs
+            .put_stream(&key, stream, max_bytes)
+            .await
+            .map_err(|e| match e {
+                BlobWriteError::TooLarge { max_bytes } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the file is larger than {max_bytes} bytes; use the large-file upload \
+                         extension (POST /api/v2/x-serverless-comfyui/uploads)"
+                    ),
+                ),
+                BlobWriteError::Body(e) => {
+                    ApiError::invalid_request(format!("the upload was interrupted: {e}"))
+                }
+                BlobWriteError::Store(e) => e.into(),
+            })?;
+        Ok(Staged {
+            key,
+            hash: finish_hash(&hasher),
+            size,
+        })
+    }
+
+    /// Verifies, dedups and mints an asset over staged bytes. Returns the asset and
+    /// whether its blob is new.
+    pub async fn mint_staged(
+        &self,
+        tenant: &str,
+        staged: Staged,
+        meta: AssetMeta,
+    ) -> Result<(Asset, bool), ApiError> {
+        if let Some(expected) = &meta.expected_hash
+            && parse_hash(expected)? != staged.hash
+        {
+            let _ = self.ports.blobs.delete(&staged.key).await;
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "hash_mismatch",
+                format!(
+                    "expected_hash {expected} does not match the received bytes ({}); nothing was stored",
+                    staged.hash
+                ),
+            ));
+        }
+        let now = self.now();
+        let hex = staged.hash.trim_start_matches("blake3:");
+        let (blob, created_new) = match self
+            .ports
+            .store
+            .get_blob_record(tenant, &staged.hash)
+            .await?
+        {
+            Some(existing) => {
+                let _ = self.ports.blobs.delete(&staged.key).await;
+                (existing, false)
+            }
+            None => {
+                let blob_key = format!("cas/{tenant}/{hex}");
+                self.ports.blobs.rename(&staged.key, &blob_key).await?;
+                let record = BlobRecord {
+                    v: SCHEMA_VERSION,
+                    tenant: tenant.to_string(),
+                    hash: staged.hash.clone(),
+                    size_bytes: staged.size,
+                    blob_key,
+                    created_at: now,
+                };
+                self.ports.store.put_blob_record_if_absent(&record).await?
+            }
+        };
+        let asset = Asset {
+            v: SCHEMA_VERSION,
+            id: new_asset_id(),
+            tenant: tenant.to_string(),
+            hash: blob.hash.clone(),
+            size_bytes: blob.size_bytes,
+            content_type: meta.content_type,
+            file_path: Some(meta.file_path),
+            tags: meta.tags,
+            created_at: now,
+            blob_key: blob.blob_key,
+            job_id: None,
+        };
+        self.ports.store.put_asset(&asset).await?;
+        tracing::info!(asset_id = %asset.id, tenant, size = asset.size_bytes, created_new, "asset minted");
+        Ok((asset, created_new))
+    }
+
+    /// `POST /api/v2/assets/from-hash`.
+    pub async fn from_hash(
+        &self,
+        tenant: &str,
+        request: FromHashRequest,
+    ) -> Result<(Asset, bool), ApiError> {
+        let hash = parse_hash(&request.hash)?;
+        if let Some(path) = &request.file_path {
+            validate_file_path(path)?;
+        }
+        validate_tags(&request.tags)?;
+        let Some(blob) = self.ports.store.get_blob_record(tenant, &hash).await? else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "blob_not_found",
+                "no blob with this hash that you may mint from; upload the bytes instead",
+            ));
+        };
+        if let Some(existing) = self
+            .ports
+            .store
+            .find_asset(tenant, &hash, request.file_path.as_deref())
+            .await?
+            && request
+                .content_type
+                .as_ref()
+                .is_none_or(|c| *c == existing.content_type)
+        {
+            return Ok((existing, false));
+        }
+        let content_type = match request.content_type {
+            Some(c) => {
+                validate_content_type(&c)?;
+                c
+            }
+            None => self
+                .ports
+                .store
+                .find_asset(tenant, &hash, None)
+                .await?
+                .map(|a| a.content_type)
+                .unwrap_or_else(|| "application/octet-stream".into()),
+        };
+        let asset = Asset {
+            v: SCHEMA_VERSION,
+            id: new_asset_id(),
+            tenant: tenant.to_string(),
+            hash: blob.hash,
+            size_bytes: blob.size_bytes,
+            content_type,
+            file_path: request.file_path,
+            tags: request.tags,
+            created_at: self.now(),
+            blob_key: blob.blob_key,
+            job_id: None,
+        };
+        self.ports.store.put_asset(&asset).await?;
+        Ok((asset, true))
+    }
+
+    /// `HEAD /api/v2/assets/by-hash/{hash}`: may this tenant mint from the hash?
+    pub async fn has_blob(&self, tenant: &str, raw_hash: &str) -> Result<bool, ApiError> {
+        let Ok(hash) = parse_hash(raw_hash) else {
+            return Ok(false);
+        };
+        Ok(self
+            .ports
+            .store
+            .get_blob_record(tenant, &hash)
+            .await?
+            .is_some())
+    }
+
+    /// Reads an asset of this tenant; another tenant's is "not found".
+    pub async fn load(&self, tenant: &str, id: &str) -> Result<Asset, ApiError> {
+        match self.ports.store.get_asset(id).await? {
+            Some(asset) if asset.tenant == tenant => Ok(asset),
+            _ => Err(ApiError::not_found("asset")),
+        }
+    }
+
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+        self.load(tenant, id).await?;
+        self.ports.store.delete_asset(id).await?;
+        tracing::info!(asset_id = id, tenant, "asset deleted");
+        Ok(())
+    }
+
+    /// Creates a large-file upload (our extension).
+    pub async fn create_upload(
+        &self,
+        tenant: &str,
+        request: CreateUploadRequest,
+    ) -> Result<UploadView, ApiError> {
+        validate_meta(&AssetMeta {
+            content_type: request.content_type.clone(),
+            file_path: request.file_path.clone(),
+            expected_hash: request.expected_hash.clone(),
+            tags: request.tags.clone(),
+        })?;
+        if request.size_bytes == 0 || request.size_bytes > self.config.max_large_upload_bytes {
+            return Err(unprocessable(
+                "invalid_size",
+                format!(
+                    "size_bytes must be from 1 to {}",
+                    self.config.max_large_upload_bytes
+                ),
+            ));
+        }
+        let now = self.now();
+        let id = format!("upload_{}", ulid::Ulid::new());
+        let upload = UploadRecord {
+            v: SCHEMA_VERSION,
+            blob_key: format!("uploads/{id}"),
+            id,
+            tenant: tenant.to_string(),
+            max_bytes: request.size_bytes,
+            content_type: request.content_type,
+            file_path: request.file_path,
+            expected_hash: request.expected_hash,
+            tags: request.tags,
+            created_at: now,
+            expires_at: now + self.config.upload_ttl,
+        };
+        self.ports.store.put_upload(&upload).await?;
+        let upload_url = self.ports.blobs.signed_url(
+            &upload.blob_key,
+            SignedAccess::Put {
+                max_bytes: upload.max_bytes,
+            },
+            upload.expires_at,
+            None,
+        )?;
+        Ok(UploadView {
+            complete_url: format!(
+                "{}/api/v2/x-serverless-comfyui/uploads/{}/complete",
+                self.path_prefix, upload.id
+            ),
+            id: upload.id,
+            upload_url,
+            upload_method: "PUT".into(),
+            max_bytes: upload.max_bytes,
+            expires_at: ts(upload.expires_at),
+        })
+    }
+
+    /// Completes a large-file upload: hash the uploaded object, dedup, mint.
+    pub async fn complete_upload(&self, tenant: &str, id: &str) -> Result<(Asset, bool), ApiError> {
+        let upload = match self.ports.store.get_upload(id).await? {
+            Some(upload) if upload.tenant == tenant => upload,
+            _ => return Err(ApiError::not_found("upload")),
+        };
+        let Some(read) = self.ports.blobs.read(&upload.blob_key, None).await? else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "upload_incomplete",
+                "no bytes were uploaded yet: PUT the file to upload_url first",
+            ));
+        };
+        // Hash the object as stored; never trust the client's hash.
+        let (mut stream, hasher) = hashing(read.stream);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            size += chunk
+                .map_err(|e| ApiError::from(StoreError::Unavailable(e.to_string())))?
+                .len() as u64;
+        }
+        let staged = Staged {
+            key: upload.blob_key.clone(),
+            hash: finish_hash(&hasher),
+            size,
+        };
+        let meta = AssetMeta {
+            content_type: upload.content_type.clone(),
+            file_path: upload.file_path.clone(),
+            expected_hash: upload.expected_hash.clone(),
+            tags: upload.tags.clone(),
+        };
+        let minted = self.mint_staged(tenant, staged, meta).await;
+        self.ports.store.delete_upload(id).await?;
+        minted
+    }
+}
+
+/// Checks that every `core/ASSET` reference of a workflow names an existing asset of
+/// the tenant; otherwise 422 `missing_asset`, naming the node and the input.
+pub async fn check_references(
+    store: &dyn crate::ports::JobStore,
+    tenant: &str,
+    workflow: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ApiError> {
+    for (node_id, input, asset_id) in crate::validate::asset_references(workflow) {
+        let found = if asset_id.is_empty() {
+            None
+        } else {
+            store
+                .get_asset(&asset_id)
+                .await?
+                .filter(|a| a.tenant == tenant)
+        };
+        if found.is_none() {
+            let class = workflow
+                .get(&node_id)
+                .and_then(|n| n.get("class_type"))
+                .and_then(|c| c.as_str())
+                .unwrap_or("?");
+            return Err(unprocessable(
+                "missing_asset",
+                format!(
+                    "node {node_id} ({class}) input `{input}` references asset {asset_id:?}, \
+                     which does not exist or is not yours; upload it first"
+                ),
+            )
+            .with_details(serde_json::json!({
+                "node_id": node_id,
+                "input": input,
+                "asset_id": asset_id,
+            })));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Partial(0, 4));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Partial(5, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Partial(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Partial(0, 9));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Partial(8, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=10-12"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+    }
+
+    #[test]
+    fn file_paths() {
+        for ok in ["photo.png", "models/checkpoints/x.safetensors", "a b.png"] {
+            validate_file_path(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a\\b",
+            "a\0b",
+            "a//b",
+            "a/",
+        ] {
+            assert_eq!(
+                validate_file_path(bad).unwrap_err().code,
+                "invalid_file_path",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hashes() {
+        let hex = "AB".repeat(32);
+        assert_eq!(
+            parse_hash(&format!("blake3:{hex}")).unwrap(),
+            format!("blake3:{}", hex.to_lowercase())
+        );
+        assert!(parse_hash(&hex).is_err());
+        assert!(parse_hash("blake3:xyz").is_err());
+    }
+}
