@@ -102,6 +102,8 @@ impl DevApp {
             assets,
             dispatcher: dispatcher.clone(),
             auth,
+            events: jobs::events::EventsConfig::default(),
+            streams: Default::default(),
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 comfyui: json!({

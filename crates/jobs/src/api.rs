@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,8 @@ pub struct ApiState {
     pub dispatcher: Arc<Dispatcher>,
     pub auth: Arc<dyn Authenticator>,
     pub info: ServerInfo,
+    pub events: crate::events::EventsConfig,
+    pub streams: Arc<crate::events::StreamLimiter>,
 }
 
 /// The largest JSON request body accepted (API Gateway's limit is 10 MB).
@@ -335,14 +337,14 @@ async fn cancel_job(
     ))
 }
 
-/// `GET /api/v2/jobs/{id}/events`: live events arrive with the runner. Until then the
-/// route says so; comfy-sdk treats a 501 from it as "no SSE here" and polls.
+/// `GET /api/v2/jobs/{id}/events`: Server-Sent Events, bounded (see [`crate::events`]).
 #[utoipa::path(
     get, path = "/api/v2/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path)),
     responses(
-        (status = 501, description = "`not_implemented`: poll the job instead", body = ErrorEnvelope),
+        (status = 200, description = "SSE: `status`, `progress`, `output` and `log` events; ends after the terminal status or after about 20 s (reconnect)", content_type = "text/event-stream"),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 429, description = "`too_many_streams`", body = ErrorEnvelope),
     )
 )]
 async fn job_events(
@@ -350,12 +352,15 @@ async fn job_events(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.jobs.load(&tenant.0, &id).await?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "live events are not available on this server yet; poll the job instead",
-    ))
+    let sse = crate::events::job_events(
+        state.jobs.clone(),
+        state.streams.clone(),
+        state.events.clone(),
+        tenant.0,
+        id,
+    )
+    .await?;
+    Ok(sse.into_response())
 }
 
 /// A parsed `GET /api/v2/jobs` query.
@@ -490,10 +495,10 @@ pub async fn blob_response(
     if let Ok(value) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, value);
     }
-    if let Some((first, last)) = wanted {
-        if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size)) {
-            h.insert(header::CONTENT_RANGE, value);
-        }
+    if let Some((first, last)) = wanted
+        && let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size))
+    {
+        h.insert(header::CONTENT_RANGE, value);
     }
     Ok(response)
 }
@@ -539,19 +544,24 @@ struct AssetUploadForm {
 async fn upload_asset(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    mut multipart: Multipart,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let multipart_error = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the file is too large for a single request; use POST /api/v2/x-serverless-comfyui/uploads",
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
+        .ok_or_else(|| {
+            ApiError::invalid_request(
+                "send multipart/form-data with file, content_type and file_path",
             )
-        } else {
-            ApiError::invalid_request(format!("malformed multipart body: {}", e.body_text()))
-        }
-    };
+        })?;
+    // multer reads its input for as long as the input is ready, so a fast client would
+    // be buffered whole in memory. Pausing between chunks keeps it to one chunk.
+    let body = PausingStream::new(request.into_body().into_data_stream());
+    let mut multipart = multer::Multipart::new(body, boundary);
+    let multipart_error =
+        |e: multer::Error| ApiError::invalid_request(format!("malformed multipart body: {e}"));
     let mut meta = AssetMeta::default();
     let mut staged = None;
     let mut seen = std::collections::HashSet::new();
@@ -576,7 +586,7 @@ async fn upload_asset(
                         let next = match field.chunk().await {
                             Ok(Some(chunk)) => Ok(chunk),
                             Ok(None) => break,
-                            Err(e) => Err(std::io::Error::other(e.body_text())),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
                         };
                         let failed = next.is_err();
                         // A send fails when storage stopped reading (too large): stop too.
@@ -634,6 +644,42 @@ async fn upload_asset(
     }
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
     asset_response(&state, &asset, created_new)
+}
+
+/// A stream that returns `Pending` once after every chunk (waking itself at once), so a
+/// reader that drains whatever is ready takes one chunk at a time.
+struct PausingStream<S> {
+    inner: S,
+    paused: bool,
+}
+
+impl<S> PausingStream<S> {
+    fn new(inner: S) -> Self {
+        PausingStream {
+            inner,
+            paused: false,
+        }
+    }
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for PausingStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.paused {
+            self.paused = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if matches!(next, std::task::Poll::Ready(Some(_))) {
+            self.paused = true;
+        }
+        next
+    }
 }
 
 async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {

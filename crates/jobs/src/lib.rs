@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod cursor;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod lifecycle;
 pub mod model;
 pub mod ports;

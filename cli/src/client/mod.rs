@@ -1,0 +1,1 @@
+//! The command-line client of any Comfy API v2 endpoint (filled in by the CLI issue).

@@ -1,0 +1,93 @@
+//! `serverless-comfyui keys`: API keys for `dev`, stored in its data directory.
+//!
+//! A key is shown once, at creation; only its SHA-256 is stored. Keys belong to
+//! tenants, and a tenant's jobs and assets belong to the tenant, not the key, so
+//! rotating a key (create a new one, revoke the old) orphans nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use jobs::auth::mint_key;
+use jobs::ports::{Clock, SystemClock};
+use local::DataDir;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a tenant and print it (it is shown only once).
+    Create {
+        /// The tenant the key acts for: 1 to 64 of a-z, 0-9, '-' and '_'.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// List keys (never the secrets).
+    List {
+        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key by its id (`key_…`, from `keys list`).
+    Revoke {
+        id: String,
+        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn open(data_dir: &PathBuf) -> anyhow::Result<jobs::service::Ports> {
+    let dir = DataDir::open(data_dir)?;
+    dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
+        .with_context(|| format!("opening {}", data_dir.display()))
+}
+
+/// Runs a `keys` subcommand, printing to stdout.
+pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { tenant, data_dir } => {
+            let ports = open(&data_dir)?;
+            let minted = mint_key(&tenant, SystemClock.now()).map_err(anyhow::Error::msg)?;
+            ports.store.put_api_key(&minted.record).await?;
+            println!("{}", minted.secret);
+            eprintln!(
+                "created {} for tenant {tenant}. Store it now: it is not shown again.\n\
+                 Use it as: Authorization: Bearer <key>  (comfy-sdk: COMFY_API_KEY=<key>)",
+                minted.record.id
+            );
+        }
+        KeysCommand::List { data_dir } => {
+            let ports = open(&data_dir)?;
+            let keys = ports.store.list_api_keys().await?;
+            if keys.is_empty() {
+                println!("no keys: dev serves one default tenant on loopback");
+            }
+            for key in keys {
+                let state = match key.revoked_at {
+                    Some(at) => format!("revoked {}", at.to_rfc3339()),
+                    None => "active".to_string(),
+                };
+                println!(
+                    "{}  tenant={}  {}…  created {}  {state}",
+                    key.id,
+                    key.tenant,
+                    key.prefix,
+                    key.created_at.to_rfc3339()
+                );
+            }
+        }
+        KeysCommand::Revoke { id, data_dir } => {
+            let ports = open(&data_dir)?;
+            let keys = ports.store.list_api_keys().await?;
+            let Some(mut key) = keys.into_iter().find(|k| k.id == id) else {
+                bail!("no key {id}; see `serverless-comfyui keys list`");
+            };
+            if key.revoked_at.is_none() {
+                key.revoked_at = Some(SystemClock.now());
+                ports.store.put_api_key(&key).await?;
+            }
+            println!("revoked {id} (tenant {})", key.tenant);
+        }
+    }
+    Ok(())
+}
