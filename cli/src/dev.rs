@@ -36,6 +36,18 @@ pub struct DevConfig {
     /// How often the tick runs.
     pub tick_every: Duration,
     pub max_body_bytes: usize,
+    /// The built web app to serve at `/` (`frontend/dist`), if present.
+    pub frontend_dir: Option<PathBuf>,
+    /// ComfyUI servers to run jobs on, one runner each. Empty: the built-in simulator.
+    pub comfyui_urls: Vec<String>,
+    /// How to start a runner; `None` builds the API alone (jobs stay queued).
+    pub runner: Option<local::launcher::RunnerCommand>,
+    /// A runner with nothing to do for this long exits; the next job starts one again.
+    pub runner_idle_timeout: Duration,
+    /// Step time of the built-in simulator's sampler.
+    pub simulator_step_ms: u64,
+    /// Set by `run` when it started the simulator.
+    pub simulator_started: bool,
 }
 
 impl Default for DevConfig {
@@ -45,6 +57,18 @@ impl Default for DevConfig {
             data_dir: PathBuf::from(".serverless-comfyui"),
             tick_every: Duration::from_secs(10),
             max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
+            // The web app as `frontend/ci.sh` builds it, relative to where `dev` runs;
+            // SERVERLESS_COMFYUI_FRONTEND_DIR points elsewhere.
+            frontend_dir: Some(
+                std::env::var_os("SERVERLESS_COMFYUI_FRONTEND_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("frontend/dist")),
+            ),
+            comfyui_urls: Vec::new(),
+            runner: None,
+            runner_idle_timeout: Duration::from_secs(60),
+            simulator_step_ms: 50,
+            simulator_started: false,
         }
     }
 }
@@ -56,6 +80,8 @@ pub struct DevApp {
     pub data_dir: DataDir,
     pub max_body_bytes: usize,
     blob_server: axum::Router,
+    /// The built web app (`frontend/dist`), when there is one.
+    site: Option<PathBuf>,
 }
 
 impl DevApp {
@@ -88,12 +114,22 @@ impl DevApp {
             clock,
         );
         let jobs = Arc::new(JobService::new(ports, jobs_config, secret));
+        let (launcher, max_workers): (Arc<dyn jobs::ports::Launcher>, u32) = match &config.runner {
+            Some(command) if !config.comfyui_urls.is_empty() => (
+                Arc::new(local::launcher::SubprocessLauncher::new(
+                    command.clone(),
+                    config.comfyui_urls.clone(),
+                )),
+                config.comfyui_urls.len() as u32,
+            ),
+            _ => (Arc::new(NoLauncher), 0),
+        };
         let dispatcher = Arc::new(Dispatcher::new(
             jobs.clone(),
-            Arc::new(NoLauncher),
+            launcher,
             DispatchConfig {
-                // No runner exists yet: nothing to launch.
-                max_workers: 0,
+                max_workers,
+                // A runner that stopped reporting for two minutes is gone.
                 ..DispatchConfig::default()
             },
         ));
@@ -106,10 +142,7 @@ impl DevApp {
             streams: Default::default(),
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                comfyui: json!({
-                    "mode": "none",
-                    "message": "no runner yet: jobs stay queued",
-                }),
+                comfyui: comfyui_info(config),
             },
         });
         Ok(DevApp {
@@ -118,17 +151,71 @@ impl DevApp {
             data_dir,
             max_body_bytes: config.max_body_bytes,
             blob_server,
+            site: config
+                .frontend_dir
+                .clone()
+                .filter(|dir| dir.join("index.html").is_file()),
         })
     }
 
-    /// The v2 API, plus the signed blob URLs the local blob store hands out.
+    /// The v2 API, the signed blob URLs the local blob store hands out, and the web
+    /// app at `/` when it is built.
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone(), self.max_body_bytes).merge(self.blob_server.clone())
+        let (api, _) = api::router_and_openapi(self.state.clone(), self.max_body_bytes);
+        let app = api.merge(self.blob_server.clone());
+        match &self.site {
+            Some(dist) => {
+                let index = dist.join("index.html");
+                let site = tower_http::services::ServeDir::new(dist)
+                    .not_found_service(tower_http::services::ServeFile::new(index));
+                // API paths never fall through to the web app.
+                let api_misses =
+                    axum::Router::new().route("/api/{*rest}", axum::routing::any(api::not_found));
+                app.merge(api_misses).fallback_service(site)
+            }
+            None => app.fallback(api::not_found),
+        }
+    }
+}
+
+/// What health says about ComfyUI.
+fn comfyui_info(config: &DevConfig) -> serde_json::Value {
+    match (&config.runner, config.comfyui_urls.as_slice()) {
+        (None, _) | (_, []) => json!({
+            "mode": "none",
+            "message": "no runner: jobs are accepted and stay queued",
+        }),
+        (Some(_), urls) if config.simulated() => json!({
+            "mode": "simulated",
+            "urls": urls,
+            "message": "simulated ComfyUI: outputs are real files, but model nodes are placeholders",
+        }),
+        (Some(_), urls) => json!({ "mode": "real", "urls": urls }),
+    }
+}
+
+impl DevConfig {
+    /// True when the ComfyUI in use is our built-in simulator.
+    pub fn simulated(&self) -> bool {
+        self.comfyui_urls.len() == 1 && self.simulator_started
     }
 }
 
 /// Runs `dev` until Ctrl-C or SIGTERM.
-pub async fn run(config: DevConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
+    let mut simulator = None;
+    if config.comfyui_urls.is_empty() && config.runner.is_some() {
+        let handle = comfyui_sim::Simulator::start(comfyui_sim::SimConfig {
+            step_ms: config.simulator_step_ms,
+            base_dir: Some(config.data_dir.join("simulator")),
+            ..comfyui_sim::SimConfig::default()
+        })
+        .await
+        .context("starting the built-in ComfyUI simulator")?;
+        config.comfyui_urls = vec![handle.base_url()];
+        config.simulator_started = true;
+        simulator = Some(handle);
+    }
     let app = DevApp::build(&config, Arc::new(SystemClock))?;
     let keys = app.state.jobs.ports().store.list_api_keys().await?;
     let active_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
@@ -145,7 +232,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    print_banner(address, &app, active_keys);
+    print_banner(address, &app, &config, active_keys);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = [
@@ -168,14 +255,23 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
     for task in loops {
         let _ = task.await;
     }
+    // Runners are killed with the launcher (dropped with the app); then the simulator.
+    drop(app);
+    if let Some(simulator) = simulator {
+        simulator.shutdown().await;
+    }
     eprintln!("serverless-comfyui dev stopped");
     Ok(())
 }
 
-fn print_banner(address: SocketAddr, app: &DevApp, active_keys: usize) {
+fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_keys: usize) {
     let url = format!("http://{address}");
     eprintln!();
     eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
+    match &app.site {
+        Some(_) => eprintln!("  web app   {url}/"),
+        None => eprintln!("  web app   not built (frontend/ci.sh builds it into frontend/dist)"),
+    }
     eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
     eprintln!("  health    {url}/api/v2/health");
     eprintln!("  data dir  {}", app.data_dir.root().display());
@@ -186,7 +282,26 @@ fn print_banner(address: SocketAddr, app: &DevApp, active_keys: usize) {
     } else {
         eprintln!("  auth      Authorization: Bearer <key> required ({active_keys} active key(s))");
     }
-    eprintln!("  ComfyUI   none yet: jobs are accepted and stay queued until a runner exists");
+    match (&config.runner, config.simulated()) {
+        (None, _) => eprintln!("  ComfyUI   none: jobs are accepted and stay queued"),
+        (Some(_), true) => {
+            eprintln!();
+            eprintln!("  ################################################################");
+            eprintln!("  #  ComfyUI: SIMULATED (no --comfyui URL was given)             #");
+            eprintln!(
+                "  #  Jobs run on the built-in simulator at {:<22}#",
+                config.comfyui_urls[0]
+            );
+            eprintln!("  #  Image nodes work on real pixels; model nodes are placeholders.#");
+            eprintln!("  #  For real results: dev --comfyui http://127.0.0.1:8188        #");
+            eprintln!("  ################################################################");
+        }
+        (Some(_), false) => {
+            for url in &config.comfyui_urls {
+                eprintln!("  ComfyUI   {url} (one runner, started when work arrives)");
+            }
+        }
+    }
     eprintln!();
 }
 

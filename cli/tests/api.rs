@@ -745,3 +745,109 @@ async fn tick_expires_jobs_queued_too_long() {
     assert_eq!(job.body["status"], "expired");
     assert_eq!(job.body["error"]["code"], "queue_timeout");
 }
+
+/// Reads SSE frames from a response body until the stream ends or `limit` passes.
+async fn read_sse(body: Body, limit: std::time::Duration) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut text = String::new();
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let name = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn events_stream_snapshot_then_terminal_status() {
+    let t = TestApp::new();
+    let id = t.submit(&invert()).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = t
+        .app
+        .router()
+        .oneshot(
+            Request::get(format!("/api/v2/jobs/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let reader = tokio::spawn(read_sse(
+        response.into_body(),
+        std::time::Duration::from_secs(10),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    t.post_raw(&format!("/api/v2/jobs/{id}/cancel"), "", None)
+        .await;
+    let frames = reader.await.unwrap();
+    let names: Vec<&str> = frames.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(frames[0].0, "status", "snapshot first: {names:?}");
+    assert_eq!(frames[0].1["status"], "queued");
+    assert_eq!(frames[0].1["queue_position"], 0);
+    assert!(names.contains(&"progress"), "{names:?}");
+    assert!(
+        names.contains(&"log"),
+        "queue news as a log line: {names:?}"
+    );
+    let last = frames.last().unwrap();
+    assert_eq!(last.0, "status", "ends with the terminal status: {names:?}");
+    assert_eq!(last.1["status"], "canceled");
+}
+
+#[tokio::test]
+async fn events_stream_is_capped_per_tenant() {
+    let t = TestApp::new();
+    let id = t.submit(&invert()).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let response = t
+            .app
+            .router()
+            .oneshot(
+                Request::get(format!("/api/v2/jobs/{id}/events"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    let refused = t.get(&format!("/api/v2/jobs/{id}/events")).await;
+    assert_envelope(&refused, StatusCode::TOO_MANY_REQUESTS, "too_many_streams");
+    assert!(refused.headers.contains_key("retry-after"));
+    drop(open);
+    // Closed streams free their slots (the server notices on its next write).
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let response = t
+        .app
+        .router()
+        .oneshot(
+            Request::get(format!("/api/v2/jobs/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let unknown = t
+        .get("/api/v2/jobs/job_01JZTGXW9Q2M4R8V0B1N3P5D7F/events")
+        .await;
+    assert_envelope(&unknown, StatusCode::NOT_FOUND, "not_found");
+}

@@ -133,19 +133,21 @@ pub fn router_and_openapi(
                 async move { Json(document) }
             }),
         )
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(envelope_errors))
         .with_state(state);
     (router, openapi)
 }
 
-/// The v2 router over the given state.
+/// The v2 router over the given state; anything else is a 404 envelope.
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
-    router_and_openapi(state, max_body_bytes).0
+    router_and_openapi(state, max_body_bytes)
+        .0
+        .fallback(not_found)
 }
 
-async fn not_found() -> ApiError {
+/// The 404 envelope for a path no route serves.
+pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 

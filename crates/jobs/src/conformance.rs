@@ -255,11 +255,32 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     // Queue position and unclaimed counts follow status and reservations.
     let q = sample_job("pos", now, &[]);
     create(store, &q).await;
-    let before_q = store.queue_position(&q.id).await.unwrap();
+    let before_q = store.queue_position(&q.id, 1000).await.unwrap();
     let r = sample_job("pos", now, &[]);
     create(store, &r).await;
-    assert_eq!(store.queue_position(&r.id).await.unwrap(), before_q + 1);
-    let unclaimed = store.count_unclaimed_queued(now).await.unwrap();
+    assert_eq!(
+        store.queue_position(&r.id, 1000).await.unwrap(),
+        before_q + 1
+    );
+    assert_eq!(
+        store.queue_position(&r.id, 1).await.unwrap(),
+        1,
+        "the count stops at the cap"
+    );
+    let snapshot = store.load_snapshot(&r.id, 1000).await.unwrap().unwrap();
+    assert_eq!(snapshot.job, r);
+    assert_eq!(snapshot.queue_position, Some(before_q + 1));
+    assert_eq!(snapshot.progress, None);
+    assert_eq!(
+        store.load_snapshot(&JobId::generate(), 10).await.unwrap(),
+        None
+    );
+    let unclaimed = store.count_unclaimed_queued(now, 1000).await.unwrap();
+    assert_eq!(
+        store.count_unclaimed_queued(now, 1).await.unwrap(),
+        1,
+        "the count stops at the cap"
+    );
     let reserved = crate::lifecycle::apply(
         &r,
         &Move::Reserve {
@@ -272,13 +293,13 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     .job;
     store.put_job(&reserved, r.rev).await.unwrap();
     assert_eq!(
-        store.count_unclaimed_queued(now).await.unwrap(),
+        store.count_unclaimed_queued(now, 1000).await.unwrap(),
         unclaimed - 1,
         "a live reservation is not unclaimed"
     );
     assert_eq!(
         store
-            .count_unclaimed_queued(now + Duration::seconds(11))
+            .count_unclaimed_queued(now + Duration::seconds(11), 1000)
             .await
             .unwrap(),
         unclaimed,

@@ -191,7 +191,10 @@ impl Dispatcher {
             .iter()
             .filter(|w| w.phase != WorkerPhase::Draining)
             .count() as u32;
-        let unclaimed_queued = store(&self.jobs).count_unclaimed_queued(now).await?;
+        // Past max_workers × jobs_per_worker more queued jobs change nothing.
+        let cap =
+            u64::from(self.config.max_workers) * u64::from(self.config.jobs_per_worker.max(1));
+        let unclaimed_queued = store(&self.jobs).count_unclaimed_queued(now, cap).await?;
         let desired = desired_workers(busy, unclaimed_queued, &self.config);
         let deficit = desired.saturating_sub(live);
         let mut report = ScaleReport {

@@ -174,6 +174,9 @@ pub async fn job_events(
                 return;
             }
             tokio::time::sleep(config.poll).await;
+            if sender.is_closed() {
+                return; // the client went away: free the slot now
+            }
             match jobs.ports().store.get_job(&job.id).await {
                 Ok(Some(fresh)) => job = fresh,
                 _ => return,

@@ -34,6 +34,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A job with what its view needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSnapshot {
+    pub job: Job,
+    pub progress: Option<ProgressRecord>,
+    pub queue_position: Option<u64>,
+}
+
 /// One page request of a tenant's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
@@ -116,11 +124,36 @@ pub trait JobStore: Send + Sync + 'static {
     /// Jobs in a status, oldest first, for the tick.
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>>;
 
-    /// Queued jobs created before this one (all tenants share one queue).
-    async fn queue_position(&self, id: &JobId) -> StoreResult<u64>;
+    /// Queued jobs created before this one (all tenants share one queue), counting
+    /// no further than `cap`: a deep queue must not make every read cost O(depth).
+    async fn queue_position(&self, id: &JobId, cap: u64) -> StoreResult<u64>;
 
-    /// Queued jobs nobody has claimed or reserved.
-    async fn count_unclaimed_queued(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Queued jobs nobody has claimed or reserved, counting no further than `cap`.
+    async fn count_unclaimed_queued(&self, now: DateTime<Utc>, cap: u64) -> StoreResult<u64>;
+
+    /// The job, its progress record and (while queued) its queue position, read
+    /// together: what `GET /api/v2/jobs/{id}` shows. Adapters that can read these in
+    /// one round trip (a SQLite read transaction, DynamoDB BatchGetItem) override it.
+    async fn load_snapshot(
+        &self,
+        id: &JobId,
+        position_cap: u64,
+    ) -> StoreResult<Option<JobSnapshot>> {
+        let Some(job) = self.get_job(id).await? else {
+            return Ok(None);
+        };
+        let progress = self.get_progress(id).await?;
+        let queue_position = if job.status == JobStatus::Queued {
+            Some(self.queue_position(id, position_cap).await?)
+        } else {
+            None
+        };
+        Ok(Some(JobSnapshot {
+            job,
+            progress,
+            queue_position,
+        }))
+    }
 
     async fn get_idempotency(
         &self,

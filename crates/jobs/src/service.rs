@@ -28,7 +28,8 @@ use crate::model::{
 };
 use crate::ports::SignedAccess;
 use crate::ports::{
-    BlobStore, Clock, CreateOutcome, Fleet, JobStore, ListQuery, Queue, QueueName, StoreError,
+    BlobStore, Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, Queue, QueueName,
+    StoreError,
 };
 use crate::validate::{self, Submission};
 use crate::views::{JobUrls, JobView, Metrics, OutputView, WorkflowView};
@@ -92,6 +93,9 @@ pub struct JobPage {
     pub jobs: Vec<JobView>,
     pub next_cursor: Option<String>,
 }
+
+/// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
+pub const QUEUE_POSITION_CAP: u64 = 100;
 
 /// Bounded retries of read-decide-write when a conditional write loses a race.
 const MAX_CAS_RETRIES: usize = 8;
@@ -311,8 +315,16 @@ impl JobService {
 
     /// `GET /api/v2/jobs/{id}`.
     pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<JobView, ApiError> {
-        let job = self.load(tenant, raw_id).await?;
-        self.view(&job).await
+        let id = JobId::parse(raw_id).ok_or_else(|| ApiError::not_found("job"))?;
+        match self
+            .ports
+            .store
+            .load_snapshot(&id, QUEUE_POSITION_CAP)
+            .await?
+        {
+            Some(snapshot) if snapshot.job.tenant == tenant => self.view_snapshot(snapshot).await,
+            _ => Err(ApiError::not_found("job")),
+        }
     }
 
     /// `POST /api/v2/jobs/{id}/cancel`: idempotent; returns the job as it now is.
@@ -486,7 +498,33 @@ impl JobService {
 
     /// The full v2 job object.
     pub async fn view(&self, job: &Job) -> Result<JobView, ApiError> {
-        let stored = self.ports.store.get_progress(&job.id).await?;
+        let progress = self.ports.store.get_progress(&job.id).await?;
+        let queue_position = if job.status == JobStatus::Queued {
+            Some(
+                self.ports
+                    .store
+                    .queue_position(&job.id, QUEUE_POSITION_CAP)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        self.view_snapshot(JobSnapshot {
+            job: job.clone(),
+            progress,
+            queue_position,
+        })
+        .await
+    }
+
+    /// The v2 job object from a snapshot read in one go.
+    async fn view_snapshot(&self, snapshot: JobSnapshot) -> Result<JobView, ApiError> {
+        let JobSnapshot {
+            job,
+            progress: stored,
+            queue_position,
+        } = snapshot;
+        let job = &job;
         // Progress from an earlier attempt (or a fenced-out runner) is not shown.
         let mut progress = stored
             .filter(|p| p.attempt == job.attempt)
@@ -497,15 +535,11 @@ impl JobService {
             p.value = 1.0;
             p.nodes_done = p.nodes_total;
         }
-        let queue_position = if job.status == JobStatus::Queued {
-            let position = self.ports.store.queue_position(&job.id).await?;
-            if progress.is_none() {
-                progress = Some(self.waiting_progress(position).await?);
-            }
-            Some(position)
-        } else {
-            None
-        };
+        if let Some(position) = queue_position
+            && progress.is_none()
+        {
+            progress = Some(self.waiting_progress(position).await?);
+        }
         Ok(self.render(job, progress, queue_position))
     }
 
@@ -515,6 +549,9 @@ impl JobService {
         let message = match fleet.capacity_error {
             Some(reason) => format!("waiting for GPU capacity: {reason}"),
             None if position == 0 => "waiting for a worker".to_string(),
+            None if position >= QUEUE_POSITION_CAP => {
+                format!("queued behind {QUEUE_POSITION_CAP}+ jobs")
+            }
             None => format!("queued behind {position} job(s)"),
         };
         Ok(Progress {

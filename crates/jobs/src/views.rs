@@ -19,7 +19,7 @@ pub struct JobView {
     pub completed_at: Option<String>,
     /// Retention deadline.
     pub expires_at: String,
-    /// Queued jobs ahead of this one (capped at 1000); null unless queued.
+    /// Queued jobs ahead of this one (counted up to 100); null unless queued.
     pub queue_position: Option<u64>,
     pub progress: Option<Progress>,
     /// The finishing attempt's outputs, filled in as they are committed.

@@ -20,6 +20,7 @@
 mod blobs;
 mod db;
 pub mod faults;
+pub mod launcher;
 mod queue;
 pub mod serve;
 mod store;

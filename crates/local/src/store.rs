@@ -14,7 +14,7 @@ use jobs::model::{
     UploadRecord,
 };
 use jobs::ports::{
-    CreateOutcome, Fleet, JobStore, ListQuery, StoreError, StoreResult, WorkerRecord,
+    CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, StoreError, StoreResult, WorkerRecord,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
@@ -102,6 +102,16 @@ fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
 
 fn from_json<T: DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Unavailable(format!("decode: {e}")))
+}
+
+/// Queued jobs before `id`, counted up to `cap`.
+fn queue_position(conn: &rusqlite::Connection, id: &JobId, cap: u64) -> StoreResult<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND id < ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.query_row(params![id.as_str(), cap as i64], |r| r.get::<_, i64>(0)))
+    .map(|n| n as u64)
+    .map_err(unavailable)
 }
 
 fn text(s: &str) -> Value {
@@ -290,24 +300,58 @@ impl JobStore for SqliteJobStore {
         bodies.iter().map(|b| from_json(b)).collect()
     }
 
-    async fn queue_position(&self, id: &JobId) -> StoreResult<u64> {
+    async fn queue_position(&self, id: &JobId, cap: u64) -> StoreResult<u64> {
+        self.db.read(|conn| queue_position(conn, id, cap))
+    }
+
+    async fn load_snapshot(
+        &self,
+        id: &JobId,
+        position_cap: u64,
+    ) -> StoreResult<Option<JobSnapshot>> {
+        // One read transaction: one WAL read lock, one consistent view.
         self.db.read(|conn| {
-            // Bounded: counting a deep queue on every read would cost O(depth).
-            conn.prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND id < ?1 LIMIT 1000)",
-            )
-                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get::<_, i64>(0)))
-                .map(|n| n as u64)
-                .map_err(unavailable)
+            conn.execute_batch("BEGIN").map_err(unavailable)?;
+            let result = (|| {
+                let body: Option<String> = conn
+                    .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+                    .map_err(unavailable)?;
+                let Some(body) = body else {
+                    return Ok(None);
+                };
+                let job: Job = from_json(&body)?;
+                let progress: Option<String> = conn
+                    .prepare_cached("SELECT body FROM progress WHERE job_id = ?1")
+                    .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+                    .map_err(unavailable)?;
+                let queue_position = if job.status == JobStatus::Queued {
+                    Some(queue_position(conn, id, position_cap)?)
+                } else {
+                    None
+                };
+                Ok(Some(JobSnapshot {
+                    job,
+                    progress: progress.as_deref().map(from_json).transpose()?,
+                    queue_position,
+                }))
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            result
         })
     }
 
-    async fn count_unclaimed_queued(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+    async fn count_unclaimed_queued(&self, now: DateTime<Utc>, cap: u64) -> StoreResult<u64> {
         self.db.read(|conn| {
             conn.prepare_cached(
-                "SELECT count(*) FROM jobs WHERE status = 'queued' AND (reserved_until_ms IS NULL OR reserved_until_ms <= ?1)",
+                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' \
+                 AND (reserved_until_ms IS NULL OR reserved_until_ms <= ?1) LIMIT ?2)",
             )
-            .and_then(|mut s| s.query_row([now.timestamp_millis()], |r| r.get::<_, i64>(0)))
+            .and_then(|mut s| {
+                s.query_row(params![now.timestamp_millis(), cap as i64], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
             .map(|n| n as u64)
             .map_err(unavailable)
         })

@@ -1,0 +1,216 @@
+//! Launchers on one machine: runner subprocesses instead of ECS tasks.
+//!
+//! [`SubprocessLauncher`] starts one runner process per ComfyUI endpoint (`dev` gives it
+//! the `--comfyui` URLs, or the built-in simulator's). A slot is free when no live child
+//! serves its endpoint; exited children are reaped on every call. Children are killed
+//! when the launcher is dropped, so `dev` never leaves runners behind.
+//!
+//! [`SimulatedLauncher`] wraps another launcher to behave like a cold cloud: a boot
+//! delay before each start, and capacity failures (`VcpuLimitExceeded`) on demand, so
+//! tests can exercise scale-from-zero and the honest "waiting for GPU capacity" path.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobs::ports::{LaunchError, LaunchedWorker, Launcher};
+use tokio::process::{Child, Command};
+
+/// How to start one runner.
+#[derive(Debug, Clone)]
+pub struct RunnerCommand {
+    pub program: PathBuf,
+    /// Arguments before the per-worker ones (`--comfyui-url`, `--worker-id`).
+    pub args: Vec<String>,
+}
+
+struct Slot {
+    comfyui_url: String,
+    child: Option<(String, Child)>,
+}
+
+pub struct SubprocessLauncher {
+    command: RunnerCommand,
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl SubprocessLauncher {
+    pub fn new(command: RunnerCommand, comfyui_urls: Vec<String>) -> Self {
+        let slots = comfyui_urls
+            .into_iter()
+            .map(|comfyui_url| Slot {
+                comfyui_url,
+                child: None,
+            })
+            .collect();
+        SubprocessLauncher {
+            command,
+            slots: Mutex::new(slots),
+        }
+    }
+
+    /// Runner processes alive now.
+    pub fn running(&self) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        reap(&mut slots);
+        slots.iter().filter(|s| s.child.is_some()).count()
+    }
+
+    /// Process ids of the live runners, by worker id (for tests that kill them).
+    pub fn pids(&self) -> HashMap<String, u32> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        reap(&mut slots);
+        slots
+            .iter()
+            .filter_map(|s| s.child.as_ref())
+            .filter_map(|(id, child)| child.id().map(|pid| (id.clone(), pid)))
+            .collect()
+    }
+}
+
+fn reap(slots: &mut [Slot]) {
+    for slot in slots.iter_mut() {
+        let exited = match slot.child.as_mut() {
+            Some((id, child)) => match child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::info!(worker = %id, %status, "runner exited");
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            None => false,
+        };
+        if exited {
+            slot.child = None;
+        }
+    }
+}
+
+#[async_trait]
+impl Launcher for SubprocessLauncher {
+    async fn launch(
+        &self,
+        count: u32,
+    ) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        reap(&mut slots);
+        let mut launched = Vec::new();
+        for slot in slots.iter_mut().filter(|s| s.child.is_none()) {
+            if launched.len() as u32 >= count {
+                break;
+            }
+            let worker_id = format!("runner-{}", ulid::Ulid::new());
+            let mut command = Command::new(&self.command.program);
+            command
+                .args(&self.command.args)
+                .arg("--comfyui-url")
+                .arg(&slot.comfyui_url)
+                .arg("--worker-id")
+                .arg(&worker_id)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            // If `dev` dies without cleaning up, its runners get SIGTERM and hand their
+            // jobs back rather than running on as orphans.
+            #[cfg(target_os = "linux")]
+            // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            match command.spawn() {
+                Ok(child) => {
+                    tracing::info!(worker = %worker_id, comfyui = %slot.comfyui_url, pid = ?child.id(), "runner started");
+                    launched.push(LaunchedWorker {
+                        id: worker_id.clone(),
+                        detail: format!("subprocess for {}", slot.comfyui_url),
+                    });
+                    slot.child = Some((worker_id, child));
+                }
+                Err(e) => {
+                    return Err((
+                        launched,
+                        LaunchError::Unavailable(format!(
+                            "cannot start {}: {e}",
+                            self.command.program.display()
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok(launched)
+    }
+
+    async fn stop(&self, worker_id: &str) -> Result<(), LaunchError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter_mut() {
+            if let Some((id, child)) = slot.child.as_mut()
+                && id == worker_id
+            {
+                let _ = child.start_kill();
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "subprocess"
+    }
+}
+
+/// A launcher that boots slowly and can run out of capacity, like a cold cloud.
+pub struct SimulatedLauncher<L> {
+    inner: L,
+    boot_delay: Duration,
+    out_of_capacity: AtomicBool,
+    capacity_reason: String,
+}
+
+impl<L: Launcher> SimulatedLauncher<L> {
+    pub fn new(inner: L, boot_delay: Duration) -> Self {
+        SimulatedLauncher {
+            inner,
+            boot_delay,
+            out_of_capacity: AtomicBool::new(false),
+            capacity_reason: "VcpuLimitExceeded".into(),
+        }
+    }
+
+    /// Makes every launch fail with a capacity error until switched back.
+    pub fn set_out_of_capacity(&self, out: bool) {
+        self.out_of_capacity.store(out, Ordering::SeqCst);
+    }
+
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<L: Launcher> Launcher for SimulatedLauncher<L> {
+    async fn launch(
+        &self,
+        count: u32,
+    ) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)> {
+        if self.out_of_capacity.load(Ordering::SeqCst) {
+            return Err((vec![], LaunchError::Capacity(self.capacity_reason.clone())));
+        }
+        tokio::time::sleep(self.boot_delay).await;
+        self.inner.launch(count).await
+    }
+
+    async fn stop(&self, worker_id: &str) -> Result<(), LaunchError> {
+        self.inner.stop(worker_id).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "simulated"
+    }
+}
