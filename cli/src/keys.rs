@@ -20,23 +20,35 @@ pub enum KeysCommand {
         /// The tenant the key acts for: 1 to 64 of a-z, 0-9, '-' and '_'.
         #[arg(long)]
         tenant: String,
-        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        #[arg(
+            long,
+            default_value = ".serverless-comfyui",
+            env = "SERVERLESS_COMFYUI_DATA_DIR"
+        )]
         data_dir: PathBuf,
     },
     /// List keys (never the secrets).
     List {
-        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        #[arg(
+            long,
+            default_value = ".serverless-comfyui",
+            env = "SERVERLESS_COMFYUI_DATA_DIR"
+        )]
         data_dir: PathBuf,
     },
     /// Revoke a key by its id (`key_…`, from `keys list`).
     Revoke {
         id: String,
-        #[arg(long, default_value = ".serverless-comfyui", env = "SERVERLESS_COMFYUI_DATA_DIR")]
+        #[arg(
+            long,
+            default_value = ".serverless-comfyui",
+            env = "SERVERLESS_COMFYUI_DATA_DIR"
+        )]
         data_dir: PathBuf,
     },
 }
 
-fn open(data_dir: &PathBuf) -> anyhow::Result<jobs::service::Ports> {
+fn open(data_dir: &std::path::Path) -> anyhow::Result<jobs::service::Ports> {
     let dir = DataDir::open(data_dir)?;
     dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
         .with_context(|| format!("opening {}", data_dir.display()))

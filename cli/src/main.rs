@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use serverless_comfyui::client;
 use serverless_comfyui::dev::{self, DevConfig};
 
 #[derive(Parser)]
@@ -41,6 +42,74 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         tick_seconds: u64,
     },
+    /// Manage API keys of a `dev` data directory.
+    Keys {
+        #[command(subcommand)]
+        command: serverless_comfyui::keys::KeysCommand,
+    },
+    /// Run a workflow on a Comfy API v2 server: upload inputs, submit, show progress,
+    /// download the outputs. Exit code: 0 succeeded, 1 failed, 2 canceled, 3 usage or
+    /// connection error.
+    Run(client::RunArgs),
+    /// List, show, cancel jobs and download their outputs.
+    Jobs {
+        #[command(subcommand)]
+        command: client::JobsCommand,
+    },
+    /// Upload files as assets.
+    Assets {
+        #[command(subcommand)]
+        command: client::AssetsCommand,
+    },
+}
+
+/// The client subcommands, whose usage errors exit with 3 (2 means "canceled" there).
+const CLIENT_COMMANDS: [&str; 3] = ["run", "jobs", "assets"];
+
+/// Parses the command line. Help and version exit 0; a usage error of a client
+/// subcommand exits 3, as its other usage errors do; `dev` and `keys` keep clap's 2.
+fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        let client = std::env::args()
+            .nth(1)
+            .is_some_and(|first| CLIENT_COMMANDS.contains(&first.as_str()));
+        if client && e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(i32::from(client::ClientError::EXIT_CODE));
+        }
+        e.exit()
+    })
+}
+
+/// Runs a client subcommand: its exit code, or one line and 3 for an error.
+async fn run_client(command: Command) -> ExitCode {
+    let json = match &command {
+        Command::Run(args) => args.json,
+        Command::Jobs { command } => match command {
+            client::JobsCommand::List { json, .. }
+            | client::JobsCommand::Get { json, .. }
+            | client::JobsCommand::Cancel { json, .. }
+            | client::JobsCommand::Download { json, .. } => *json,
+        },
+        Command::Assets { command } => match command {
+            client::AssetsCommand::Upload { json, .. } => *json,
+        },
+        Command::Dev { .. } | Command::Keys { .. } => false,
+    };
+    let result = match command {
+        Command::Run(args) => client::commands::run(args).await,
+        Command::Jobs { command } => client::commands::jobs(command).await,
+        Command::Assets { command } => client::commands::assets(command).await,
+        Command::Dev { .. } | Command::Keys { .. } => unreachable!("not a client command"),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        if json {
+            // `--json` callers read stdout: the error comes there too, as JSON.
+            println!("{}", e.to_json());
+        }
+        ExitCode::from(client::ClientError::EXIT_CODE)
+    })
 }
 
 fn init_logging() {
@@ -54,7 +123,14 @@ fn init_logging() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. }
+    ) {
+        // The client prints its own progress and errors; no log lines in between.
+        return run_client(cli.command).await;
+    }
     init_logging();
     let result = match cli.command {
         Command::Dev {
@@ -69,6 +145,10 @@ async fn main() -> ExitCode {
                 ..DevConfig::default()
             })
             .await
+        }
+        Command::Keys { command } => serverless_comfyui::keys::run(command).await,
+        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
+            unreachable!("handled by run_client")
         }
     };
     match result {

@@ -18,7 +18,9 @@ fn png_bytes(seed: u8) -> Vec<u8> {
 async fn upload_dedup_get_and_fetch() {
     let t = TestApp::new();
     let bytes = png_bytes(3);
-    let first = t.upload(None, &bytes, "photo.png", &[("tags", "input")]).await;
+    let first = t
+        .upload(None, &bytes, "photo.png", &[("tags", "input")])
+        .await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
     let asset = &first.body;
     assert!(asset["id"].as_str().unwrap().starts_with("asset_"));
@@ -32,7 +34,10 @@ async fn upload_dedup_get_and_fetch() {
     let again = t.upload(None, &bytes, "other.png", &[]).await;
     assert_eq!(again.status, StatusCode::OK, "a dedup hit is 200");
     assert_eq!(again.body["created_new"], false);
-    assert_ne!(again.body["id"], asset["id"], "a new asset over the same blob");
+    assert_ne!(
+        again.body["id"], asset["id"],
+        "a new asset over the same blob"
+    );
     assert_eq!(again.body["hash"], asset["hash"]);
 
     let id = asset["id"].as_str().unwrap();
@@ -62,32 +67,73 @@ async fn expected_hash_mismatch_mints_nothing() {
     let t = TestApp::new();
     let bytes = png_bytes(5);
     let wrong = blake3_of(b"something else");
-    let reply = t.upload(None, &bytes, "photo.png", &[("expected_hash", &wrong)]).await;
+    let reply = t
+        .upload(None, &bytes, "photo.png", &[("expected_hash", &wrong)])
+        .await;
     assert_envelope(&reply, StatusCode::CONFLICT, "hash_mismatch");
     let probe = t
-        .send(empty_request("HEAD", &format!("/api/v2/assets/by-hash/{}", blake3_of(&bytes))))
+        .send(empty_request(
+            "HEAD",
+            &format!("/api/v2/assets/by-hash/{}", blake3_of(&bytes)),
+        ))
         .await;
     assert_eq!(probe.status, StatusCode::NOT_FOUND, "nothing was stored");
-    let right = t.upload(None, &bytes, "photo.png", &[("expected_hash", &blake3_of(&bytes))]).await;
+    let right = t
+        .upload(
+            None,
+            &bytes,
+            "photo.png",
+            &[("expected_hash", &blake3_of(&bytes))],
+        )
+        .await;
     assert_eq!(right.status, StatusCode::CREATED);
 }
 
 #[tokio::test]
 async fn bad_file_paths_and_forms_are_422() {
     let t = TestApp::new();
-    for bad in ["../etc/passwd", "/abs.png", "a\\b.png", "a\0b.png", "a/../../b", ""] {
+    for bad in [
+        "../etc/passwd",
+        "/abs.png",
+        "a\\b.png",
+        "a\0b.png",
+        "a/../../b",
+        "",
+    ] {
         let reply = t.upload(None, b"x", bad, &[]).await;
-        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad:?}: {}",
+            reply.body
+        );
     }
     let reply = t.upload(None, b"x", "../x", &[]).await;
     assert_eq!(reply.body["error"]["code"], "invalid_file_path");
-    let (content_type, body) = multipart(&[("file_path", None, b"x.png"), ("content_type", None, b"image/png")]);
+    let (content_type, body) = multipart(&[
+        ("file_path", None, b"x.png"),
+        ("content_type", None, b"image/png"),
+    ]);
     let no_file = t
-        .send(Request::post("/api/v2/assets").header("content-type", content_type).body(Body::from(body)).unwrap())
+        .send(
+            Request::post("/api/v2/assets")
+                .header("content-type", content_type)
+                .body(Body::from(body))
+                .unwrap(),
+        )
         .await;
-    assert_envelope(&no_file, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert_envelope(
+        &no_file,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
     let not_multipart = t.post_raw("/api/v2/assets", "{}", None).await;
-    assert_eq!(not_multipart.status, StatusCode::BAD_REQUEST, "{}", not_multipart.body);
+    assert_eq!(
+        not_multipart.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        not_multipart.body
+    );
     assert!(not_multipart.body["error"]["code"].is_string());
 }
 
@@ -97,29 +143,63 @@ async fn from_hash_and_by_hash() {
     let bytes = png_bytes(7);
     let hash = blake3_of(&bytes);
     let head = |h: String| empty_request("HEAD", &format!("/api/v2/assets/by-hash/{h}"));
-    assert_eq!(t.send(head(hash.clone())).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(t.send(head("blake3:nothex".into())).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        t.send(head(hash.clone())).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        t.send(head("blake3:nothex".into())).await.status,
+        StatusCode::NOT_FOUND
+    );
     let missing = t
-        .send(json_request("POST", "/api/v2/assets/from-hash", &json!({"hash": hash, "file_path": "p.png"})))
+        .send(json_request(
+            "POST",
+            "/api/v2/assets/from-hash",
+            &json!({"hash": hash, "file_path": "p.png"}),
+        ))
         .await;
     assert_envelope(&missing, StatusCode::NOT_FOUND, "blob_not_found");
 
     t.upload(None, &bytes, "photo.png", &[]).await;
     assert_eq!(t.send(head(hash.clone())).await.status, StatusCode::OK);
-    assert_eq!(t.send(head(hash.to_uppercase().replace("BLAKE3", "blake3"))).await.status, StatusCode::OK);
+    assert_eq!(
+        t.send(head(hash.to_uppercase().replace("BLAKE3", "blake3")))
+            .await
+            .status,
+        StatusCode::OK
+    );
     let minted = t
-        .send(json_request("POST", "/api/v2/assets/from-hash", &json!({"hash": hash, "file_path": "copy.png"})))
+        .send(json_request(
+            "POST",
+            "/api/v2/assets/from-hash",
+            &json!({"hash": hash, "file_path": "copy.png"}),
+        ))
         .await;
     assert_eq!(minted.status, StatusCode::CREATED, "{}", minted.body);
     assert_eq!(minted.body["hash"], hash);
-    assert_eq!(minted.body["content_type"], "image/png", "the blob's known type");
+    assert_eq!(
+        minted.body["content_type"], "image/png",
+        "the blob's known type"
+    );
     let same = t
-        .send(json_request("POST", "/api/v2/assets/from-hash", &json!({"hash": hash, "file_path": "copy.png"})))
+        .send(json_request(
+            "POST",
+            "/api/v2/assets/from-hash",
+            &json!({"hash": hash, "file_path": "copy.png"}),
+        ))
         .await;
-    assert_eq!(same.status, StatusCode::OK, "an identical reference is returned as-is");
+    assert_eq!(
+        same.status,
+        StatusCode::OK,
+        "an identical reference is returned as-is"
+    );
     assert_eq!(same.body["id"], minted.body["id"]);
     let bad = t
-        .send(json_request("POST", "/api/v2/assets/from-hash", &json!({"hash": "md5:abc"})))
+        .send(json_request(
+            "POST",
+            "/api/v2/assets/from-hash",
+            &json!({"hash": "md5:abc"}),
+        ))
         .await;
     assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid_hash");
 }
@@ -128,7 +208,10 @@ async fn from_hash_and_by_hash() {
 async fn range_requests_206_and_416() {
     let t = TestApp::new();
     let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
-    let id = t.upload(None, &bytes, "r.bin", &[]).await.body["id"].as_str().unwrap().to_string();
+    let id = t.upload(None, &bytes, "r.bin", &[]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let content = format!("/api/v2/assets/{id}/content");
     let (status, headers, body) = t.fetch(&content, Some("bytes=10-19")).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
@@ -148,7 +231,10 @@ async fn range_requests_206_and_416() {
     assert_eq!(headers["accept-ranges"], "bytes");
     assert_eq!(body, bytes);
     // Signed URLs honour ranges too.
-    let url = t.get(&format!("/api/v2/assets/{id}")).await.body["url"].as_str().unwrap().to_string();
+    let url = t.get(&format!("/api/v2/assets/{id}")).await.body["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (status, _, body) = t.fetch(&url, Some("bytes=0-0")).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, vec![0]);
@@ -163,19 +249,32 @@ fn load_blur_with(asset_id: &str) -> Value {
 #[tokio::test]
 async fn deleted_asset_makes_a_job_fail_validation() {
     let t = TestApp::new();
-    let id = t.upload(None, &png_bytes(9), "photo.png", &[]).await.body["id"].as_str().unwrap().to_string();
+    let id = t.upload(None, &png_bytes(9), "photo.png", &[]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let ok = t.submit(&load_blur_with(&id)).await;
     assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
-    let deleted = t.send(empty_request("DELETE", &format!("/api/v2/assets/{id}"))).await;
+    let deleted = t
+        .send(empty_request("DELETE", &format!("/api/v2/assets/{id}")))
+        .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    assert_envelope(&t.get(&format!("/api/v2/assets/{id}")).await, StatusCode::NOT_FOUND, "not_found");
-    let again = t.send(empty_request("DELETE", &format!("/api/v2/assets/{id}"))).await;
+    assert_envelope(
+        &t.get(&format!("/api/v2/assets/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let again = t
+        .send(empty_request("DELETE", &format!("/api/v2/assets/{id}")))
+        .await;
     assert_envelope(&again, StatusCode::NOT_FOUND, "not_found");
     let refused = t.submit(&load_blur_with(&id)).await;
     assert_envelope(&refused, StatusCode::UNPROCESSABLE_ENTITY, "missing_asset");
     assert_eq!(refused.body["error"]["details"]["node_id"], "10");
     assert_eq!(refused.body["error"]["details"]["input"], "image");
-    let never = t.submit(&load_blur_with("asset_01JZV8Q3M7K2W9X0Y1Z2A3B4C5")).await;
+    let never = t
+        .submit(&load_blur_with("asset_01JZV8Q3M7K2W9X0Y1Z2A3B4C5"))
+        .await;
     assert_envelope(&never, StatusCode::UNPROCESSABLE_ENTITY, "missing_asset");
 }
 
@@ -184,7 +283,13 @@ async fn large_file_extension_end_to_end() {
     let t = TestApp::new();
     let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let create = json!({"file_path": "big.bin", "content_type": "application/octet-stream", "size_bytes": bytes.len(), "expected_hash": blake3_of(&bytes)});
-    let upload = t.send(json_request("POST", "/api/v2/x-serverless-comfyui/uploads", &create)).await;
+    let upload = t
+        .send(json_request(
+            "POST",
+            "/api/v2/x-serverless-comfyui/uploads",
+            &create,
+        ))
+        .await;
     assert_eq!(upload.status, StatusCode::CREATED, "{}", upload.body);
     assert_eq!(upload.body["upload_method"], "PUT");
     let upload_url = upload.body["upload_url"].as_str().unwrap();
@@ -196,21 +301,43 @@ async fn large_file_extension_end_to_end() {
     assert_envelope(&early, StatusCode::CONFLICT, "upload_incomplete");
     // More than the signed size is refused.
     let too_big = t
-        .send(Request::put(path).body(Body::from(vec![0u8; bytes.len() + 1])).unwrap())
+        .send(
+            Request::put(path)
+                .body(Body::from(vec![0u8; bytes.len() + 1]))
+                .unwrap(),
+        )
         .await;
     assert_envelope(&too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    let put = t.send(Request::put(path).body(Body::from(bytes.clone())).unwrap()).await;
+    let put = t
+        .send(Request::put(path).body(Body::from(bytes.clone())).unwrap())
+        .await;
     assert_eq!(put.status, StatusCode::OK);
     let done = t.post_raw(&complete_url, "", None).await;
     assert_eq!(done.status, StatusCode::CREATED, "{}", done.body);
     assert_eq!(done.body["hash"], blake3_of(&bytes));
     assert_eq!(done.body["size_bytes"], bytes.len());
-    let (_, _, fetched) = t.fetch(&format!("/api/v2/assets/{}/content", done.body["id"].as_str().unwrap()), None).await;
+    let (_, _, fetched) = t
+        .fetch(
+            &format!(
+                "/api/v2/assets/{}/content",
+                done.body["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
     assert_eq!(fetched, bytes);
     // The upload is spent.
-    assert_envelope(&t.post_raw(&complete_url, "", None).await, StatusCode::NOT_FOUND, "not_found");
+    assert_envelope(
+        &t.post_raw(&complete_url, "", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let bad = t
-        .send(json_request("POST", "/api/v2/x-serverless-comfyui/uploads", &json!({"file_path": "../x", "content_type": "a/b", "size_bytes": 1})))
+        .send(json_request(
+            "POST",
+            "/api/v2/x-serverless-comfyui/uploads",
+            &json!({"file_path": "../x", "content_type": "a/b", "size_bytes": 1}),
+        ))
         .await;
     assert_envelope(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_file_path");
 }
@@ -225,7 +352,14 @@ async fn tenants_cannot_see_each_other() {
     assert_eq!(asset.status, StatusCode::CREATED, "{}", asset.body);
     let asset_id = asset.body["id"].as_str().unwrap().to_string();
     let job = t
-        .send_as(Some(&a), json_request("POST", "/api/v2/jobs", &json!({"workflow": workflow("invert.json"), "metadata": {"who": "a"}})))
+        .send_as(
+            Some(&a),
+            json_request(
+                "POST",
+                "/api/v2/jobs",
+                &json!({"workflow": workflow("invert.json"), "metadata": {"who": "a"}}),
+            ),
+        )
         .await;
     assert_eq!(job.status, StatusCode::CREATED);
     let job_id = job.body["id"].as_str().unwrap().to_string();
@@ -242,20 +376,55 @@ async fn tenants_cannot_see_each_other() {
         let reply = t.send_as(Some(&b), empty_request(method, &uri)).await;
         assert_envelope(&reply, StatusCode::NOT_FOUND, "not_found");
     }
-    let listed = t.send_as(Some(&b), empty_request("GET", "/api/v2/jobs?metadata[who]=a")).await;
+    let listed = t
+        .send_as(
+            Some(&b),
+            empty_request("GET", "/api/v2/jobs?metadata[who]=a"),
+        )
+        .await;
     assert_eq!(listed.body["jobs"], json!([]));
     let probe = t
-        .send_as(Some(&b), empty_request("HEAD", &format!("/api/v2/assets/by-hash/{}", blake3_of(&bytes))))
+        .send_as(
+            Some(&b),
+            empty_request(
+                "HEAD",
+                &format!("/api/v2/assets/by-hash/{}", blake3_of(&bytes)),
+            ),
+        )
         .await;
-    assert_eq!(probe.status, StatusCode::NOT_FOUND, "B cannot probe A's hashes");
+    assert_eq!(
+        probe.status,
+        StatusCode::NOT_FOUND,
+        "B cannot probe A's hashes"
+    );
     let mint = t
-        .send_as(Some(&b), json_request("POST", "/api/v2/assets/from-hash", &json!({"hash": blake3_of(&bytes)})))
+        .send_as(
+            Some(&b),
+            json_request(
+                "POST",
+                "/api/v2/assets/from-hash",
+                &json!({"hash": blake3_of(&bytes)}),
+            ),
+        )
         .await;
     assert_envelope(&mint, StatusCode::NOT_FOUND, "blob_not_found");
-    let borrow = t.send_as(Some(&b), json_request("POST", "/api/v2/jobs", &load_blur_with(&asset_id))).await;
+    let borrow = t
+        .send_as(
+            Some(&b),
+            json_request("POST", "/api/v2/jobs", &load_blur_with(&asset_id)),
+        )
+        .await;
     assert_envelope(&borrow, StatusCode::UNPROCESSABLE_ENTITY, "missing_asset");
     // A still sees everything, and B's own upload of the same bytes is a new blob for B.
-    assert_eq!(t.send_as(Some(&a), empty_request("GET", &format!("/api/v2/jobs/{job_id}"))).await.status, StatusCode::OK);
+    assert_eq!(
+        t.send_as(
+            Some(&a),
+            empty_request("GET", &format!("/api/v2/jobs/{job_id}"))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     let b_upload = t.upload(Some(&b), &bytes, "b.png", &[]).await;
     assert_eq!(b_upload.status, StatusCode::CREATED);
     assert_eq!(b_upload.body["created_new"], true);
@@ -271,14 +440,34 @@ async fn authentication_rules() {
 
     let (key, record) = t.create_key("team").await;
     let jobs = || empty_request("GET", "/api/v2/jobs");
-    assert_envelope(&t.send(jobs()).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_envelope(&t.send_as(Some("sck_wrong"), jobs()).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_envelope(
+        &t.send(jobs()).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_envelope(
+        &t.send_as(Some("sck_wrong"), jobs()).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     let mut basic = jobs();
-    basic.headers_mut().insert("authorization", format!("Basic {key}").parse().unwrap());
-    assert_envelope(&t.send(basic).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    basic
+        .headers_mut()
+        .insert("authorization", format!("Basic {key}").parse().unwrap());
+    assert_envelope(
+        &t.send(basic).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     let mut empty = jobs();
-    empty.headers_mut().insert("authorization", "Bearer ".parse().unwrap());
-    assert_envelope(&t.send(empty).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    empty
+        .headers_mut()
+        .insert("authorization", "Bearer ".parse().unwrap());
+    assert_envelope(
+        &t.send(empty).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     assert_eq!(t.send_as(Some(&key), jobs()).await.status, StatusCode::OK);
     let health = t.get("/api/v2/health").await;
     assert_eq!(health.status, StatusCode::OK, "health needs no key");
@@ -287,10 +476,22 @@ async fn authentication_rules() {
 
     let mut revoked = record.clone();
     revoked.revoked_at = Some(chrono::Utc::now());
-    t.app.state.jobs.ports().store.put_api_key(&revoked).await.unwrap();
+    t.app
+        .state
+        .jobs
+        .ports()
+        .store
+        .put_api_key(&revoked)
+        .await
+        .unwrap();
     let reply = t.send_as(Some(&key), jobs()).await;
     assert_envelope(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(reply.body["error"]["message"].as_str().unwrap().contains("revoked"));
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
 }
 
 #[tokio::test]
@@ -301,12 +502,22 @@ async fn non_loopback_dev_requires_keys() {
         data_dir: dir.path().join("data"),
         ..Default::default()
     };
-    let error = serverless_comfyui::dev::run(config.clone()).await.unwrap_err();
+    let error = serverless_comfyui::dev::run(config.clone())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("refusing to listen"), "{error}");
     // Built for a non-loopback address, even with no keys nothing is anonymous.
-    let app = serverless_comfyui::dev::DevApp::build(&config, std::sync::Arc::new(jobs::ports::SystemClock)).unwrap();
+    let app = serverless_comfyui::dev::DevApp::build(
+        &config,
+        std::sync::Arc::new(jobs::ports::SystemClock),
+    )
+    .unwrap();
     use tower::ServiceExt;
-    let response = app.router().oneshot(empty_request("GET", "/api/v2/jobs")).await.unwrap();
+    let response = app
+        .router()
+        .oneshot(empty_request("GET", "/api/v2/jobs"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -342,15 +553,32 @@ async fn openapi_covers_every_route() {
         }
     }
     documented.sort();
-    let mut wanted: Vec<(String, String)> = expected.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut wanted: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     wanted.sort();
-    assert_eq!(documented, wanted, "the document lists exactly the routes served");
+    assert_eq!(
+        documented, wanted,
+        "the document lists exactly the routes served"
+    );
     for (method, path) in &documented {
-        let concrete = path.replace("{id}", "x_unknown").replace("{hash}", "blake3:00");
-        let reply = t.send(empty_request(&method.to_uppercase(), &concrete)).await;
-        assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is routed");
+        let concrete = path
+            .replace("{id}", "x_unknown")
+            .replace("{hash}", "blake3:00");
+        let reply = t
+            .send(empty_request(&method.to_uppercase(), &concrete))
+            .await;
+        assert_ne!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} is routed"
+        );
         if reply.status == StatusCode::NOT_FOUND && method != "head" {
-            assert_ne!(reply.body["error"]["message"], "no such route", "{method} {path} is routed");
+            assert_ne!(
+                reply.body["error"]["message"], "no such route",
+                "{method} {path} is routed"
+            );
         }
     }
     assert!(doc.body["components"]["schemas"]["JobView"].is_object());

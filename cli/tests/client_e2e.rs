@@ -844,14 +844,10 @@ fn no_wait_then_jobs_get_reaches_succeeded() {
 #[ignore = "needs the runner in dev"]
 fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
     let dev = Dev::start();
-    std::fs::write(
-        dev.path().join("unknown-node.json"),
-        r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-            "2": {"class_type": "NoSuchNodeClass", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}}"#,
-    )
-    .unwrap();
-    let out = dev.cli(&["run", "unknown-node.json"]);
+    // Valid as a graph (so the server takes it), refused by ComfyUI's own validation:
+    // EmptyImage's width has a minimum of 1.
+    let invert = workflow_path("invert.json");
+    let out = dev.cli(&["run", invert.to_str().unwrap(), "--set", "1.width=0"]);
     assert_eq!(out.code, Some(1), "{out:#?}");
     assert!(out.stdout.contains("status   failed"), "{out:#?}");
     let error_line = out
@@ -859,16 +855,19 @@ fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
         .lines()
         .find(|l| l.starts_with("error    "))
         .unwrap_or_else(|| panic!("an error line: {out:#?}"));
-    assert!(
-        error_line.contains("(node 2, NoSuchNodeClass)"),
-        "{error_line}"
-    );
-    let json_out = dev.cli(&["run", "unknown-node.json", "--json"]);
+    assert!(error_line.contains("(node 1, EmptyImage)"), "{error_line}");
+    let json_out = dev.cli(&[
+        "run",
+        invert.to_str().unwrap(),
+        "--set",
+        "1.width=0",
+        "--json",
+    ]);
     assert_eq!(json_out.code, Some(1));
     let job = &json_out.json()["job"];
     assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["node_id"], "2");
-    assert_eq!(job["error"]["class_type"], "NoSuchNodeClass");
+    assert_eq!(job["error"]["node_id"], "1");
+    assert_eq!(job["error"]["class_type"], "EmptyImage");
     assert!(job["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
 }
 

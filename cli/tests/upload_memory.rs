@@ -44,7 +44,10 @@ async fn hundred_megabyte_upload_has_flat_memory() {
 
     let before = peak_rss_kib();
     let request = Request::post("/api/v2/assets")
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(body)
         .unwrap();
     let reply = t.send(request).await;

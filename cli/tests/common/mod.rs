@@ -114,7 +114,6 @@ pub fn assert_envelope(reply: &Reply, status: StatusCode, code: &str) {
     );
 }
 
-
 /// A multipart form: `(name, filename, bytes)` parts.
 pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "----serverless-comfyui-test-boundary";
@@ -143,16 +142,21 @@ impl TestApp {
     /// Sends with `Authorization: Bearer <key>` when a key is given.
     pub async fn send_as(&self, key: Option<&str>, mut request: Request<Body>) -> Reply {
         if let Some(key) = key {
-            request.headers_mut().insert(
-                "authorization",
-                format!("Bearer {key}").parse().unwrap(),
-            );
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
         }
         self.send(request).await
     }
 
     /// Uploads bytes as an asset.
-    pub async fn upload(&self, key: Option<&str>, bytes: &[u8], file_path: &str, extra: &[(&str, &str)]) -> Reply {
+    pub async fn upload(
+        &self,
+        key: Option<&str>,
+        bytes: &[u8],
+        file_path: &str,
+        extra: &[(&str, &str)],
+    ) -> Reply {
         let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![
             ("content_type", None, b"image/png"),
             ("file_path", None, file_path.as_bytes()),
@@ -170,23 +174,48 @@ impl TestApp {
     }
 
     /// GETs a URL the API handed out (absolute), through the same router.
-    pub async fn fetch(&self, url: &str, range: Option<&str>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let path = url.split_once("://").map(|(_, rest)| &rest[rest.find('/').unwrap()..]).unwrap_or(url);
+    pub async fn fetch(
+        &self,
+        url: &str,
+        range: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let path = url
+            .split_once("://")
+            .map(|(_, rest)| &rest[rest.find('/').unwrap()..])
+            .unwrap_or(url);
         let mut request = Request::get(path);
         if let Some(range) = range {
             request = request.header("range", range);
         }
-        let response = self.app.router().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = self
+            .app
+            .router()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         (status, headers, bytes)
     }
 
     /// Creates an API key for a tenant directly in the store.
     pub async fn create_key(&self, tenant: &str) -> (String, jobs::model::ApiKeyRecord) {
         let minted = jobs::auth::mint_key(tenant, chrono::Utc::now()).unwrap();
-        self.app.state.jobs.ports().store.put_api_key(&minted.record).await.unwrap();
+        self.app
+            .state
+            .jobs
+            .ports()
+            .store
+            .put_api_key(&minted.record)
+            .await
+            .unwrap();
         // The authenticator caches "do keys exist" for a second.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         (minted.secret, minted.record)
@@ -207,6 +236,9 @@ pub fn json_request(method: &str, uri: &str, body: &Value) -> Request<Body> {
 }
 
 pub fn empty_request(method: &str, uri: &str) -> Request<Body> {
-    Request::builder().method(method).uri(uri).body(Body::empty()).unwrap()
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap()
 }
-
