@@ -178,6 +178,34 @@ impl DevApp {
     }
 }
 
+/// How `dev` starts a runner: this same executable's hidden `runner` subcommand, over
+/// the same data directory.
+pub fn runner_command(
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+    idle_seconds: u64,
+) -> anyhow::Result<local::launcher::RunnerCommand> {
+    let program =
+        std::env::current_exe().context("cannot find this executable to start runners")?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve the data dir {}", data_dir.display()))?;
+    Ok(local::launcher::RunnerCommand {
+        program,
+        args: vec![
+            "runner".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--public-base".into(),
+            format!("http://{listen}"),
+            "--idle-timeout".into(),
+            idle_seconds.to_string(),
+        ],
+    })
+}
+
 /// What health says about ComfyUI.
 fn comfyui_info(config: &DevConfig) -> serde_json::Value {
     match (&config.runner, config.comfyui_urls.as_slice()) {
@@ -286,15 +314,15 @@ fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_ke
         (None, _) => eprintln!("  ComfyUI   none: jobs are accepted and stay queued"),
         (Some(_), true) => {
             eprintln!();
-            eprintln!("  ################################################################");
-            eprintln!("  #  ComfyUI: SIMULATED (no --comfyui URL was given)             #");
+            eprintln!("  !! ComfyUI: SIMULATED. No --comfyui URL was given, so jobs run on the");
             eprintln!(
-                "  #  Jobs run on the built-in simulator at {:<22}#",
+                "  !! built-in ComfyUI simulator at {}.",
                 config.comfyui_urls[0]
             );
-            eprintln!("  #  Image nodes work on real pixels; model nodes are placeholders.#");
-            eprintln!("  #  For real results: dev --comfyui http://127.0.0.1:8188        #");
-            eprintln!("  ################################################################");
+            eprintln!("  !! Image nodes work on real pixels; model nodes return placeholders.");
+            eprintln!(
+                "  !! For real results: serverless-comfyui dev --comfyui http://127.0.0.1:8188"
+            );
         }
         (Some(_), false) => {
             for url in &config.comfyui_urls {

@@ -41,7 +41,23 @@ enum Command {
         /// Seconds between ticks (the safety net that expires, repairs and scales).
         #[arg(long, default_value_t = 10)]
         tick_seconds: u64,
+        /// A ComfyUI server to run jobs on (repeatable: one runner each). Without it,
+        /// jobs run on the built-in ComfyUI simulator, announced loudly.
+        #[arg(long = "comfyui", value_name = "URL")]
+        comfyui: Vec<String>,
+        /// A runner with nothing to do for this long exits; work starts one again.
+        #[arg(long, default_value_t = 60)]
+        runner_idle_seconds: u64,
+        /// Serve the API only: accept jobs but start no runner.
+        #[arg(long)]
+        no_runner: bool,
+        /// Sampler step time of the built-in simulator, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        simulator_step_ms: u64,
     },
+    /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
+    #[command(hide = true)]
+    Runner(gpu_runner::cli::RunnerArgs),
     /// Manage API keys of a `dev` data directory.
     Keys {
         #[command(subcommand)]
@@ -94,13 +110,15 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Assets { command } => match command {
             client::AssetsCommand::Upload { json, .. } => *json,
         },
-        Command::Dev { .. } | Command::Keys { .. } => false,
+        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => false,
     };
     let result = match command {
         Command::Run(args) => client::commands::run(args).await,
         Command::Jobs { command } => client::commands::jobs(command).await,
         Command::Assets { command } => client::commands::assets(command).await,
-        Command::Dev { .. } | Command::Keys { .. } => unreachable!("not a client command"),
+        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => {
+            unreachable!("not a client command")
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -137,15 +155,35 @@ async fn main() -> ExitCode {
             listen,
             data_dir,
             tick_seconds,
+            comfyui,
+            runner_idle_seconds,
+            no_runner,
+            simulator_step_ms,
         } => {
+            let runner = if no_runner {
+                None
+            } else {
+                match dev::runner_command(&data_dir, listen, runner_idle_seconds) {
+                    Ok(command) => Some(command),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(3);
+                    }
+                }
+            };
             dev::run(DevConfig {
                 listen,
                 data_dir,
                 tick_every: Duration::from_secs(tick_seconds.max(1)),
+                comfyui_urls: comfyui,
+                runner,
+                runner_idle_timeout: Duration::from_secs(runner_idle_seconds),
+                simulator_step_ms,
                 ..DevConfig::default()
             })
             .await
         }
+        Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
         Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
             unreachable!("handled by run_client")

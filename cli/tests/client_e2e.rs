@@ -2,9 +2,7 @@
 //! against a real `serverless-comfyui dev`, each test with its own server on a free
 //! loopback port and its own data directory.
 //!
-//! Tests marked `#[ignore = "needs the runner in dev"]` need jobs to actually run (the
-//! GPU runner on the built-in ComfyUI simulator); everything else passes against a
-//! `dev` whose jobs stay queued, and keeps passing once they run.
+//! Jobs run on `dev`'s GPU runner over the built-in ComfyUI simulator.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -761,7 +759,6 @@ fn ctrl_c_cancels_the_job_and_says_so() {
 // ---- jobs that run: the runner in dev, on the simulator ---------------------------
 
 #[test]
-#[ignore = "needs the runner in dev"]
 fn run_with_set_and_input_downloads_checked_outputs() {
     let dev = Dev::start();
     let photo = dev.path().join("photo.png");
@@ -826,7 +823,6 @@ fn run_with_set_and_input_downloads_checked_outputs() {
 }
 
 #[test]
-#[ignore = "needs the runner in dev"]
 fn no_wait_then_jobs_get_reaches_succeeded() {
     let dev = Dev::start();
     let invert = workflow_path("invert.json");
@@ -841,7 +837,6 @@ fn no_wait_then_jobs_get_reaches_succeeded() {
 }
 
 #[test]
-#[ignore = "needs the runner in dev"]
 fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
     let dev = Dev::start();
     // Valid as a graph (so the server takes it), refused by ComfyUI's own validation:
@@ -872,7 +867,6 @@ fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
 }
 
 #[test]
-#[ignore = "needs the runner in dev"]
 fn a_second_ctrl_c_leaves_the_job_running() {
     let dev = Dev::start();
     let txt2img = workflow_path("txt2img-sd15.json");

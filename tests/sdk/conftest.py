@@ -28,13 +28,12 @@ def _binary() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory):
+def _start_dev(tmp_path_factory, *extra):
     port = _free_port()
     data_dir = tmp_path_factory.mktemp("data")
     log = open(data_dir / "dev.log", "w")
     proc = subprocess.Popen(
-        [str(_binary()), "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+        [str(_binary()), "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -51,17 +50,46 @@ def dev_server(tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"dev did not start; see {data_dir / 'dev.log'}")
         time.sleep(0.1)
-    yield base_url
+    return proc, log, base_url
+
+
+def _stop(proc, log):
     proc.terminate()
-    proc.wait(timeout=10)
+    proc.wait(timeout=20)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory):
+    """`dev` with its runner on the built-in ComfyUI simulator: jobs really run."""
+    proc, log, base_url = _start_dev(tmp_path_factory)
+    yield base_url
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="module")
+def api_only_server(tmp_path_factory):
+    """`dev --no-runner`: jobs are accepted and stay queued, for API-contract tests."""
+    proc, log, base_url = _start_dev(tmp_path_factory, "--no-runner")
+    yield base_url
+    _stop(proc, log)
+
+
+def _client(base_url, monkeypatch):
+    from comfy_sdk import Comfy
+
+    monkeypatch.setenv("COMFY_BASE_URL", base_url)
+    monkeypatch.delenv("COMFY_API_KEY", raising=False)
+    return Comfy()
 
 
 @pytest.fixture
 def client(dev_server, monkeypatch):
-    from comfy_sdk import Comfy
+    with _client(dev_server, monkeypatch) as c:
+        yield c
 
-    monkeypatch.setenv("COMFY_BASE_URL", dev_server)
-    monkeypatch.delenv("COMFY_API_KEY", raising=False)
-    with Comfy() as c:
+
+@pytest.fixture
+def api_client(api_only_server, monkeypatch):
+    with _client(api_only_server, monkeypatch) as c:
         yield c

@@ -534,6 +534,7 @@ impl JobService {
         {
             p.value = 1.0;
             p.nodes_done = p.nodes_total;
+            p.message = None;
         }
         if let Some(position) = queue_position
             && progress.is_none()
