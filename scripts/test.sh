@@ -24,7 +24,11 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 .venv/bin/python -m pytest -q tests/sdk
 
-if [ -x frontend/ci.sh ]; then
-  step "frontend"
-  frontend/ci.sh
-fi
+step "frontend: type-check, unit tests, build, then the browser suite against dev"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+e2e_data=$(mktemp -d)
+trap 'rm -rf "$e2e_data"' EXIT
+E2E_SERVER_CMD="SERVERLESS_COMFYUI_FRONTEND_DIR=$PWD/frontend/dist exec $PWD/target/debug/serverless-comfyui dev --listen 127.0.0.1:$port --data-dir $e2e_data" \
+E2E_BASE_URL="http://127.0.0.1:$port" \
+E2E_ARTIFACTS="$PWD/artifacts/frontend" \
+  bash frontend/ci.sh --e2e
