@@ -1,1 +1,82 @@
-//! The GPU runner (filled in by the runner issue).
+//! # gpu-runner — runs jobs on ComfyUI
+//!
+//! The runner is the worker of serverless-comfyui. On AWS it is the ECS task next to
+//! ComfyUI; in `serverless-comfyui dev` a subprocess. Either way it works over the same
+//! ports (`jobs::ports`): it receives job messages from the work queue, runs each job's
+//! workflow on ComfyUI, stores the outputs, and records the outcome, following the lease
+//! protocol of ARCHITECTURE.md §4 to the letter.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`engine`] | ComfyUI supervision: spawn (process group + parent-death signal) or attach, readiness, health, restart |
+//! | [`runner`] | the main loop: receive, claim or reserve, spawn job tasks, registry, idle exit, shutdown |
+//! | `job` | one job's task: stage, submit, follow, heartbeat, cancel, timeout, outputs, finish |
+//! | `stage` | `core/ASSET` inputs → `/upload/image`; `filename_prefix` rewriting; outputs via `/view` → assets |
+//! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
+//! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
+//! | [`cli`] | [`cli::RunnerArgs`] and [`cli::run_cli`] (the binary and `serverless-comfyui runner`) |
+//! | [`config`] | [`RunnerConfig`], and an observer hook for benchmarks |
+//!
+//! ## The protocol, as the runner plays it
+//!
+//! - **Claim** (or take over a lapsed lease) before running; every later write — renewal,
+//!   progress, outputs, finish, hand-back — is fenced on `lease_owner = me AND attempt =
+//!   mine`. A refused write means someone took over: interrupt the prompt, write nothing.
+//! - **Heartbeat** every lease/3: renew the lease and extend the message's visibility
+//!   (the lease is never longer than the visibility). The renewal returns the job, so a
+//!   cancel is seen within one heartbeat; the prompt then stops at its next node
+//!   boundary or sampler step. **Expected cancel latency: lease/3 + the time to the next
+//!   node boundary or progress tick** (10 s + a step with the default 30 s lease).
+//! - **Messages** are deleted only once their job is terminal; a copy of a job someone
+//!   else holds is pushed back, never deleted.
+//! - **Pipelining by reservation**: near the end of job N, job N+1 is reserved (it stays
+//!   `queued`), staged and submitted, so ComfyUI starts it the moment N ends; it is
+//!   claimed at its `execution_start`. A reservation lapses if the runner dies or N runs
+//!   long. N's outputs are uploaded while N+1 runs.
+//! - **Outputs** go under `outputs/{job}/{attempt}/`, each minted as an asset; only the
+//!   finishing attempt's are listed.
+//! - **When ComfyUI dies** the running job's lease is released at once (renewed to zero,
+//!   so the next claim is a charged takeover, bounded by `max_attempts`) and ComfyUI is
+//!   restarted. **On SIGTERM** jobs are handed back uncharged (`preemptions + 1`).
+//!
+//! ## Use
+//!
+//! ```text
+//! gpu-runner --data-dir .serverless-comfyui --comfyui-url http://127.0.0.1:8188
+//! gpu-runner --data-dir .serverless-comfyui \
+//!     --comfyui-cmd "python main.py --listen 127.0.0.1 --port {port}"
+//! ```
+//!
+//! In-process (tests, benchmarks):
+//!
+//! ```no_run
+//! # async fn demo(ports: jobs::service::Ports) -> Result<(), gpu_runner::RunnerError> {
+//! use gpu_runner::{EngineSpec, Runner, RunnerConfig};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let runner = Runner::new(
+//!     RunnerConfig::default(),
+//!     ports,
+//!     EngineSpec::Attach { url: "http://127.0.0.1:8188".into() },
+//! );
+//! let report = runner.run(shutdown).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Logs are `tracing` events (JSON in the binary). Never logged: `extra_data`, secrets,
+//! signed URLs. Each terminal write this runner makes is logged once with
+//! `event = "committed"`, `job_id`, `attempt` and `status` (the chaos test counts them).
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod events;
+mod job;
+mod progress;
+pub mod runner;
+mod stage;
+
+pub use config::{CLIENT_ID_PREFIX, JobTiming, RunnerConfig, RunnerObserver, new_worker_id};
+pub use engine::{EngineLauncher, EngineProcess, EngineSpec, EngineState, Launched};
+pub use error::RunnerError;
+pub use runner::{ExitReason, RunReport, Runner};

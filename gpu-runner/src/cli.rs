@@ -1,0 +1,206 @@
+//! The command line: [`RunnerArgs`] (a clap `Args` struct, so the `serverless-comfyui`
+//! CLI can flatten it into a hidden `runner` subcommand) and [`run_cli`], which builds
+//! the local ports from the data directory and runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs::ports::SystemClock;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RunnerConfig, new_worker_id};
+use crate::engine::EngineSpec;
+use crate::error::RunnerError;
+use crate::runner::{ExitReason, Runner};
+
+/// `gpu-runner` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerArgs {
+    /// The local installation's data directory (jobs, queue, blobs).
+    #[arg(long, default_value = ".serverless-comfyui")]
+    pub data_dir: PathBuf,
+    /// URL prefix of signed blob URLs (the `dev` server's origin).
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    pub public_base: String,
+    /// Attach to this ComfyUI (or, with --comfyui-cmd, where the child listens).
+    #[arg(long)]
+    pub comfyui_url: Option<String>,
+    /// Start ComfyUI as a child with this command line; `{port}` is replaced by a free
+    /// port (e.g. "python main.py --listen 127.0.0.1 --port {port}").
+    #[arg(long)]
+    pub comfyui_cmd: Option<String>,
+    /// The id to register and lease under (the launcher passes its own).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Exit after this many seconds without work (0: never).
+    #[arg(long, default_value_t = 300.0)]
+    pub idle_timeout: f64,
+    /// Lease length in seconds; also the messages' visibility timeout. Heartbeat: lease/3.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// Per-job timeout in seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    pub job_timeout: f64,
+    /// Charged attempts before a job fails with attempts_exhausted.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// An API-format workflow run once after each ComfyUI start.
+    #[arg(long)]
+    pub warmup_workflow: Option<PathBuf>,
+    /// Seconds the running job gets to finish after SIGTERM before it is handed back.
+    #[arg(long, default_value_t = 25.0)]
+    pub shutdown_grace: f64,
+    /// Seconds to wait for ComfyUI's /system_stats after a start.
+    #[arg(long, default_value_t = 300.0)]
+    pub ready_timeout: f64,
+    /// Run one job at a time (no reservation of the next).
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Tests only: wrap the work queue in the fault injector (Faults::CHAOTIC) with this seed.
+    #[arg(long, hide = true)]
+    pub chaos_queue_seed: Option<u64>,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, RunnerError> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        RunnerError::Config(format!("--{name} must be a non-negative number of seconds"))
+    })
+}
+
+impl RunnerArgs {
+    /// The runner config and ComfyUI spec these flags describe.
+    pub fn to_config(&self) -> Result<(RunnerConfig, EngineSpec), RunnerError> {
+        let engine = match (&self.comfyui_cmd, &self.comfyui_url) {
+            (Some(cmd), url) => EngineSpec::Spawn {
+                command: cmd.clone(),
+                url: url.clone(),
+            },
+            (None, Some(url)) => EngineSpec::Attach { url: url.clone() },
+            (None, None) => {
+                return Err(RunnerError::Config(
+                    "give --comfyui-url (attach) or --comfyui-cmd (start ComfyUI as a child)"
+                        .into(),
+                ));
+            }
+        };
+        let lease = secs("lease-seconds", self.lease_seconds)?;
+        if lease < Duration::from_millis(300) {
+            return Err(RunnerError::Config(
+                "--lease-seconds must be at least 0.3".into(),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(RunnerError::Config(
+                "--max-attempts must be at least 1".into(),
+            ));
+        }
+        let warmup_workflow = match &self.warmup_workflow {
+            None => None,
+            Some(path) => {
+                let raw = std::fs::read(path)
+                    .map_err(|e| RunnerError::Config(format!("{}: {e}", path.display())))?;
+                let v: serde_json::Value = serde_json::from_slice(&raw)
+                    .map_err(|e| RunnerError::Config(format!("{}: {e}", path.display())))?;
+                Some(
+                    comfyui::api_workflow(v)
+                        .map_err(|e| RunnerError::Config(format!("{}: {e}", path.display())))?,
+                )
+            }
+        };
+        let idle = secs("idle-timeout", self.idle_timeout)?;
+        let config = RunnerConfig {
+            worker_id: self.worker_id.clone().unwrap_or_else(new_worker_id),
+            job_timeout: secs("job-timeout", self.job_timeout)?,
+            max_attempts: self.max_attempts,
+            idle_timeout: (!idle.is_zero()).then_some(idle),
+            shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
+            ready_timeout: secs("ready-timeout", self.ready_timeout)?,
+            pipelining: !self.no_pipelining,
+            warmup_workflow,
+            ..RunnerConfig::default()
+        }
+        .with_lease(lease);
+        Ok((config, engine))
+    }
+}
+
+/// Runs a runner over the local data directory until idle or SIGTERM/SIGINT.
+/// Exit codes: 0 after an idle exit or a shutdown, 1 on a runtime failure (ComfyUI
+/// would not start), 2 on bad flags.
+pub async fn run_cli(args: RunnerArgs) -> ExitCode {
+    let (config, engine) = match args.to_config() {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "bad configuration");
+            eprintln!("gpu-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ports = match local::DataDir::open(&args.data_dir)
+        .and_then(|d| d.ports(Arc::new(SystemClock), &args.public_base))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the data directory");
+            return ExitCode::from(1);
+        }
+    };
+    let ports = match args.chaos_queue_seed {
+        None => ports,
+        Some(seed) => {
+            tracing::warn!(seed, "chaos: the work queue misbehaves on purpose");
+            jobs::service::Ports {
+                queue: Arc::new(local::faults::FaultyQueue::new(
+                    ports.queue.clone(),
+                    local::faults::Faults::CHAOTIC,
+                    seed,
+                )),
+                ..ports
+            }
+        }
+    };
+    tracing::info!(worker_id = %config.worker_id, engine = ?engine, lease_s = config.lease.as_secs_f64(), "gpu-runner starting");
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    match Runner::new(config, ports, engine).run(shutdown).await {
+        Ok(report) => {
+            let reason = match report.reason {
+                ExitReason::Idle => "idle",
+                ExitReason::Shutdown => "shutdown",
+            };
+            tracing::info!(reason, committed = report.committed, "gpu-runner exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gpu-runner failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        shutdown.cancel();
+    });
+}

@@ -1,0 +1,284 @@
+//! Preparing a job's workflow for ComfyUI, and bringing its outputs back.
+//!
+//! **Inputs.** ComfyUI shares no filesystem with us (ARCHITECTURE.md §2), so every
+//! `core/ASSET` reference (`{"__type": "core/ASSET", "info": {"id": "asset_..."}}`) is
+//! resolved here: the asset record (it must belong to the job's tenant), then its blob,
+//! uploaded with `POST /upload/image` under a name derived from the asset id, and the
+//! workflow input rewritten to the name ComfyUI returned (it may rename).
+//!
+//! **File names.** Every literal `filename_prefix` gets `_<job id>_a<attempt>` appended,
+//! so ComfyUI's cache never hands one job another job's files.
+//!
+//! **Outputs.** Every file the prompt's history lists (saved images, temp previews,
+//! videos, anything with `filename` and `type`) is fetched through `/view`, hashed with
+//! blake3, and stored under `outputs/{job}/{attempt}/{node}/{file}`; every text output
+//! as a `.txt` beside them. Each one is minted as an asset owned by the job's tenant.
+
+use bytes::Bytes;
+use chrono::Utc;
+use comfyui::{Client, Outputs, UploadOptions};
+use jobs::model::{
+    Asset, BlobRecord, Job, JobError, OutputKind, OutputRecord, SCHEMA_VERSION, new_asset_id,
+};
+use jobs::service::Ports;
+use serde_json::{Map, Value};
+
+/// Why staging or collecting did not work.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StageError {
+    /// The job itself is at fault: it fails with this error.
+    #[error("{}", .0.message)]
+    Job(JobError),
+    /// ComfyUI failed: the job is released to another attempt.
+    #[error("ComfyUI: {0}")]
+    Engine(#[from] comfyui::Error),
+    /// Our storage failed: the job is released to another attempt.
+    #[error("storage: {0}")]
+    Store(#[from] jobs::ports::StoreError),
+}
+
+/// The job's workflow with inputs uploaded and prefixes rewritten.
+pub(crate) async fn stage(
+    client: &Client,
+    ports: &Ports,
+    job: &Job,
+    workflow: &Map<String, Value>,
+    attempt: u32,
+) -> Result<Map<String, Value>, StageError> {
+    let mut wf = workflow.clone();
+    for (node_id, input, asset_id) in jobs::validate::asset_references(&wf) {
+        let class = wf
+            .get(&node_id)
+            .and_then(|n| n.get("class_type"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let missing = || {
+            let mut e = JobError::new(
+                "missing_asset",
+                format!(
+                    "node {node_id} input `{input}` references asset {asset_id:?}, which no longer exists"
+                ),
+            );
+            e.node_id = Some(node_id.clone());
+            e.class_type = class.clone();
+            StageError::Job(e)
+        };
+        let asset = ports
+            .store
+            .get_asset(&asset_id)
+            .await?
+            .filter(|a| a.tenant == job.tenant)
+            .ok_or_else(missing)?;
+        let bytes = ports
+            .blobs
+            .get(&asset.blob_key)
+            .await?
+            .ok_or_else(missing)?;
+        let base = asset
+            .file_path
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|b| !b.is_empty())
+            .unwrap_or("input");
+        let name = format!("{}_{}", asset.id, sanitize(base));
+        let uploaded = client
+            .upload_image(
+                &name,
+                bytes,
+                &UploadOptions {
+                    overwrite: true,
+                    ..UploadOptions::default()
+                },
+            )
+            .await?;
+        if let Some(Value::Object(inputs)) = wf.get_mut(&node_id).and_then(|n| n.get_mut("inputs"))
+        {
+            inputs.insert(input, Value::String(uploaded.load_image_name()));
+        }
+    }
+    let tag = format!("_{}_a{attempt}", job.id);
+    comfyui::rewrite_filename_prefixes(&mut wf, |_, old| format!("{old}{tag}"));
+    Ok(wf)
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("f{s}")
+    } else {
+        s
+    }
+}
+
+fn kind(k: comfyui::OutputKind) -> OutputKind {
+    match k {
+        comfyui::OutputKind::Image => OutputKind::Image,
+        comfyui::OutputKind::Video => OutputKind::Video,
+        comfyui::OutputKind::Audio => OutputKind::Audio,
+        comfyui::OutputKind::Text => OutputKind::Text,
+        comfyui::OutputKind::File => OutputKind::File,
+        comfyui::OutputKind::Latent => OutputKind::Latent,
+    }
+}
+
+/// One output fetched from ComfyUI, not yet stored.
+pub(crate) struct Fetched {
+    node_id: String,
+    name: String,
+    kind: OutputKind,
+    content_type: String,
+    bytes: Bytes,
+}
+
+/// Fetches every output from ComfyUI (`/view`). Done first, while ComfyUI is known to be
+/// up; storing them ([`store_outputs`]) needs only our own storage.
+pub(crate) async fn fetch_outputs(
+    client: &Client,
+    outputs: &Outputs,
+) -> Result<Vec<Fetched>, StageError> {
+    let mut fetched = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in &outputs.files {
+        let bytes = client.view(&f.file).await?;
+        let mut name = sanitize(&f.file.filename);
+        if !seen.insert((f.node_id.clone(), name.clone())) {
+            name = format!("{}_{name}", f.index);
+            seen.insert((f.node_id.clone(), name.clone()));
+        }
+        fetched.push(Fetched {
+            node_id: f.node_id.clone(),
+            content_type: comfyui::mime_type(&f.file.filename).to_string(),
+            name,
+            kind: kind(f.kind),
+            bytes,
+        });
+    }
+    for t in &outputs.texts {
+        fetched.push(Fetched {
+            node_id: t.node_id.clone(),
+            name: format!("{}_{}.txt", sanitize(&t.key), t.index),
+            kind: OutputKind::Text,
+            content_type: "text/plain; charset=utf-8".into(),
+            bytes: Bytes::from(t.text.clone().into_bytes()),
+        });
+    }
+    Ok(fetched)
+}
+
+/// Stores fetched outputs under `outputs/{job}/{attempt}/` and mints an asset for each.
+pub(crate) async fn store_outputs(
+    ports: &Ports,
+    job: &Job,
+    attempt: u32,
+    fetched: Vec<Fetched>,
+) -> Result<Vec<OutputRecord>, StageError> {
+    let uploads = fetched
+        .into_iter()
+        .map(|f| store_one(ports, job, attempt, f));
+    let results = futures::future::join_all(uploads).await;
+    results.into_iter().collect()
+}
+
+async fn store_one(
+    ports: &Ports,
+    job: &Job,
+    attempt: u32,
+    f: Fetched,
+) -> Result<OutputRecord, StageError> {
+    let hash = format!("blake3:{}", blake3::hash(&f.bytes).to_hex());
+    let size = f.bytes.len() as u64;
+    let blob_key = format!("outputs/{}/{attempt}/{}/{}", job.id, f.node_id, f.name);
+    ports.blobs.put(&blob_key, f.bytes, &f.content_type).await?;
+    let now = Utc::now();
+    // The tenant's dedup index learns the bytes (HEAD by-hash finds outputs too).
+    ports
+        .store
+        .put_blob_record_if_absent(&BlobRecord {
+            v: SCHEMA_VERSION,
+            tenant: job.tenant.clone(),
+            hash: hash.clone(),
+            size_bytes: size,
+            blob_key: blob_key.clone(),
+            created_at: now,
+        })
+        .await?;
+    let asset = Asset {
+        v: SCHEMA_VERSION,
+        id: new_asset_id(),
+        tenant: job.tenant.clone(),
+        hash: hash.clone(),
+        size_bytes: size,
+        content_type: f.content_type.clone(),
+        file_path: Some(f.name.clone()),
+        tags: vec!["output".into()],
+        created_at: now,
+        blob_key: blob_key.clone(),
+        job_id: Some(job.id.clone()),
+    };
+    ports.store.put_asset(&asset).await?;
+    Ok(OutputRecord {
+        node_id: f.node_id,
+        name: f.name,
+        kind: f.kind,
+        content_type: f.content_type,
+        size_bytes: size,
+        asset_id: asset.id,
+        hash: Some(hash),
+        blob_key,
+    })
+}
+
+/// A `POST /prompt` rejection as the job's error: `node_validation_error` naming the
+/// first offending node when ComfyUI says which, else `invalid_prompt`.
+pub(crate) fn rejection_error(
+    r: &comfyui::PromptRejection,
+    workflow: &Map<String, Value>,
+) -> JobError {
+    let class_of = |id: &str| {
+        workflow
+            .get(id)
+            .and_then(|n| n.get("class_type"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let Some((id, ne)) = r.node_errors.iter().next() {
+        let mut e = JobError::new("node_validation_error", r.to_string());
+        e.node_id = Some(id.clone());
+        e.class_type = if ne.class_type.is_empty() {
+            class_of(id)
+        } else {
+            Some(ne.class_type.clone())
+        };
+        return e;
+    }
+    let mut e = JobError::new("invalid_prompt", r.to_string());
+    // ComfyUI names the node in `details` as "Node ID '#5'".
+    if let Some(rest) = r.error.details.split("Node ID '#").nth(1)
+        && let Some(id) = rest.split('\'').next()
+    {
+        e.class_type = class_of(id);
+        e.node_id = Some(id.to_string());
+    }
+    e
+}
+
+/// An `execution_error` as the job's error.
+pub(crate) fn execution_error(x: &comfyui::ExecutionError) -> JobError {
+    let mut e = JobError::new(
+        "node_execution_error",
+        format!("{}: {}", x.exception_type, x.exception_message.trim_end()),
+    );
+    e.node_id = Some(x.node_id.clone()).filter(|s| !s.is_empty());
+    e.class_type = Some(x.node_type.clone()).filter(|s| !s.is_empty());
+    e.traceback = (!x.traceback.is_empty()).then(|| x.traceback.concat());
+    e
+}
