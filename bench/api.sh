@@ -9,9 +9,9 @@ DURATION=${DURATION:-15s}
 PORT=${PORT:-18787}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release -q -p serverless-comfyui
-data=$(mktemp -d)
+data=$(mktemp -d ${BENCH_TMPDIR:+-p "$BENCH_TMPDIR"})
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
-RUST_LOG=warn target/release/serverless-comfyui dev --listen 127.0.0.1:$PORT --data-dir "$data" 2>"$data/dev.log" &
+RUST_LOG=warn target/release/serverless-comfyui dev --no-runner --listen 127.0.0.1:$PORT --data-dir "$data" 2>"$data/dev.log" &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/api/v2/health" >/dev/null && break; sleep 0.1; done
 id=$(curl -sf -X POST "http://127.0.0.1:$PORT/api/v2/jobs" -H 'Content-Type: application/json' \

@@ -93,7 +93,12 @@ impl DevApp {
             .ports(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
         let secret = data_dir.secret()?;
-        let jobs_config = JobsConfig::default();
+        let jobs_config = JobsConfig {
+            // One process owns these nudges, so folding them is safe here (a Lambda
+            // could be frozen before a deferred send).
+            wake_coalesce: Duration::from_millis(25),
+            ..JobsConfig::default()
+        };
         let assets = Arc::new(AssetService::new(
             ports.clone(),
             AssetsConfig::default(),

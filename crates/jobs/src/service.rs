@@ -54,6 +54,10 @@ pub struct JobsConfig {
     pub path_prefix: String,
     /// How long an output's content URL is valid.
     pub url_ttl: Duration,
+    /// Wake nudges sent within this window of the previous one are folded into one,
+    /// sent at the end of the window. Zero sends one per enqueue, which is what a
+    /// Lambda needs: it may be frozen before a deferred send could run.
+    pub wake_coalesce: std::time::Duration,
 }
 
 impl Default for JobsConfig {
@@ -66,6 +70,7 @@ impl Default for JobsConfig {
             max_attempts: 3,
             path_prefix: String::new(),
             url_ttl: Duration::hours(1),
+            wake_coalesce: std::time::Duration::ZERO,
         }
     }
 }
@@ -97,12 +102,20 @@ pub struct JobPage {
 /// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
 pub const QUEUE_POSITION_CAP: u64 = 100;
 
+/// Folds wake nudges together (see [`JobsConfig::wake_coalesce`]).
+#[derive(Default)]
+struct WakeCoalescer {
+    /// True while a nudge is scheduled and not yet begun.
+    deferred: std::sync::atomic::AtomicBool,
+}
+
 /// Bounded retries of read-decide-write when a conditional write loses a race.
 const MAX_CAS_RETRIES: usize = 8;
 
 pub struct JobService {
     ports: Ports,
     config: JobsConfig,
+    wakes: Arc<WakeCoalescer>,
     cursors: CursorCodec,
     /// The fleet item changes rarely and is advisory here (a capacity message for queued
     /// jobs), so reads share one copy for a second.
@@ -129,7 +142,42 @@ impl JobService {
             config,
             cursors: CursorCodec::new(cursor_key),
             fleet_cache: Mutex::new(None),
+            wakes: Arc::new(WakeCoalescer::default()),
         }
+    }
+
+    /// Nudges the dispatcher: "there may be work". Sent after the work message, so the
+    /// decision it triggers sees the job. Coalesced when configured: a nudge inside the
+    /// window is deferred to its end, never dropped.
+    async fn wake(&self) {
+        let window = self.config.wake_coalesce;
+        let queue = self.ports.queue.clone();
+        let send = |queue: Arc<dyn Queue>| async move {
+            if let Err(e) = queue.send(QueueName::Wake, "{\"v\":1}").await {
+                // The tick scales even when a nudge is lost.
+                tracing::warn!(error = %e, "wake nudge not sent");
+            }
+        };
+        if window.is_zero() {
+            send(queue).await;
+            return;
+        }
+        if self
+            .wakes
+            .deferred
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return; // a deferred nudge is already due; it will cover this job
+        }
+        let wakes = self.wakes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            // Clear first: an enqueue from now on schedules its own nudge.
+            wakes
+                .deferred
+                .store(false, std::sync::atomic::Ordering::Release);
+            send(queue).await;
+        });
     }
 
     pub fn ports(&self) -> &Ports {
@@ -275,10 +323,7 @@ impl JobService {
         })
         .map_err(|_| ApiError::unavailable())?;
         self.ports.queue.send(QueueName::Work, &message).await?;
-        if let Err(e) = self.ports.queue.send(QueueName::Wake, "{\"v\":1}").await {
-            // The tick scales even when a nudge is lost.
-            tracing::warn!(error = %e, "wake nudge not sent");
-        }
+        self.wake().await;
         let id = job.id.clone();
         let mut job = job;
         for _ in 0..MAX_CAS_RETRIES {

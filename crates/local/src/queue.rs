@@ -91,10 +91,12 @@ impl SqliteQueue {
         self.db
             .write(move |tx| {
                 let candidates: Vec<(i64, String, String, u32)> = {
+                    // Oldest-visible first, straight off the index: O(max), however deep
+                    // the queue (SQS promises no order, so neither do we).
                     let mut stmt = tx
                         .prepare_cached(
                             "SELECT seq, id, body, receive_count FROM messages
-                             WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY seq LIMIT ?3",
+                             WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY visible_at_ms, seq LIMIT ?3",
                         )
                         .map_err(sql)?;
                     let rows = stmt
