@@ -87,6 +87,26 @@ pub struct DevApp {
 impl DevApp {
     /// Builds everything over the data directory, with the given clock.
     pub fn build(config: &DevConfig, clock: Arc<dyn Clock>) -> anyhow::Result<DevApp> {
+        let launcher: Option<(Arc<dyn jobs::ports::Launcher>, u32)> = match &config.runner {
+            Some(command) if !config.comfyui_urls.is_empty() => Some((
+                Arc::new(local::launcher::SubprocessLauncher::new(
+                    command.clone(),
+                    config.comfyui_urls.clone(),
+                )),
+                config.comfyui_urls.len() as u32,
+            )),
+            _ => None,
+        };
+        Self::build_with_launcher(config, clock, launcher)
+    }
+
+    /// Builds with a given launcher and its worker limit (tests use a simulated one);
+    /// `None` launches nothing.
+    pub fn build_with_launcher(
+        config: &DevConfig,
+        clock: Arc<dyn Clock>,
+        launcher: Option<(Arc<dyn jobs::ports::Launcher>, u32)>,
+    ) -> anyhow::Result<DevApp> {
         let data_dir = DataDir::open(&config.data_dir)?;
         let public_base = format!("http://{}", config.listen);
         let ports = data_dir
@@ -119,16 +139,7 @@ impl DevApp {
             clock,
         );
         let jobs = Arc::new(JobService::new(ports, jobs_config, secret));
-        let (launcher, max_workers): (Arc<dyn jobs::ports::Launcher>, u32) = match &config.runner {
-            Some(command) if !config.comfyui_urls.is_empty() => (
-                Arc::new(local::launcher::SubprocessLauncher::new(
-                    command.clone(),
-                    config.comfyui_urls.clone(),
-                )),
-                config.comfyui_urls.len() as u32,
-            ),
-            _ => (Arc::new(NoLauncher), 0),
-        };
+        let (launcher, max_workers) = launcher.unwrap_or_else(|| (Arc::new(NoLauncher), 0));
         let dispatcher = Arc::new(Dispatcher::new(
             jobs.clone(),
             launcher,

@@ -33,6 +33,11 @@ impl TestApp {
         Self::in_dir(dir, clock, jobs::api::DEFAULT_MAX_BODY_BYTES)
     }
 
+    /// Wraps an app built elsewhere, keeping its directory alive.
+    pub fn from_app(app: DevApp, dir: tempfile::TempDir) -> Self {
+        TestApp { app, _dir: dir }
+    }
+
     pub fn in_dir(dir: tempfile::TempDir, clock: Arc<dyn Clock>, max_body_bytes: usize) -> Self {
         let config = DevConfig {
             data_dir: dir.path().join("data"),
