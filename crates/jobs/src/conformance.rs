@@ -46,33 +46,11 @@ impl TimeControl for ManualClock {
 
 /// A new queued job for `tenant`, created at `now`.
 pub fn sample_job(tenant: &str, now: DateTime<Utc>, metadata: &[(&str, &str)]) -> Job {
-    let id = JobId::generate();
-    Job {
-        v: SCHEMA_VERSION,
-        input_key: format!("inputs/{id}.json"),
-        id,
-        tenant: tenant.to_string(),
-        status: JobStatus::Queued,
-        created_at: now,
-        started_at: None,
-        completed_at: None,
-        expires_at: now + Duration::days(7),
-        queue_deadline: now + Duration::hours(1),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        attempt: 0,
-        lease_owner: None,
-        lease_until: None,
-        reserved_by: None,
-        reserved_until: None,
-        preemptions: 0,
-        outputs: vec![],
-        error: None,
-        enqueued: false,
-        rev: 1,
-    }
+    let labels = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
+    Job::new_queued(tenant, labels, now, Duration::days(7), Duration::hours(1))
 }
 
 async fn create(store: &dyn JobStore, job: &Job) {

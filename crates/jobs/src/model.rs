@@ -231,6 +231,40 @@ pub struct Job {
 }
 
 impl Job {
+    /// A new job, `queued` and not yet enqueued, with a fresh id.
+    pub fn new_queued(
+        tenant: &str,
+        metadata: BTreeMap<String, String>,
+        now: DateTime<Utc>,
+        retention: chrono::Duration,
+        queue_timeout: chrono::Duration,
+    ) -> Job {
+        let id = JobId::generate();
+        Job {
+            v: SCHEMA_VERSION,
+            input_key: format!("inputs/{id}.json"),
+            id,
+            tenant: tenant.to_string(),
+            status: JobStatus::Queued,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: now + retention,
+            queue_deadline: now + queue_timeout,
+            metadata,
+            attempt: 0,
+            lease_owner: None,
+            lease_until: None,
+            reserved_by: None,
+            reserved_until: None,
+            preemptions: 0,
+            outputs: vec![],
+            error: None,
+            enqueued: false,
+            rev: 1,
+        }
+    }
+
     pub fn has_live_lease(&self, now: DateTime<Utc>) -> bool {
         self.lease_owner.is_some() && self.lease_until.is_some_and(|until| until > now)
     }

@@ -254,30 +254,13 @@ impl JobService {
     }
 
     fn new_job(&self, tenant: &str, submission: &Submission, now: DateTime<Utc>) -> Job {
-        let id = JobId::generate();
-        Job {
-            v: SCHEMA_VERSION,
-            input_key: format!("inputs/{id}.json"),
-            id,
-            tenant: tenant.to_string(),
-            status: JobStatus::Queued,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            expires_at: now + self.config.retention,
-            queue_deadline: now + self.config.queue_timeout,
-            metadata: submission.metadata.clone(),
-            attempt: 0,
-            lease_owner: None,
-            lease_until: None,
-            reserved_by: None,
-            reserved_until: None,
-            preemptions: 0,
-            outputs: vec![],
-            error: None,
-            enqueued: false,
-            rev: 1,
-        }
+        Job::new_queued(
+            tenant,
+            submission.metadata.clone(),
+            now,
+            self.config.retention,
+            self.config.queue_timeout,
+        )
     }
 
     /// Answers a request whose `Idempotency-Key` is already recorded.
