@@ -42,8 +42,6 @@ pub struct DevConfig {
     pub comfyui_urls: Vec<String>,
     /// How to start a runner; `None` builds the API alone (jobs stay queued).
     pub runner: Option<local::launcher::RunnerCommand>,
-    /// A runner with nothing to do for this long exits; the next job starts one again.
-    pub runner_idle_timeout: Duration,
     /// Step time of the built-in simulator's sampler.
     pub simulator_step_ms: u64,
     /// Set by `run` when it started the simulator.
@@ -66,7 +64,6 @@ impl Default for DevConfig {
             ),
             comfyui_urls: Vec::new(),
             runner: None,
-            runner_idle_timeout: Duration::from_secs(60),
             simulator_step_ms: 50,
             simulator_started: false,
         }

@@ -177,7 +177,6 @@ async fn main() -> ExitCode {
                 tick_every: Duration::from_secs(tick_seconds.max(1)),
                 comfyui_urls: comfyui,
                 runner,
-                runner_idle_timeout: Duration::from_secs(runner_idle_seconds),
                 simulator_step_ms,
                 ..DevConfig::default()
             })
