@@ -3,7 +3,13 @@
 //! The snapshot is complete on its own (one snapshot re-syncs a client): overall value,
 //! nodes done out of the workflow's total, the current node and its class, the sampler's
 //! step out of steps, and a short message such as `KSampler 12/20`. Cached nodes count
-//! as done. Writes are throttled by the job task (at most one per
+//! as done.
+//!
+//! The overall `value` weighs nodes by their work: a sampler node (a class named
+//! `…Sampler…` with a literal integer `steps` input) counts as `steps` units, every
+//! other node as one. So a 7-node text-to-image graph with a 20-step KSampler reads
+//! about 15% when sampling starts, not 70%, and the bar never moves backwards: the
+//! weights are known from the workflow before anything runs. Writes are throttled by the job task (at most one per
 //! `progress_interval`, 500 ms by default).
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +21,8 @@ use serde_json::{Map, Value};
 pub(crate) struct Tracker {
     prompt_id: String,
     classes: HashMap<String, String>,
+    /// Units of work per node (see the module docs).
+    weights: HashMap<String, f64>,
     total: u32,
     done: HashSet<String>,
     current: Option<String>,
@@ -36,10 +44,15 @@ impl Tracker {
                 (id.clone(), class)
             })
             .collect::<HashMap<_, _>>();
+        let weights = workflow
+            .iter()
+            .map(|(id, node)| (id.clone(), node_weight(node)))
+            .collect();
         Tracker {
             prompt_id: prompt_id.to_string(),
             total: classes.len() as u32,
             classes,
+            weights,
             done: HashSet::new(),
             current: None,
             step: None,
@@ -130,10 +143,20 @@ impl Tracker {
             (Some(s), Some(n)) if n > 0 && !self.finished => f64::from(s.min(n)) / f64::from(n),
             _ => 0.0,
         };
-        let value = if self.total == 0 {
+        let weight = |id: &str| self.weights.get(id).copied().unwrap_or(1.0);
+        let total_weight: f64 = self.weights.values().sum();
+        let value = if self.finished {
+            1.0
+        } else if total_weight <= 0.0 {
             0.0
         } else {
-            ((f64::from(done) + frac) / f64::from(self.total)).min(1.0)
+            let done_weight: f64 = self.done.iter().map(|id| weight(id)).sum();
+            let current_weight = self
+                .current
+                .as_deref()
+                .filter(|id| !self.done.contains(*id))
+                .map_or(0.0, weight);
+            ((done_weight + current_weight * frac) / total_weight).min(1.0)
         };
         let current_class = self
             .current
@@ -160,6 +183,22 @@ impl Tracker {
             steps: self.steps,
             message,
         }
+    }
+}
+
+/// Units of work a node stands for: its `steps` for a sampler, else one.
+fn node_weight(node: &Value) -> f64 {
+    let is_sampler = node
+        .get("class_type")
+        .and_then(Value::as_str)
+        .is_some_and(|class| class.contains("Sampler"));
+    let steps = node
+        .pointer("/inputs/steps")
+        .and_then(Value::as_u64)
+        .filter(|s| *s >= 1);
+    match (is_sampler, steps) {
+        (true, Some(steps)) => steps as f64,
+        _ => 1.0,
     }
 }
 
@@ -209,5 +248,53 @@ mod tests {
             prompt_id: Some("p".into()),
         });
         assert_eq!(t.snapshot().value, 1.0);
+    }
+
+    #[test]
+    fn a_sampler_weighs_its_steps_and_the_bar_never_goes_back() {
+        let wf = json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {}},
+            "3": {"class_type": "KSampler", "inputs": {"steps": 20}},
+            "8": {"class_type": "VAEDecode", "inputs": {}},
+            "9": {"class_type": "SaveImage", "inputs": {}}
+        });
+        let mut t = Tracker::new("p", wf.as_object().unwrap());
+        let mut last = 0.0;
+        let mut check = |t: &Tracker| {
+            let value = t.snapshot().value;
+            assert!(value >= last, "the value went back from {last} to {value}");
+            last = value;
+            value
+        };
+        for node in ["4", "5", "6", "7", "3"] {
+            t.apply(&Event::Executing {
+                node: Some(node.into()),
+                display_node: None,
+                prompt_id: Some("p".into()),
+            });
+            check(&t);
+        }
+        // Four cheap nodes done, the sampler about to step: 4 of 26 units.
+        assert!((t.snapshot().value - 4.0 / 26.0).abs() < 1e-9);
+        for step in 1..=20 {
+            t.apply(&Event::Progress {
+                prompt_id: Some("p".into()),
+                node: Some("3".into()),
+                value: f64::from(step),
+                max: 20.0,
+            });
+            check(&t);
+        }
+        assert!((t.snapshot().value - 24.0 / 26.0).abs() < 1e-9);
+        assert_eq!(t.snapshot().message.as_deref(), Some("KSampler 20/20"));
+        t.apply(&Event::Executing {
+            node: None,
+            display_node: None,
+            prompt_id: Some("p".into()),
+        });
+        assert_eq!(check(&t), 1.0);
     }
 }
