@@ -247,8 +247,26 @@ impl JobService {
         }
         tracing::info!(job_id = %job.id, tenant, "job recorded");
         let job = self.enqueue(job).await?;
+        // A job this new has no progress record worth a read.
+        let queue_position = if job.status == JobStatus::Queued {
+            Some(
+                self.ports
+                    .store
+                    .queue_position(&job.id, QUEUE_POSITION_CAP)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let view = self
+            .view_snapshot(JobSnapshot {
+                job,
+                progress: None,
+                queue_position,
+            })
+            .await?;
         Ok(Submitted {
-            job: self.view(&job).await?,
+            job: view,
             replayed: false,
         })
     }
