@@ -127,6 +127,19 @@ fn reserved_ms(job: &Job) -> Option<i64> {
 }
 
 impl SqliteJobStore {
+    /// Reads every JSON body a query returns.
+    fn read_all<T: DeserializeOwned>(&self, sql: &str, args: Vec<Value>) -> StoreResult<Vec<T>> {
+        let bodies: Vec<String> = self.db.read(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), |r| r.get(0))
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable)
+        })?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
     /// Reads one JSON body by a query, if a row matches.
     fn read_one<T: DeserializeOwned>(
         &self,
@@ -275,29 +288,14 @@ impl JobStore for SqliteJobStore {
         }
         sql.push_str(" ORDER BY j.id DESC LIMIT ?");
         args.push(query.limit.to_string());
-        let bodies: Vec<String> = self.db.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params_from_iter(args.iter()), |r| r.get(0))
-                .map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(unavailable)
-        })?;
-        bodies.iter().map(|b| from_json(b)).collect()
+        self.read_all(&sql, args.into_iter().map(Value::Text).collect())
     }
 
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>> {
-        let bodies: Vec<String> = self.db.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT body FROM jobs WHERE status = ?1 ORDER BY id LIMIT ?2")
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![status.as_str(), limit as i64], |r| r.get(0))
-                .map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(unavailable)
-        })?;
-        bodies.iter().map(|b| from_json(b)).collect()
+        self.read_all(
+            "SELECT body FROM jobs WHERE status = ?1 ORDER BY id LIMIT ?2",
+            vec![text(status.as_str()), int(limit as i64)],
+        )
     }
 
     async fn queue_position(&self, id: &JobId, cap: u64) -> StoreResult<u64> {
@@ -456,15 +454,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>> {
-        let bodies: Vec<String> = self.db.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT body FROM workers ORDER BY id")
-                .map_err(unavailable)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(unavailable)
-        })?;
-        bodies.iter().map(|b| from_json(b)).collect()
+        self.read_all("SELECT body FROM workers ORDER BY id", vec![])
     }
 
     async fn put_asset(&self, asset: &Asset) -> StoreResult<()> {
@@ -564,15 +554,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
-        let bodies: Vec<String> = self.db.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT body FROM api_keys ORDER BY id")
-                .map_err(unavailable)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(unavailable)
-        })?;
-        bodies.iter().map(|b| from_json(b)).collect()
+        self.read_all("SELECT body FROM api_keys ORDER BY id", vec![])
     }
 
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
