@@ -106,8 +106,8 @@ impl DevApp {
     ) -> anyhow::Result<DevApp> {
         let data_dir = DataDir::open(&config.data_dir)?;
         let public_base = format!("http://{}", config.listen);
-        let ports = data_dir
-            .ports(clock.clone(), &public_base)
+        let (ports, file_blobs) = data_dir
+            .ports_and_blobs(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
         let secret = data_dir.secret()?;
         let jobs_config = JobsConfig {
@@ -126,15 +126,7 @@ impl DevApp {
             clock.clone(),
             config.listen.ip().is_loopback(),
         ));
-        let blob_server = local::serve::blob_routes(
-            Arc::new(local::FileBlobStore::open(
-                &data_dir.blobs(),
-                data_dir.signer()?,
-                &public_base,
-            )?),
-            data_dir.signer()?,
-            clock,
-        );
+        let blob_server = local::serve::blob_routes(file_blobs, clock);
         let jobs = Arc::new(JobService::new(ports, jobs_config, secret));
         let (launcher, max_workers) = launcher.unwrap_or_else(|| (Arc::new(NoLauncher), 0));
         let dispatcher = Arc::new(Dispatcher::new(
@@ -238,7 +230,7 @@ fn comfyui_info(config: &DevConfig) -> serde_json::Value {
 impl DevConfig {
     /// True when the ComfyUI in use is our built-in simulator.
     pub fn simulated(&self) -> bool {
-        self.comfyui_urls.len() == 1 && self.simulator_started
+        self.simulator_started
     }
 }
 

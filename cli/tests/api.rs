@@ -746,6 +746,19 @@ async fn tick_expires_jobs_queued_too_long() {
     assert_eq!(job.body["error"]["code"], "queue_timeout");
 }
 
+/// Opens a job's event stream, keeping the response (and so the stream) open.
+async fn open_events(t: &TestApp, id: &str) -> axum::response::Response {
+    t.app
+        .router()
+        .oneshot(
+            Request::get(format!("/api/v2/jobs/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
 /// Reads SSE frames from a response body until the stream ends or `limit` passes.
 async fn read_sse(body: Body, limit: std::time::Duration) -> Vec<(String, Value)> {
     use futures::StreamExt;
@@ -773,16 +786,7 @@ async fn events_stream_snapshot_then_terminal_status() {
         .as_str()
         .unwrap()
         .to_string();
-    let response = t
-        .app
-        .router()
-        .oneshot(
-            Request::get(format!("/api/v2/jobs/{id}/events"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = open_events(&t, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let reader = tokio::spawn(read_sse(
@@ -816,16 +820,7 @@ async fn events_stream_is_capped_per_tenant() {
         .to_string();
     let mut open = Vec::new();
     for _ in 0..16 {
-        let response = t
-            .app
-            .router()
-            .oneshot(
-                Request::get(format!("/api/v2/jobs/{id}/events"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = open_events(&t, &id).await;
         assert_eq!(response.status(), StatusCode::OK);
         open.push(response);
     }
@@ -835,16 +830,7 @@ async fn events_stream_is_capped_per_tenant() {
     drop(open);
     // Closed streams free their slots (the server notices on its next write).
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let response = t
-        .app
-        .router()
-        .oneshot(
-            Request::get(format!("/api/v2/jobs/{id}/events"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = open_events(&t, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
     let unknown = t
         .get("/api/v2/jobs/job_01JZTGXW9Q2M4R8V0B1N3P5D7F/events")

@@ -34,7 +34,7 @@ use crate::assets::{
 use crate::auth::{Authenticator, Tenant};
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
-use crate::ports::{BlobStore, QueueName, SignedAccess};
+use crate::ports::{BlobStore, QueueName};
 use crate::service::JobService;
 use crate::validate::validate_label_key;
 use crate::views::{ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView};
@@ -799,13 +799,9 @@ async fn get_asset_content(
     if blobs.serves_content_directly() {
         blob_response(blobs, &asset.blob_key, &headers, &asset.content_type).await
     } else {
-        let expires = state.jobs.ports().clock.now() + state.assets.config().url_ttl;
-        let url = blobs.signed_url(
-            &asset.blob_key,
-            SignedAccess::Get,
-            expires,
-            Some(&asset.content_type),
-        )?;
+        let (url, _) = state
+            .assets
+            .signed_get(&asset.blob_key, &asset.content_type)?;
         Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
     }
 }

@@ -15,13 +15,13 @@
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::model::{Asset, BlobRecord, SCHEMA_VERSION, UploadRecord, new_asset_id};
+use crate::model::{Asset, BlobRecord, SCHEMA_VERSION, UploadRecord, new_asset_id, timestamp};
 use crate::ports::{BlobWriteError, ByteStream, SignedAccess, StoreError};
 use crate::service::Ports;
 
@@ -115,18 +115,10 @@ pub struct UploadView {
     pub complete_url: String,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 /// Checks a placement path: relative, no `..`, no NUL, no backslash.
 pub fn validate_file_path(path: &str) -> Result<(), ApiError> {
     let bad = |why: &str| {
-        unprocessable(
+        ApiError::unprocessable(
             "invalid_file_path",
             format!("file_path {path:?} is not allowed: {why}"),
         )
@@ -170,7 +162,7 @@ pub fn parse_hash(raw: &str) -> Result<String, ApiError> {
 
 fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
     if tags.len() > 16 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_tags",
             "tags: at most 16, each 1 to 64 bytes",
         ));
@@ -185,7 +177,7 @@ fn validate_content_type(content_type: &str) -> Result<(), ApiError> {
             .bytes()
             .all(|b| b.is_ascii_graphic() || b == b' ');
     if !plausible {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_content_type",
             format!("{content_type:?} is not a media type such as image/png"),
         ));
@@ -308,13 +300,7 @@ impl AssetService {
 
     /// The v2 view of an asset, with a fresh signed URL.
     pub fn view(&self, asset: &Asset, created_new: Option<bool>) -> Result<AssetView, ApiError> {
-        let expires = self.now() + self.config.url_ttl;
-        let url = self.ports.blobs.signed_url(
-            &asset.blob_key,
-            SignedAccess::Get,
-            expires,
-            Some(&asset.content_type),
-        )?;
+        let (url, url_expires_at) = self.signed_get(&asset.blob_key, &asset.content_type)?;
         Ok(AssetView {
             id: asset.id.clone(),
             hash: Some(asset.hash.clone()),
@@ -323,13 +309,13 @@ impl AssetService {
             file_path: asset.file_path.clone(),
             tags: asset.tags.clone(),
             created_new,
-            created_at: ts(asset.created_at),
+            created_at: timestamp(asset.created_at),
             url,
-            url_expires_at: ts(expires),
+            url_expires_at,
         })
     }
 
-    /// A signed URL for any blob (job outputs use it).
+    /// A fresh signed GET URL for a blob, and when it expires.
     pub fn signed_get(
         &self,
         blob_key: &str,
@@ -342,7 +328,7 @@ impl AssetService {
             expires,
             Some(content_type),
         )?;
-        Ok((url, ts(expires)))
+        Ok((url, timestamp(expires)))
     }
 
     /// Streams bytes into a staging blob, hashing as they pass.
@@ -541,7 +527,7 @@ impl AssetService {
             tags: request.tags.clone(),
         })?;
         if request.size_bytes == 0 || request.size_bytes > self.config.max_large_upload_bytes {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "invalid_size",
                 format!(
                     "size_bytes must be from 1 to {}",
@@ -582,7 +568,7 @@ impl AssetService {
             upload_url,
             upload_method: "PUT".into(),
             max_bytes: upload.max_bytes,
-            expires_at: ts(upload.expires_at),
+            expires_at: timestamp(upload.expires_at),
         })
     }
 
@@ -646,7 +632,7 @@ pub async fn check_references(
                 .and_then(|n| n.get("class_type"))
                 .and_then(|c| c.as_str())
                 .unwrap_or("?");
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "missing_asset",
                 format!(
                     "node {node_id} ({class}) input `{input}` references asset {asset_id:?}, \

@@ -123,10 +123,6 @@ impl Dispatcher {
         }
     }
 
-    pub fn config(&self) -> &DispatchConfig {
-        &self.config
-    }
-
     pub fn launcher(&self) -> &Arc<dyn Launcher> {
         &self.launcher
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::cursor::CursorCodec;
@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::lifecycle::{self, Move, Refusal};
 use crate::model::{
     IdempotencyRecord, Job, JobId, JobInput, JobStatus, Progress, SCHEMA_VERSION, WorkMessage,
+    timestamp,
 };
 use crate::ports::SignedAccess;
 use crate::ports::{
@@ -120,10 +121,6 @@ pub struct JobService {
     /// The fleet item changes rarely and is advisory here (a capacity message for queued
     /// jobs), so reads share one copy for a second.
     fleet_cache: Mutex<Option<(DateTime<Utc>, Fleet)>>,
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn conflict_exhausted() -> ApiError {
@@ -505,7 +502,7 @@ impl JobService {
                             self.config.path_prefix, o.asset_id
                         )
                     }),
-                url_expires_at: ts(expires),
+                url_expires_at: timestamp(expires),
             })
             .collect()
     }
@@ -525,10 +522,10 @@ impl JobService {
         JobView {
             id: job.id.to_string(),
             status: job.status,
-            created_at: ts(job.created_at),
-            started_at: job.started_at.map(ts),
-            completed_at: job.completed_at.map(ts),
-            expires_at: ts(job.expires_at),
+            created_at: timestamp(job.created_at),
+            started_at: job.started_at.map(timestamp),
+            completed_at: job.completed_at.map(timestamp),
+            expires_at: timestamp(job.expires_at),
             queue_position,
             progress,
             outputs: self.outputs_view(job),

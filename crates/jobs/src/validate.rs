@@ -9,10 +9,9 @@
 //!   `[source node id, output index]`. It does not know node classes; ComfyUI does,
 //!   and its own validation errors come back through the runner.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use axum::http::StatusCode;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value, json};
 
@@ -118,21 +117,17 @@ pub struct Submission {
 const RESERVED_FIELDS: [&str; 2] = ["webhook_url", "inputs"];
 const KNOWN_FIELDS: [&str; 3] = ["workflow", "metadata", "extra_data"];
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 /// Validates a submission body (already parsed as JSON).
 pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
     let Value::Object(mut body) = body else {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_request",
             "the request body must be a JSON object with a `workflow` field",
         ));
     };
     for field in RESERVED_FIELDS {
         if body.contains_key(field) {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "reserved_field",
                 format!("`{field}` is reserved by Comfy API v2 and not supported yet; remove it"),
             )
@@ -140,7 +135,7 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
         }
     }
     if let Some(unknown) = body.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "unknown_field",
             format!(
                 "unknown field `{unknown}`; a job body has `workflow`, and optionally `metadata` and `extra_data`"
@@ -151,7 +146,7 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
     let workflow = match body.remove("workflow") {
         Some(workflow) => validate_workflow(workflow)?,
         None => {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "invalid_workflow",
                 "the request body has no `workflow`; send {\"workflow\": {<API-format graph>}}",
             ));
@@ -164,14 +159,14 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
     let extra_data = match body.remove("extra_data") {
         None | Some(Value::Null) => None,
         Some(Value::Object(extra)) if extra.is_empty() => {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "invalid_extra_data",
                 "`extra_data` is empty; omit it instead",
             ));
         }
         Some(Value::Object(extra)) => Some(extra),
         Some(_) => {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "invalid_extra_data",
                 "`extra_data` must be a JSON object",
             ));
@@ -186,7 +181,7 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
 
 /// Validates metadata labels: at most 16 string pairs with bounded keys and values.
 pub fn validate_metadata(metadata: Value) -> Result<BTreeMap<String, String>, ApiError> {
-    let fail = |message: String| unprocessable("metadata_invalid", message);
+    let fail = |message: String| ApiError::unprocessable("metadata_invalid", message);
     let Value::Object(pairs) = metadata else {
         return Err(fail(
             "`metadata` must be an object of string keys to string values".into(),
@@ -276,7 +271,7 @@ pub fn is_ui_format(workflow: &Map<String, Value>) -> bool {
 /// `/prompt` body if it was one).
 pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError> {
     let Value::Object(mut graph) = workflow else {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_workflow",
             format!(
                 "`workflow` must be an object of nodes (node id → {{class_type, inputs}}), not {}",
@@ -285,7 +280,10 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
         ));
     };
     if is_ui_format(&graph) {
-        return Err(unprocessable("workflow_format_ui", UI_FORMAT_MESSAGE));
+        return Err(ApiError::unprocessable(
+            "workflow_format_ui",
+            UI_FORMAT_MESSAGE,
+        ));
     }
     // A saved `/prompt` request body: {"prompt": {...graph...}, "client_id": ...}.
     let is_saved_prompt_body = matches!(graph.get("prompt"), Some(Value::Object(_)))
@@ -296,17 +294,20 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
         };
         graph = inner;
         if is_ui_format(&graph) {
-            return Err(unprocessable("workflow_format_ui", UI_FORMAT_MESSAGE));
+            return Err(ApiError::unprocessable(
+                "workflow_format_ui",
+                UI_FORMAT_MESSAGE,
+            ));
         }
     }
     if graph.is_empty() {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_workflow",
             "the workflow has no nodes",
         ));
     }
     if graph.len() > MAX_NODES {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_workflow",
             format!(
                 "the workflow has {} nodes; at most {MAX_NODES} are allowed",
@@ -442,7 +443,8 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
             count - 1
         )
     };
-    Err(unprocessable("invalid_workflow", message).with_details(json!({ "node_errors": errors.0 })))
+    Err(ApiError::unprocessable("invalid_workflow", message)
+        .with_details(json!({ "node_errors": errors.0 })))
 }
 
 /// Finds one cycle in the graph, iteratively (no recursion, so no stack overflow on a
@@ -508,11 +510,6 @@ pub fn asset_references(workflow: &Map<String, Value>) -> Vec<(String, String, S
         }
     }
     refs
-}
-
-/// Node ids in a workflow, as a set (used by tests and by the CLI's `--set` checks).
-pub fn node_ids(workflow: &Map<String, Value>) -> HashSet<&str> {
-    workflow.keys().map(String::as_str).collect()
 }
 
 #[cfg(test)]

@@ -134,6 +134,11 @@ impl FileBlobStore {
         })
     }
 
+    /// The signer of this store's URLs.
+    pub fn signer(&self) -> &UrlSigner {
+        &self.signer
+    }
+
     /// The file for a key, if the key is a plain relative path.
     pub fn path_of(&self, key: &str) -> StoreResult<PathBuf> {
         let relative = Path::new(key);

@@ -9,7 +9,6 @@
 //! delay before each start, and capacity failures (`VcpuLimitExceeded`) on demand, so
 //! tests can exercise scale-from-zero and the honest "waiting for GPU capacity" path.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,17 +56,6 @@ impl SubprocessLauncher {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         reap(&mut slots);
         slots.iter().filter(|s| s.child.is_some()).count()
-    }
-
-    /// Process ids of the live runners, by worker id (for tests that kill them).
-    pub fn pids(&self) -> HashMap<String, u32> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        reap(&mut slots);
-        slots
-            .iter()
-            .filter_map(|s| s.child.as_ref())
-            .filter_map(|(id, child)| child.id().map(|pid| (id.clone(), pid)))
-            .collect()
     }
 }
 

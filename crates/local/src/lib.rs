@@ -110,16 +110,31 @@ impl DataDir {
     /// The local adapters for every port, over this directory. Signed blob URLs start
     /// with `public_base` (the `dev` server's origin).
     pub fn ports(&self, clock: Arc<dyn Clock>, public_base: &str) -> Result<Ports, StoreError> {
+        Ok(self.ports_and_blobs(clock, public_base)?.0)
+    }
+
+    /// The ports, and the file blob store behind `ports.blobs` itself, for the server
+    /// that honours its signed URLs ([`serve::blob_routes`]).
+    pub fn ports_and_blobs(
+        &self,
+        clock: Arc<dyn Clock>,
+        public_base: &str,
+    ) -> Result<(Ports, Arc<FileBlobStore>), StoreError> {
         let store = SqliteJobStore::open(&self.jobs_db())?;
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let blobs = FileBlobStore::open(&self.blobs(), self.signer()?, public_base)?;
-        Ok(Ports {
+        let blobs = Arc::new(FileBlobStore::open(
+            &self.blobs(),
+            self.signer()?,
+            public_base,
+        )?);
+        let ports = Ports {
             store: Arc::new(store),
-            blobs: Arc::new(blobs),
+            blobs: blobs.clone(),
             queue: Arc::new(queue),
             clock,
-        })
+        };
+        Ok((ports, blobs))
     }
 }
 

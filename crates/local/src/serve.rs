@@ -18,21 +18,16 @@ use futures::TryStreamExt;
 use jobs::ApiError;
 use jobs::ports::{BlobStore, BlobWriteError, Clock};
 
-use crate::blobs::{FileBlobStore, UrlSigner};
+use crate::blobs::FileBlobStore;
 
 struct BlobServer {
     blobs: Arc<FileBlobStore>,
-    signer: UrlSigner,
     clock: Arc<dyn Clock>,
 }
 
 /// Routes for signed blob URLs, to merge into the `dev` router.
-pub fn blob_routes(blobs: Arc<FileBlobStore>, signer: UrlSigner, clock: Arc<dyn Clock>) -> Router {
-    let state = Arc::new(BlobServer {
-        blobs,
-        signer,
-        clock,
-    });
+pub fn blob_routes(blobs: Arc<FileBlobStore>, clock: Arc<dyn Clock>) -> Router {
+    let state = Arc::new(BlobServer { blobs, clock });
     Router::new()
         .route("/_blobs/{*key}", get(get_blob).put(put_blob))
         .with_state(state)
@@ -53,7 +48,8 @@ async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_, signed_type) = server
-        .signer
+        .blobs
+        .signer()
         .verify(
             "GET",
             &key,
@@ -92,7 +88,8 @@ async fn put_blob(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (max, _) = server
-        .signer
+        .blobs
+        .signer()
         .verify(
             "PUT",
             &key,
@@ -129,6 +126,7 @@ async fn put_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blobs::UrlSigner;
     use chrono::{Duration, Utc};
     use jobs::ports::SignedAccess;
 
