@@ -28,7 +28,7 @@ mod store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use blobs::{FileBlobStore, SIGNED_PATH, UrlSigner};
+pub use blobs::{FileBlobStore, INLINE_MAX, SIGNED_PATH, UrlSigner};
 use jobs::ports::{Clock, StoreError};
 use jobs::service::Ports;
 pub use queue::SqliteQueue;
@@ -69,6 +69,11 @@ impl DataDir {
 
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// Where blobs of at most [`INLINE_MAX`] bytes live.
+    pub fn small_blobs_db(&self) -> PathBuf {
+        self.root.join("blobs.sqlite")
     }
 
     /// The signer for blob URLs, keyed by this directory's secret.
@@ -125,6 +130,7 @@ impl DataDir {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let blobs = Arc::new(FileBlobStore::open(
             &self.blobs(),
+            &self.small_blobs_db(),
             self.signer()?,
             public_base,
         )?);

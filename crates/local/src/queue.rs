@@ -52,7 +52,8 @@ pub struct SqliteQueue {
     db: Db,
     clock: Arc<dyn Clock>,
     max_receive_count: u32,
-    sent: Notify,
+    /// One per queue, so a send to `work` does not wake a receiver waiting on `wake`.
+    sent: [Notify; 4],
 }
 
 fn to_queue_error(e: StoreError) -> QueueError {
@@ -71,8 +72,19 @@ impl SqliteQueue {
             db: Db::open(path, MIGRATIONS).map_err(to_queue_error)?,
             clock,
             max_receive_count,
-            sent: Notify::new(),
+            sent: Default::default(),
         })
+    }
+
+    /// Wakes this process's receivers waiting on `queue`.
+    fn sent(&self, queue: QueueName) -> &Notify {
+        let index = match queue {
+            QueueName::Work => 0,
+            QueueName::Wake => 1,
+            QueueName::WorkDeadLetter => 2,
+            QueueName::WakeDeadLetter => 3,
+        };
+        &self.sent[index]
     }
 
     fn now_ms(&self) -> i64 {
@@ -153,7 +165,7 @@ impl Queue for SqliteQueue {
             )
             .await
             .map_err(to_queue_error)?;
-        self.sent.notify_waiters();
+        self.sent(queue).notify_waiters();
         Ok(id)
     }
 
@@ -167,7 +179,7 @@ impl Queue for SqliteQueue {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before looking, so a send in between is not missed.
-            let notified = self.sent.notified();
+            let notified = self.sent(queue).notified();
             let received = self.try_receive(queue, max.max(1), visibility).await?;
             if !received.is_empty() {
                 return Ok(received);
@@ -204,7 +216,7 @@ impl Queue for SqliteQueue {
             return Err(QueueError::StaleReceipt);
         }
         if visibility.is_zero() {
-            self.sent.notify_waiters();
+            self.sent(queue).notify_waiters();
         }
         Ok(())
     }

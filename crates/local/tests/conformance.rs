@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use jobs::conformance;
 use jobs::ports::{Clock, ManualClock, Queue, SystemClock};
 use local::faults::{Faults, FaultyQueue};
-use local::{SqliteJobStore, SqliteQueue};
+use local::{DataDir, SqliteJobStore, SqliteQueue};
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(
@@ -78,4 +78,14 @@ async fn lease_protocol_with_faults() {
         let faulty = Arc::new(FaultyQueue::new(real_queue(&dir), Faults::CHAOTIC, seed));
         conformance::lease_protocol(store.clone(), faulty, Arc::new(SystemClock), 4, 60).await;
     }
+}
+
+#[tokio::test]
+async fn blob_store_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path()).unwrap();
+    let (ports, _) = data
+        .ports_and_blobs(manual_clock(), "http://127.0.0.1:8787")
+        .unwrap();
+    conformance::blob_store(ports.blobs).await;
 }
