@@ -114,6 +114,8 @@ impl DevApp {
             // One process owns these nudges, so folding them is safe here (a Lambda
             // could be frozen before a deferred send).
             wake_coalesce: Duration::from_millis(25),
+            // The process lives on after answering, so the bookkeeping can too.
+            record_enqueue_in_background: true,
             ..JobsConfig::default()
         };
         let assets = Arc::new(AssetService::new(

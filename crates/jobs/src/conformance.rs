@@ -30,7 +30,7 @@ use crate::model::{
 };
 use crate::ports::{
     BlobStore, BlobWriteError, Clock, CreateOutcome, Fleet, JobStore, ListQuery, ManualClock,
-    Queue, QueueError, QueueName, StoreError, WorkerPhase, WorkerRecord,
+    QUEUE_POSITION_CAP, Queue, QueueError, QueueName, StoreError, WorkerPhase, WorkerRecord,
 };
 use crate::service::{MoveError, apply_move};
 
@@ -61,7 +61,17 @@ async fn create(store: &dyn JobStore, job: &Job) {
         .create_job(job, None, job.created_at)
         .await
         .expect("create");
-    assert_eq!(outcome, CreateOutcome::Created);
+    let CreateOutcome::Created { queue_position } = outcome else {
+        panic!("create refused: {outcome:?}");
+    };
+    assert_eq!(
+        queue_position,
+        store
+            .queue_position(&job.id, QUEUE_POSITION_CAP)
+            .await
+            .unwrap(),
+        "the position reported at creation is the queue position"
+    );
 }
 
 /// The JobStore's promises.
@@ -118,10 +128,10 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
         created_at: now,
         expires_at: now + Duration::hours(24),
     };
-    assert_eq!(
+    assert!(matches!(
         store.create_job(&other, Some(&record), now).await.unwrap(),
-        CreateOutcome::Created
-    );
+        CreateOutcome::Created { .. }
+    ));
     assert_eq!(
         store.get_idempotency("t1", "key-1").await.unwrap(),
         Some(record.clone())
@@ -152,12 +162,14 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     let mut fresh_record = loser_record.clone();
     fresh_record.created_at = later;
     fresh_record.expires_at = later + Duration::hours(24);
-    assert_eq!(
-        store
-            .create_job(&loser, Some(&fresh_record), later)
-            .await
-            .unwrap(),
-        CreateOutcome::Created,
+    assert!(
+        matches!(
+            store
+                .create_job(&loser, Some(&fresh_record), later)
+                .await
+                .unwrap(),
+            CreateOutcome::Created { .. }
+        ),
         "an expired key is replaced"
     );
     // The same key in another tenant is independent.
@@ -165,13 +177,13 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     let mut t2_record = record.clone();
     t2_record.tenant = "t2".into();
     t2_record.job_id = t2_job.id.clone();
-    assert_eq!(
+    assert!(matches!(
         store
             .create_job(&t2_job, Some(&t2_record), now)
             .await
             .unwrap(),
-        CreateOutcome::Created
-    );
+        CreateOutcome::Created { .. }
+    ));
 
     // Listing: newest first, per tenant, filtered by every label, paged.
     let mut mine = Vec::new();

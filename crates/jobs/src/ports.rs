@@ -53,10 +53,16 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
+pub const QUEUE_POSITION_CAP: u64 = 100;
+
 /// What the create step writes alongside a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
-    Created,
+    /// Written. `queue_position` is what [`JobStore::queue_position`] would have said
+    /// at that moment, counted up to [`QUEUE_POSITION_CAP`]: the store knows it while
+    /// writing, and the answer to a submit then needs no second read.
+    Created { queue_position: u64 },
     /// The idempotency key is taken by an unexpired record; here it is.
     KeyTaken(IdempotencyRecord),
 }

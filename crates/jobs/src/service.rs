@@ -7,7 +7,8 @@
 //! 2. the job and its idempotency record, one transaction in the JobStore, with
 //!    `enqueued = false`;
 //! 3. the work message, then a wake nudge;
-//! 4. `enqueued = true` on the job.
+//! 4. `enqueued = true` on the job (after the answer, where the server outlives it:
+//!    [`JobsConfig::record_enqueue_in_background`]).
 //!
 //! If we die between 2 and 4, a retry with the same `Idempotency-Key` re-enqueues, and
 //! so does the tick for a job left `enqueued = false`. A duplicate message is harmless:
@@ -59,6 +60,12 @@ pub struct JobsConfig {
     /// sent at the end of the window. Zero sends one per enqueue, which is what a
     /// Lambda needs: it may be frozen before a deferred send could run.
     pub wake_coalesce: std::time::Duration,
+    /// Whether a submit answers as soon as its work message is sent, recording that it
+    /// was sent (the job's `enqueued` flag) in the background. Losing that record is
+    /// harmless: the tick would send a second message after `enqueue_grace`, and the
+    /// runners absorb duplicates. Off for a Lambda, which may be frozen before a
+    /// background write runs; on for `dev`, where it takes one wait off every submit.
+    pub record_enqueue_in_background: bool,
 }
 
 impl Default for JobsConfig {
@@ -72,6 +79,7 @@ impl Default for JobsConfig {
             path_prefix: String::new(),
             url_ttl: Duration::hours(1),
             wake_coalesce: std::time::Duration::ZERO,
+            record_enqueue_in_background: false,
         }
     }
 }
@@ -100,8 +108,7 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-/// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
-pub const QUEUE_POSITION_CAP: u64 = 100;
+pub use crate::ports::QUEUE_POSITION_CAP;
 
 /// Folds wake nudges together (see [`JobsConfig::wake_coalesce`]).
 #[derive(Default)]
@@ -130,6 +137,32 @@ fn conflict_exhausted() -> ApiError {
         "the job changed too often while updating it; retry",
     )
     .with_retry_after(1)
+}
+
+/// Sets the job's `enqueued` flag (its work message is out), retrying on a concurrent
+/// change: a runner may already have claimed it.
+async fn record_enqueued(store: &dyn JobStore, job: Job) -> Result<Job, ApiError> {
+    let id = job.id.clone();
+    let mut job = job;
+    for _ in 0..MAX_CAS_RETRIES {
+        if job.enqueued {
+            return Ok(job);
+        }
+        let mut next = job.clone();
+        next.enqueued = true;
+        next.rev = job.rev + 1;
+        match store.put_job(&next, job.rev).await {
+            Ok(()) => return Ok(next),
+            Err(StoreError::Conflict) => {
+                job = store
+                    .get_job(&id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("job"))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(conflict_exhausted())
 }
 
 impl JobService {
@@ -198,13 +231,10 @@ impl JobService {
         let now = self.ports.clock.now();
         let fingerprint = hex::encode(Sha256::digest(body));
 
+        // A replayed key is found by the create step itself, atomically; reading it
+        // first would cost every submit a read to spare the rare replay a blob write.
         if let Some(key) = idempotency_key {
             validate_idempotency_key(key)?;
-            if let Some(record) = self.ports.store.get_idempotency(tenant, key).await?
-                && record.expires_at > now
-            {
-                return self.answer_existing(tenant, &record, &fingerprint).await;
-            }
         }
 
         let job = self.new_job(tenant, &submission, now);
@@ -228,33 +258,37 @@ impl JobService {
             created_at: now,
             expires_at: now + self.config.idempotency_ttl,
         });
-        match self
+        let queue_position = match self
             .ports
             .store
             .create_job(&job, record.as_ref(), now)
             .await?
         {
-            CreateOutcome::Created => {}
+            CreateOutcome::Created { queue_position } => queue_position,
             CreateOutcome::KeyTaken(existing) => {
-                // A concurrent request with the same key won the race. Our blob is an
-                // orphan; remove it (best effort: an orphan is harmless).
+                // A replay, or a concurrent request with the same key that won the
+                // race. Our blob is an orphan; remove it (best effort: an orphan is
+                // harmless).
                 let _ = self.ports.blobs.delete(&job.input_key).await;
                 return self.answer_existing(tenant, &existing, &fingerprint).await;
             }
-        }
-        tracing::info!(job_id = %job.id, tenant, "job recorded");
-        let job = self.enqueue(job).await?;
-        // A job this new has no progress record worth a read.
-        let queue_position = if job.status == JobStatus::Queued {
-            Some(
-                self.ports
-                    .store
-                    .queue_position(&job.id, QUEUE_POSITION_CAP)
-                    .await?,
-            )
-        } else {
-            None
         };
+        tracing::info!(job_id = %job.id, tenant, "job recorded");
+        let job = if self.config.record_enqueue_in_background {
+            self.send_work(&job).await?;
+            let store = self.ports.store.clone();
+            let sent = job.clone();
+            tokio::spawn(async move {
+                if let Err(e) = record_enqueued(store.as_ref(), sent).await {
+                    tracing::warn!(error = %e.message, "could not record an enqueue; the tick will send the job again");
+                }
+            });
+            job
+        } else {
+            self.enqueue(job).await?
+        };
+        // A job this new has no progress record worth a read.
+        let queue_position = (job.status == JobStatus::Queued).then_some(queue_position);
         let view = self
             .view_snapshot(JobSnapshot {
                 job,
@@ -315,6 +349,12 @@ impl JobService {
 
     /// Sends the work message and a wake nudge, then records that it did.
     pub async fn enqueue(&self, job: Job) -> Result<Job, ApiError> {
+        self.send_work(&job).await?;
+        record_enqueued(self.ports.store.as_ref(), job).await
+    }
+
+    /// Sends the job's work message and nudges the dispatcher.
+    async fn send_work(&self, job: &Job) -> Result<(), ApiError> {
         let message = serde_json::to_string(&WorkMessage {
             v: SCHEMA_VERSION,
             job_id: job.id.clone(),
@@ -322,29 +362,7 @@ impl JobService {
         .map_err(|_| ApiError::unavailable())?;
         self.ports.queue.send(QueueName::Work, &message).await?;
         self.wake().await;
-        let id = job.id.clone();
-        let mut job = job;
-        for _ in 0..MAX_CAS_RETRIES {
-            if job.enqueued {
-                return Ok(job);
-            }
-            let mut next = job.clone();
-            next.enqueued = true;
-            next.rev = job.rev + 1;
-            match self.ports.store.put_job(&next, job.rev).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::Conflict) => {
-                    job = self
-                        .ports
-                        .store
-                        .get_job(&id)
-                        .await?
-                        .ok_or_else(|| ApiError::not_found("job"))?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(conflict_exhausted())
+        Ok(())
     }
 
     /// Reads a job of this tenant. Another tenant's job is "not found", never "forbidden".
