@@ -130,6 +130,12 @@ async fn run_client(command: Command) -> ExitCode {
     })
 }
 
+// The server allocates many small, short-lived buffers per request (JSON, headers,
+// SQL parameters) across threads; mimalloc's per-thread free lists serve them in
+// less CPU than glibc's malloc (measured with bench/api.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
