@@ -258,7 +258,9 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), St
         let _ = conn.execute_batch("ROLLBACK");
         format!("sqlite: {e}")
     };
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(fail)?;
+    // Prepared once and reused: parsing even these is measurable at every commit.
+    let run_cached = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run_cached("BEGIN IMMEDIATE").map_err(fail)?;
     let mut all_succeeded = true;
     for op in batch.iter_mut() {
         all_succeeded &= op.run(conn);
@@ -276,7 +278,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), St
             conn.execute_batch(undo).map_err(fail)?;
         }
     }
-    conn.execute_batch("COMMIT").map_err(fail)
+    run_cached("COMMIT").map_err(fail).map(|_| ())
 }
 
 #[cfg(test)]

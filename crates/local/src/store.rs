@@ -92,19 +92,19 @@ CREATE TABLE uploads (
 );
 "#,
     // Small rows keyed by text: WITHOUT ROWID stores each in its primary-key b-tree
-    // alone, so writing one touches one page fewer (no separate rowid table).
+    // alone, so writing one touches fewer pages (no separate rowid table). Labels are
+    // only ever looked up by value, so that one b-tree is all they need.
     r#"
 CREATE TABLE job_labels_v3 (
-    job_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
     k TEXT NOT NULL,
     v TEXT NOT NULL,
-    PRIMARY KEY (job_id, k)
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, k, v, job_id)
 ) WITHOUT ROWID;
-INSERT INTO job_labels_v3 (job_id, tenant, k, v) SELECT job_id, tenant, k, v FROM job_labels;
+INSERT INTO job_labels_v3 (tenant, k, v, job_id) SELECT tenant, k, v, job_id FROM job_labels;
 DROP TABLE job_labels;
 ALTER TABLE job_labels_v3 RENAME TO job_labels;
-CREATE INDEX job_labels_by_value ON job_labels (tenant, k, v, job_id);
 CREATE TABLE idempotency_v3 (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -341,7 +341,9 @@ impl JobStore for SqliteJobStore {
     ) -> StoreResult<Option<JobSnapshot>> {
         // One read transaction: one WAL read lock, one consistent view.
         self.db.read(|conn| {
-            conn.execute_batch("BEGIN").map_err(unavailable)?;
+            // Prepared once: parsing BEGIN and COMMIT on every read is measurable.
+            let run_cached = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+            run_cached("BEGIN").map_err(unavailable)?;
             let result = (|| {
                 let body: Option<String> = conn
                     .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
@@ -366,7 +368,7 @@ impl JobStore for SqliteJobStore {
                     queue_position,
                 }))
             })();
-            let _ = conn.execute_batch("COMMIT");
+            let _ = run_cached("COMMIT");
             result
         })
     }
