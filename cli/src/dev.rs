@@ -282,6 +282,11 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )),
     ];
+    // No Nagle: an SSE event written behind an unacknowledged one goes out at once,
+    // not after the client's delayed ACK (up to 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -204,6 +204,12 @@ impl Simulator {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
+                    // No Nagle, as aiohttp (ComfyUI's server) sets too: a small
+                    // WebSocket frame written behind an unacknowledged one leaves at
+                    // once instead of after the peer's delayed ACK.
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     tokio::select! {
                         r = axum::serve(listener, app) => {
                             if let Err(e) = r { tracing::error!("comfyui-sim server stopped: {e}"); }
