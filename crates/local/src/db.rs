@@ -118,22 +118,12 @@ impl Db {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(unavailable)?;
         let (writer, ops) = mpsc::channel::<Box<dyn WriteOp>>();
-        std::thread::Builder::new()
-            .name(format!(
-                "sqlite-writer-{}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ))
-            .spawn(move || write_loop(conn, ops))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        spawn_for(path, "writer", move || write_loop(conn, ops))?;
         let checkpointer_conn = open_connection(path).map_err(unavailable)?;
         let (checkpointer, stop) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name(format!(
-                "sqlite-ckpt-{}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ))
-            .spawn(move || checkpoint_loop(checkpointer_conn, stop))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start checkpointer: {e}")))?;
+        spawn_for(path, "ckpt", move || {
+            checkpoint_loop(checkpointer_conn, stop)
+        })?;
         Ok(Db {
             writer,
             _checkpointer: checkpointer,
@@ -195,6 +185,20 @@ impl Db {
             .unwrap_or_else(|e| e.into_inner());
         f(&conn)
     }
+}
+
+/// Starts a thread named after its role and the database file (`sqlite-writer-jobs…`).
+fn spawn_for(
+    path: &Path,
+    role: &str,
+    run: impl FnOnce() + Send + 'static,
+) -> Result<(), StoreError> {
+    let file = path.file_name().unwrap_or_default().to_string_lossy();
+    std::thread::Builder::new()
+        .name(format!("sqlite-{role}-{file}"))
+        .spawn(run)
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the sqlite {role}: {e}")))
 }
 
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {
