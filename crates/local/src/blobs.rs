@@ -219,6 +219,14 @@ fn io(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("blob io: {e}"))
 }
 
+/// Removes a file; one already gone is fine.
+async fn remove_if_present(path: &Path) -> StoreResult<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(io(e)),
+        _ => Ok(()),
+    }
+}
+
 async fn create_with_parents(path: &Path) -> std::io::Result<tokio::fs::File> {
     match tokio::fs::File::create(path).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -279,11 +287,7 @@ impl BlobStore for FileBlobStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path_of(key)?;
         self.small_forget(key).await?;
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(e)),
-        }
+        remove_if_present(&path).await
     }
 
     async fn put_stream(
@@ -391,10 +395,7 @@ impl BlobStore for FileBlobStore {
             .await?;
         if moved_row {
             // A file left under the new key would be shadowed forever; drop it.
-            return match tokio::fs::remove_file(&to_path).await {
-                Err(e) if e.kind() != ErrorKind::NotFound => Err(io(e)),
-                _ => Ok(()),
-            };
+            return remove_if_present(&to_path).await;
         }
         if let Some(parent) = to_path.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;

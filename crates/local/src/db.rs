@@ -262,9 +262,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), St
         let _ = conn.execute_batch("ROLLBACK");
         format!("sqlite: {e}")
     };
-    // Prepared once and reused: parsing even these is measurable at every commit.
-    let run_cached = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    run_cached("BEGIN IMMEDIATE").map_err(fail)?;
+    run_cached(conn, "BEGIN IMMEDIATE").map_err(fail)?;
     let mut all_succeeded = true;
     for op in batch.iter_mut() {
         all_succeeded &= op.run(conn);
@@ -282,7 +280,15 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), St
             conn.execute_batch(undo).map_err(fail)?;
         }
     }
-    run_cached("COMMIT").map_err(fail).map(|_| ())
+    run_cached(conn, "COMMIT").map_err(fail)
+}
+
+/// Runs a statement without parameters (`BEGIN`, `COMMIT`) from the statement cache:
+/// parsing even these anew is measurable when it happens at every commit and read.
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::db::{Db, unavailable};
+use crate::db::{Db, run_cached, unavailable};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -341,9 +341,7 @@ impl JobStore for SqliteJobStore {
     ) -> StoreResult<Option<JobSnapshot>> {
         // One read transaction: one WAL read lock, one consistent view.
         self.db.read(|conn| {
-            // Prepared once: parsing BEGIN and COMMIT on every read is measurable.
-            let run_cached = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-            run_cached("BEGIN").map_err(unavailable)?;
+            run_cached(conn, "BEGIN").map_err(unavailable)?;
             let result = (|| {
                 let body: Option<String> = conn
                     .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
@@ -368,7 +366,7 @@ impl JobStore for SqliteJobStore {
                     queue_position,
                 }))
             })();
-            let _ = run_cached("COMMIT");
+            let _ = run_cached(conn, "COMMIT");
             result
         })
     }
