@@ -121,7 +121,7 @@ impl DevApp {
         let assets = Arc::new(AssetService::new(
             ports.clone(),
             AssetsConfig::default(),
-            jobs_config.path_prefix.clone(),
+            &jobs_config,
         ));
         let auth = Arc::new(KeyAuthenticator::new(
             ports.store.clone(),

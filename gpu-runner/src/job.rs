@@ -69,6 +69,23 @@ impl Shared {
         &self.config.worker_id
     }
 
+    /// This runner's claim of a job: lease it, or take it over once its lease lapsed.
+    pub fn claim_move(&self) -> Move {
+        Move::Claim {
+            runner: self.worker().to_string(),
+            lease: chrono_lease(self.config.lease),
+            max_attempts: self.config.max_attempts,
+        }
+    }
+
+    /// This runner's reservation of a queued job, for one lease from now.
+    pub fn reserve_move(&self) -> Move {
+        Move::Reserve {
+            runner: self.worker().to_string(),
+            until: self.ports.clock.now() + chrono_lease(self.config.lease),
+        }
+    }
+
     pub fn estimate(&self) -> Option<Duration> {
         *self.estimate.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -579,11 +596,7 @@ impl JobTask {
 
     /// A reserved job's prompt started: claim it now. False if the job is not ours to run.
     async fn claim_reserved(&mut self) -> bool {
-        let mv = Move::Claim {
-            runner: self.sh.worker().to_string(),
-            lease: chrono_lease(self.sh.config.lease),
-            max_attempts: self.sh.config.max_attempts,
-        };
+        let mv = self.sh.claim_move();
         match self.apply(&mv).await {
             Ok(job)
                 if job.status == JobStatus::Running
@@ -648,14 +661,8 @@ impl JobTask {
                 if since.elapsed() > self.sh.config.max_reserved_wait {
                     return Beat::ReservationTooLong;
                 }
-                let until = self.ports().clock.now() + chrono_lease(lease);
-                match self
-                    .apply(&Move::Reserve {
-                        runner: self.sh.worker().to_string(),
-                        until,
-                    })
-                    .await
-                {
+                let mv = self.sh.reserve_move();
+                match self.apply(&mv).await {
                     Ok(job) => {
                         self.job = job;
                         Beat::Ok

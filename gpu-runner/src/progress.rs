@@ -35,10 +35,8 @@ impl Tracker {
     pub fn new(prompt_id: &str, workflow: &Map<String, Value>) -> Self {
         let classes = workflow
             .iter()
-            .map(|(id, node)| {
-                let class = node
-                    .get("class_type")
-                    .and_then(Value::as_str)
+            .map(|(id, _)| {
+                let class = crate::stage::class_of(workflow, id)
                     .unwrap_or("?")
                     .to_string();
                 (id.clone(), class)

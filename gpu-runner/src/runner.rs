@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jobs::lifecycle::{Fence, Move, Refusal};
+use jobs::lifecycle::{Fence, Refusal};
 use jobs::model::{JobId, JobStatus, SCHEMA_VERSION, WorkMessage};
 use jobs::ports::{QueueName, Received, WorkerPhase, WorkerRecord};
 use jobs::service::{MoveError, Ports, apply_move};
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RunnerConfig;
 use crate::engine::{EngineSpec, EngineState, SupervisorConfig, spawn_supervisor};
 use crate::error::RunnerError;
-use crate::job::{Hold, JobEnd, JobTask, JobTaskParts, Phase, Shared, chrono_lease, log_commit};
+use crate::job::{Hold, JobEnd, JobTask, JobTaskParts, Phase, Shared, log_commit};
 
 /// Jobs finishing (fetching and storing outputs) in the background at most.
 pub const MAX_FINISHING: usize = 2;
@@ -405,20 +405,12 @@ impl MainLoop {
             self.delete(&m).await;
             return;
         }
-        let now = sh.ports.clock.now();
         let reserve = job.status == JobStatus::Queued && !self.occupying().is_empty();
         let worker = sh.config.worker_id.clone();
         let mv = if reserve {
-            Move::Reserve {
-                runner: worker.clone(),
-                until: now + chrono_lease(sh.config.lease),
-            }
+            sh.reserve_move()
         } else {
-            Move::Claim {
-                runner: worker.clone(),
-                lease: chrono_lease(sh.config.lease),
-                max_attempts: sh.config.max_attempts,
-            }
+            sh.claim_move()
         };
         let applied = apply_move(sh.ports.store.as_ref(), sh.ports.clock.as_ref(), job, &mv).await;
         let (job, hold) = match applied {
@@ -450,6 +442,7 @@ impl MainLoop {
                 return;
             }
             Err(MoveError::Gone) => {
+                // Deleted meanwhile (retention): nothing left to run.
                 self.delete(&m).await;
                 return;
             }

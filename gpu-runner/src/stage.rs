@@ -47,11 +47,7 @@ pub(crate) async fn stage(
 ) -> Result<Map<String, Value>, StageError> {
     let mut wf = workflow.clone();
     for (node_id, input, asset_id) in jobs::validate::asset_references(&wf) {
-        let class = wf
-            .get(&node_id)
-            .and_then(|n| n.get("class_type"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let class = class_of(&wf, &node_id).map(str::to_string);
         let missing = || {
             let mut e = JobError::new(
                 "missing_asset",
@@ -237,19 +233,21 @@ async fn store_one(
     })
 }
 
+/// A node's `class_type`, if the workflow has the node and it names one.
+pub(crate) fn class_of<'a>(workflow: &'a Map<String, Value>, id: &str) -> Option<&'a str> {
+    workflow
+        .get(id)
+        .and_then(|n| n.get("class_type"))
+        .and_then(Value::as_str)
+}
+
 /// A `POST /prompt` rejection as the job's error: `node_validation_error` naming the
 /// first offending node when ComfyUI says which, else `invalid_prompt`.
 pub(crate) fn rejection_error(
     r: &comfyui::PromptRejection,
     workflow: &Map<String, Value>,
 ) -> JobError {
-    let class_of = |id: &str| {
-        workflow
-            .get(id)
-            .and_then(|n| n.get("class_type"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let class_of = |id: &str| class_of(workflow, id).map(str::to_string);
     if let Some((id, ne)) = r.node_errors.iter().next() {
         let mut e = JobError::new("node_validation_error", r.to_string());
         e.node_id = Some(id.clone());

@@ -26,7 +26,7 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum WsOut {
     Text(String),
     Binary(Vec<u8>),
@@ -52,30 +52,24 @@ impl Hub {
     /// `send_sync(event, data, sid)`: `sid = None` broadcasts; an unknown sid drops it.
     pub fn send(&self, event: &str, data: Value, sid: Option<&str>) {
         let text = serde_json::to_string(&json!({"type": event, "data": data})).unwrap_or_default();
-        match sid {
-            None => {
-                for s in self.sessions.values() {
-                    let _ = s.tx.send(WsOut::Text(text.clone()));
-                }
-            }
-            Some(sid) => {
-                if let Some(s) = self.sessions.get(sid) {
-                    let _ = s.tx.send(WsOut::Text(text));
-                }
-            }
-        }
+        self.deliver(WsOut::Text(text), sid);
     }
 
     pub fn send_binary(&self, bytes: Vec<u8>, sid: Option<&str>) {
+        self.deliver(WsOut::Binary(bytes), sid);
+    }
+
+    /// To every session (`sid = None`) or to one; an unknown sid drops it.
+    fn deliver(&self, message: WsOut, sid: Option<&str>) {
         match sid {
             None => {
                 for s in self.sessions.values() {
-                    let _ = s.tx.send(WsOut::Binary(bytes.clone()));
+                    let _ = s.tx.send(message.clone());
                 }
             }
             Some(sid) => {
                 if let Some(s) = self.sessions.get(sid) {
-                    let _ = s.tx.send(WsOut::Binary(bytes));
+                    let _ = s.tx.send(message);
                 }
             }
         }

@@ -74,7 +74,8 @@ impl Ctx<'_> {
     }
 }
 
-fn node_class(prompt: &Map<String, Value>, id: &str) -> String {
+/// A node's `class_type`, or "" when it has none.
+pub(crate) fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
     prompt
         .get(id)
         .and_then(|n| n.get("class_type"))
@@ -130,7 +131,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
         }
         None => return Err(PyErr::key_error(&json!("inputs"))),
     };
-    let class = node_class(ctx.prompt, id);
+    let class = class_of(ctx.prompt, id);
     let info = nodes::class_info(&class).expect("class checked before");
     let class_inputs = nodes::input_types(&class, ctx.env);
     let mut errors = Vec::new();
@@ -177,7 +178,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     }
                     other => return Err(PyErr::key_error(other)),
                 };
-                let o_class = node_class(ctx.prompt, &o_key);
+                let o_class = class_of(ctx.prompt, &o_key);
                 let returns = nodes::class_info(&o_class)
                     .map(|c| c.returns)
                     .unwrap_or(&[]);
@@ -477,7 +478,7 @@ pub fn validate_prompt(
                     obj([
                         ("errors", Value::Array(reasons.clone())),
                         ("dependent_outputs", json!([])),
-                        ("class_type", json!(node_class(ctx.prompt, node_id))),
+                        ("class_type", json!(class_of(ctx.prompt, node_id))),
                     ])
                 });
                 if let Some(Value::Array(d)) = entry.get_mut("dependent_outputs") {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::nodes::{self, In, NodeErr, NodeOut, RunCtx, Val};
 use crate::pyfmt::{PyErr, obj, py_str};
 use crate::state::{Item, MAX_HISTORY, Shared, lock, now_ms};
+use crate::validate::class_of;
 
 struct CacheEntry {
     outputs: Vec<Val>,
@@ -47,15 +48,6 @@ fn inputs_of(prompt: &Map<String, Value>, id: &str) -> Map<String, Value> {
         .and_then(|i| i.as_object())
         .cloned()
         .unwrap_or_default()
-}
-
-fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
-    prompt
-        .get(id)
-        .and_then(|n| n.get("class_type"))
-        .and_then(|c| c.as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// ComfyUI's `ExecutionList`: pending nodes in insertion order, block counts, and the

@@ -252,12 +252,7 @@ impl Client {
         u
     }
 
-    async fn send(
-        &self,
-        method: &'static str,
-        path: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<(u16, Bytes)> {
+    async fn send(&self, path: &str, rb: reqwest::RequestBuilder) -> Result<(u16, Bytes)> {
         let resp = rb.send().await.map_err(|source| Error::Transport {
             url: self.url(path).to_string(),
             source,
@@ -267,14 +262,11 @@ impl Client {
             url: self.url(path).to_string(),
             source,
         })?;
-        let _ = method;
         Ok((status, body))
     }
 
     async fn get_json(&self, path: &str) -> Result<Value> {
-        let (status, body) = self
-            .send("GET", path, self.http.get(self.url(path)))
-            .await?;
+        let (status, body) = self.send(path, self.http.get(self.url(path))).await?;
         if status != 200 {
             return Err(status_err("GET", path, status, &body));
         }
@@ -286,7 +278,7 @@ impl Client {
 
     async fn post_empty_ok(&self, path: &str, body: &Value) -> Result<()> {
         let (status, b) = self
-            .send("POST", path, self.http.post(self.url(path)).json(body))
+            .send(path, self.http.post(self.url(path)).json(body))
             .await?;
         if status != 200 {
             return Err(status_err("POST", path, status, &b));
@@ -358,7 +350,6 @@ impl Client {
     pub async fn queue_prompt(&self, req: &PromptRequest) -> Result<PromptAccepted> {
         let (status, body) = self
             .send(
-                "POST",
                 "prompt",
                 self.http.post(self.url("prompt")).json(&req.body()),
             )
@@ -516,9 +507,7 @@ impl Client {
             .jobs_api
             .get_or_try_init(|| async {
                 let path = format!("api/jobs/{}", uuid::Uuid::new_v4());
-                let (status, body) = self
-                    .send("GET", &path, self.http.get(self.url(&path)))
-                    .await?;
+                let (status, body) = self.send(&path, self.http.get(self.url(&path))).await?;
                 let json_err = serde_json::from_slice::<Value>(&body)
                     .ok()
                     .is_some_and(|v| v.get("error").is_some());
@@ -531,9 +520,7 @@ impl Client {
     /// `POST /api/jobs/{id}/cancel` → `cancelled`. Only on servers with the jobs API.
     pub async fn cancel_job(&self, prompt_id: &str) -> Result<bool> {
         let path = format!("api/jobs/{prompt_id}/cancel");
-        let (status, body) = self
-            .send("POST", &path, self.http.post(self.url(&path)))
-            .await?;
+        let (status, body) = self.send(&path, self.http.post(self.url(&path))).await?;
         if status != 200 {
             return Err(status_err("POST", &path, status, &body));
         }
@@ -559,14 +546,20 @@ impl Client {
 
     // ------------------------------------------------------------------ files
 
-    /// `GET /view`: a file's bytes. Take `type` from the output record (previews are `temp`).
-    pub async fn view(&self, file: &FileRef) -> Result<Bytes> {
+    /// `/view?filename&subfolder&type` for a file.
+    fn view_url(&self, file: &FileRef) -> Url {
         let mut url = self.url("view");
         url.query_pairs_mut()
             .append_pair("filename", &file.filename)
             .append_pair("subfolder", &file.subfolder)
             .append_pair("type", &file.kind);
-        let (status, body) = self.send("GET", "view", self.http.get(url)).await?;
+        url
+    }
+
+    /// `GET /view`: a file's bytes. Take `type` from the output record (previews are `temp`).
+    pub async fn view(&self, file: &FileRef) -> Result<Bytes> {
+        let url = self.view_url(file);
+        let (status, body) = self.send("view", self.http.get(url)).await?;
         if status != 200 {
             return Err(status_err(
                 "GET",
@@ -580,11 +573,7 @@ impl Client {
 
     /// `GET /view` as a response to stream (big videos).
     pub async fn view_response(&self, file: &FileRef) -> Result<reqwest::Response> {
-        let mut url = self.url("view");
-        url.query_pairs_mut()
-            .append_pair("filename", &file.filename)
-            .append_pair("subfolder", &file.subfolder)
-            .append_pair("type", &file.kind);
+        let url = self.view_url(file);
         let resp = self
             .http
             .get(url.clone())
@@ -621,7 +610,6 @@ impl Client {
         }
         let (status, body) = self
             .send(
-                "POST",
                 "upload/image",
                 self.http.post(self.url("upload/image")).multipart(form),
             )

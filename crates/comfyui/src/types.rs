@@ -181,15 +181,13 @@ pub struct UploadedFile {
 impl UploadedFile {
     /// The value to give `LoadImage.image`.
     pub fn load_image_name(&self) -> String {
-        let base = if self.subfolder.is_empty() {
-            self.name.clone()
+        // ComfyUI may leave `type` empty for an upload, which means `input`.
+        let kind = if self.kind.is_empty() {
+            "input"
         } else {
-            format!("{}/{}", self.subfolder, self.name)
+            &self.kind
         };
-        match self.kind.as_str() {
-            "" | "input" => base,
-            other => format!("{base} [{other}]"),
-        }
+        crate::outputs::FileRef::new(&self.name, &self.subfolder, kind).load_image_name()
     }
 }
 

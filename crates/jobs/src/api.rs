@@ -222,8 +222,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = crate::validate::parse_json_strict(bytes)?;
     serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::unprocessable(
             "invalid_request",
             format!("the request body does not match: {e}"),
         )
@@ -461,25 +460,33 @@ pub async fn blob_response(
     headers: &HeaderMap,
     content_type: &str,
 ) -> Result<Response, ApiError> {
-    let size = blobs
-        .size(key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("content"))?;
+    // Only a ranged request needs the size before reading; a whole read reports it.
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = parse_range(range_header, size);
-    let (status, wanted) = match range {
-        RangeRequest::Full => (StatusCode::OK, None),
-        RangeRequest::Partial(first, last) => (StatusCode::PARTIAL_CONTENT, Some((first, last))),
-        RangeRequest::Unsatisfiable => {
-            return Ok((
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [
-                    (header::CONTENT_RANGE, format!("bytes */{size}")),
-                    (header::ACCEPT_RANGES, "bytes".to_string()),
-                ],
-            )
-                .into_response());
+    let range = match range_header {
+        None => RangeRequest::Full,
+        Some(_) => {
+            let size = blobs
+                .size(key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("content"))?;
+            match parse_range(range_header, size) {
+                RangeRequest::Unsatisfiable => {
+                    return Ok((
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        [
+                            (header::CONTENT_RANGE, format!("bytes */{size}")),
+                            (header::ACCEPT_RANGES, "bytes".to_string()),
+                        ],
+                    )
+                        .into_response());
+                }
+                satisfiable => satisfiable,
+            }
         }
+    };
+    let (status, wanted) = match range {
+        RangeRequest::Partial(first, last) => (StatusCode::PARTIAL_CONTENT, Some((first, last))),
+        _ => (StatusCode::OK, None),
     };
     let read = blobs
         .read(key, wanted)
@@ -571,8 +578,7 @@ async fn upload_asset(
         let name = field.name().unwrap_or_default().to_string();
         if !seen.insert(name.clone()) && name != "tags" {
             discard(&state, staged.take()).await;
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::unprocessable(
                 "invalid_request",
                 format!("the form field `{name}` is given twice"),
             ));
@@ -621,8 +627,7 @@ async fn upload_asset(
         }
     }
     let Some(staged) = staged else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::unprocessable(
             "invalid_request",
             "the form has no `file` part",
         ));
@@ -633,8 +638,7 @@ async fn upload_asset(
     ] {
         if !present {
             discard(&state, Some(staged)).await;
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::unprocessable(
                 "invalid_request",
                 format!("the form has no `{field}` part"),
             ));

@@ -27,8 +27,6 @@ use crate::service::Ports;
 
 #[derive(Debug, Clone)]
 pub struct AssetsConfig {
-    /// How long an asset's content URL is valid.
-    pub url_ttl: Duration,
     /// The largest single-request upload (`POST /api/v2/assets`).
     pub max_upload_bytes: u64,
     /// The largest upload through the large-file extension.
@@ -40,7 +38,6 @@ pub struct AssetsConfig {
 impl Default for AssetsConfig {
     fn default() -> Self {
         AssetsConfig {
-            url_ttl: Duration::hours(1),
             max_upload_bytes: 1024 * 1024 * 1024,
             max_large_upload_bytes: 50 * 1024 * 1024 * 1024,
             upload_ttl: Duration::hours(1),
@@ -279,14 +276,19 @@ pub struct AssetService {
     ports: Ports,
     config: AssetsConfig,
     path_prefix: String,
+    /// How long a content URL is valid: the jobs' setting, since every output is an
+    /// asset and both hand out the same URLs.
+    url_ttl: Duration,
 }
 
 impl AssetService {
-    pub fn new(ports: Ports, config: AssetsConfig, path_prefix: String) -> Self {
+    /// URLs follow the jobs' settings: their path prefix and their lifetime.
+    pub fn new(ports: Ports, config: AssetsConfig, jobs: &crate::service::JobsConfig) -> Self {
         AssetService {
             ports,
             config,
-            path_prefix,
+            path_prefix: jobs.path_prefix.clone(),
+            url_ttl: jobs.url_ttl,
         }
     }
 
@@ -321,7 +323,7 @@ impl AssetService {
         blob_key: &str,
         content_type: &str,
     ) -> Result<(String, String), ApiError> {
-        let expires = self.now() + self.config.url_ttl;
+        let expires = self.now() + self.url_ttl;
         let url = self.ports.blobs.signed_url(
             blob_key,
             SignedAccess::Get,
@@ -461,13 +463,16 @@ impl AssetService {
                 validate_content_type(&c)?;
                 c
             }
-            None => self
+            // Borrow the type of another asset over these bytes. Without a file path
+            // the lookup above already was that one, and found nothing.
+            None if request.file_path.is_some() => self
                 .ports
                 .store
                 .find_asset(tenant, &hash, None)
                 .await?
                 .map(|a| a.content_type)
                 .unwrap_or_else(|| "application/octet-stream".into()),
+            None => "application/octet-stream".into(),
         };
         let asset = Asset {
             v: SCHEMA_VERSION,

@@ -107,8 +107,9 @@ pub async fn job_events(
     tenant: String,
     raw_id: String,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // 404 before taking a slot, so probing unknown ids costs nothing.
-    let first = jobs.load(&tenant, &raw_id).await?;
+    // 404 before taking a slot, so probing unknown ids costs nothing. Each look is
+    // one snapshot read (job, progress and queue position together).
+    let first = jobs.get(&tenant, &raw_id).await?;
     let slot = limiter.acquire(&tenant, config.max_streams_per_tenant)?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(32);
     tokio::spawn(async move {
@@ -118,11 +119,8 @@ pub async fn job_events(
         let mut last_progress = None;
         let mut last_message: Option<String> = None;
         let mut sent_outputs = HashSet::new();
-        let mut job = first;
+        let mut view = first;
         loop {
-            let Ok(view) = jobs.view(&job).await else {
-                break;
-            };
             let mut frames = Vec::new();
             let status = (view.status, view.queue_position);
             let terminal = view.status.is_terminal();
@@ -177,9 +175,9 @@ pub async fn job_events(
             if sender.is_closed() {
                 return; // the client went away: free the slot now
             }
-            match jobs.ports().store.get_job(&job.id).await {
-                Ok(Some(fresh)) => job = fresh,
-                _ => return,
+            match jobs.get(&tenant, &raw_id).await {
+                Ok(fresh) => view = fresh,
+                Err(_) => return,
             }
         }
     });

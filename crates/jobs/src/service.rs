@@ -54,7 +54,7 @@ pub struct JobsConfig {
     /// Mount prefix of the API (`/prod` behind an API Gateway stage, say), so `urls`
     /// resolve behind a path prefix or a custom domain.
     pub path_prefix: String,
-    /// How long an output's content URL is valid.
+    /// How long a content URL (an output's, an asset's) is valid.
     pub url_ttl: Duration,
     /// Wake nudges sent within this window of the previous one are folded into one,
     /// sent at the end of the window. Zero sends one per enqueue, which is what a
@@ -320,8 +320,7 @@ impl JobService {
         fingerprint: &str,
     ) -> Result<Submitted, ApiError> {
         if record.fingerprint != fingerprint {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::unprocessable(
                 "idempotency_key_reuse",
                 "this Idempotency-Key was used with a different request body; use a new key for a new request",
             ));
