@@ -460,13 +460,12 @@ impl Api {
     /// the bytes it got.
     pub async fn upload_asset(
         &self,
-        bytes: &[u8],
+        bytes: bytes::Bytes,
         file_path: &str,
         content_type: &str,
         hash: &str,
     ) -> Result<Asset, ClientError> {
         let url = self.route(&["assets"]);
-        let bytes = bytes::Bytes::copy_from_slice(bytes);
         let file_name = file_path
             .rsplit('/')
             .next()
@@ -497,7 +496,7 @@ impl Api {
     /// create an upload, send the bytes to the signed URL it returns, then complete.
     pub async fn upload_asset_large(
         &self,
-        bytes: &[u8],
+        bytes: bytes::Bytes,
         file_path: &str,
         content_type: &str,
         hash: &str,
@@ -531,7 +530,6 @@ impl Api {
             .and_then(Value::as_str)
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .unwrap_or(Method::PUT);
-        let bytes = bytes::Bytes::copy_from_slice(bytes);
         let response = self
             .send(
                 || {

@@ -27,25 +27,31 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// The server's status, unless this one is unknown to this client. The rules about
+    /// statuses (which are terminal, their wire names) live in `jobs::model`.
+    fn known(self) -> Option<jobs::model::JobStatus> {
+        use jobs::model::JobStatus as Known;
+        match self {
+            JobStatus::Queued => Some(Known::Queued),
+            JobStatus::Running => Some(Known::Running),
+            JobStatus::Canceling => Some(Known::Canceling),
+            JobStatus::Succeeded => Some(Known::Succeeded),
+            JobStatus::Failed => Some(Known::Failed),
+            JobStatus::Canceled => Some(Known::Canceled),
+            JobStatus::Expired => Some(Known::Expired),
+            JobStatus::Other => None,
+        }
+    }
+
     /// True when the job will not change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled | JobStatus::Expired
-        )
+        self.known()
+            .is_some_and(jobs::model::JobStatus::is_terminal)
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Canceling => "canceling",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Canceled => "canceled",
-            JobStatus::Expired => "expired",
-            JobStatus::Other => "unknown",
-        }
+        self.known()
+            .map_or("unknown", jobs::model::JobStatus::as_str)
     }
 }
 

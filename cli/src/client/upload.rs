@@ -24,7 +24,8 @@ use super::types::Asset;
 #[derive(Debug, Clone)]
 pub struct LocalFile {
     pub path: PathBuf,
-    pub bytes: Vec<u8>,
+    /// Shared, not copied, by each attempt to send it.
+    pub bytes: bytes::Bytes,
     /// `blake3:<hex>`.
     pub hash: String,
     pub content_type: String,
@@ -83,7 +84,7 @@ impl LocalFile {
         });
         Ok(LocalFile {
             path: path.to_path_buf(),
-            bytes,
+            bytes: bytes::Bytes::from(bytes),
             hash,
             content_type,
             file_path,
@@ -104,12 +105,22 @@ impl LocalFile {
             }
         }
         let uploaded = match api
-            .upload_asset(&self.bytes, &self.file_path, &self.content_type, &self.hash)
+            .upload_asset(
+                self.bytes.clone(),
+                &self.file_path,
+                &self.content_type,
+                &self.hash,
+            )
             .await
         {
             Err(ClientError::Api { status: 413, .. }) => {
-                api.upload_asset_large(&self.bytes, &self.file_path, &self.content_type, &self.hash)
-                    .await?
+                api.upload_asset_large(
+                    self.bytes.clone(),
+                    &self.file_path,
+                    &self.content_type,
+                    &self.hash,
+                )
+                .await?
             }
             other => other?,
         };

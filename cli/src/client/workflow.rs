@@ -8,7 +8,7 @@
 //! - [`Assignment`] is one `--set NODE.INPUT=VALUE` or `--input NODE.INPUT=FILE`,
 //!   checked against the graph: the node must exist and must already have that input.
 //!   A typo (`6.txet`) is an error that lists what exists, not a silently ignored key.
-//! - [`typed_value`] types a `--set` value as JSON where it parses (`42`, `1.5`,
+//! - [`Assignment::apply_set`] types a `--set` value as JSON where it parses (`42`, `1.5`,
 //!   `true`, `null`, `"quoted"`, `[..]`, `{..}`) and as a string otherwise, so
 //!   `--set 6.text="a red fox"` and `--set 3.seed=42` both do what they look like.
 
@@ -129,11 +129,13 @@ impl Assignment {
     /// Applies a `--set`: the value typed as JSON where it parses. A number or a
     /// boolean in the workflow is not silently replaced by text.
     pub fn apply_set(&self, graph: &mut Graph) -> Result<(), ClientError> {
-        let value = typed_value(&self.value);
-        let current = self.current(graph);
         // Bare text that did not parse as JSON, where the workflow has a number: most
         // likely a typo (`3.seed=4two`). Quoted JSON text is taken as meant.
-        let bare_text = serde_json::from_str::<Value>(&self.value).is_err();
+        let (value, bare_text) = match serde_json::from_str::<Value>(&self.value) {
+            Ok(value) => (value, false),
+            Err(_) => (Value::String(self.value.clone()), true),
+        };
+        let current = self.current(graph);
         let mismatch = match (current, bare_text) {
             (Some(Value::Number(_)), true) => Some("a number"),
             (Some(Value::Bool(_)), true) => Some("true or false"),
@@ -156,11 +158,6 @@ impl Assignment {
         self.apply(graph, value);
         Ok(())
     }
-}
-
-/// A `--set` value: JSON where it parses as JSON, a string otherwise.
-pub fn typed_value(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
 /// A `core/ASSET` input reference.
