@@ -102,7 +102,7 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
 
     // Conditional writes: the revision read must still be current.
     let mut next = job.clone();
-    next.enqueued = true;
+    next.preemptions = 1;
     next.rev = 2;
     store
         .put_job(&next, 1)
@@ -116,6 +116,49 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
         "a write at a stale revision must conflict"
     );
     assert_eq!(store.get_job(&job.id).await.unwrap().unwrap(), next);
+
+    // The enqueued flag: set apart from the record, without a revision, and never
+    // cleared by a later write of a copy read before it was set.
+    let mut unsent = next.clone();
+    unsent.enqueued = true;
+    unsent.rev = 3;
+    store.put_job(&unsent, 2).await.expect("write");
+    unsent.enqueued = false;
+    assert!(
+        !store.get_job(&job.id).await.unwrap().unwrap().enqueued,
+        "put_job must not set the enqueued flag"
+    );
+    store.mark_enqueued(&job.id).await.expect("mark enqueued");
+    store
+        .mark_enqueued(&job.id)
+        .await
+        .expect("marking twice is fine");
+    let sent = store.get_job(&job.id).await.unwrap().unwrap();
+    assert!(sent.enqueued, "mark_enqueued sets the flag");
+    assert_eq!(sent.rev, 3, "mark_enqueued does not touch the revision");
+    let mut later = unsent.clone();
+    later.rev = 4;
+    store
+        .put_job(&later, 3)
+        .await
+        .expect("a write from a copy read before the flag was set");
+    assert!(
+        store.get_job(&job.id).await.unwrap().unwrap().enqueued,
+        "put_job must not clear the enqueued flag"
+    );
+    assert!(
+        store
+            .jobs_in_status(JobStatus::Queued, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.id == job.id && j.enqueued),
+        "the flag reads back in every read path"
+    );
+    store
+        .mark_enqueued(&JobId::generate())
+        .await
+        .expect("an unknown job is left alone");
 
     // Idempotency: the record is written with the job, and an unexpired one wins.
     let other = sample_job("t1", now, &[]);

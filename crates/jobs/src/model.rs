@@ -230,6 +230,11 @@ pub struct Job {
     pub outputs: Vec<OutputRecord>,
     pub error: Option<JobError>,
     /// True once the work message was sent; the tick re-sends for jobs left false.
+    /// Stored apart from the record, by [`JobStore::mark_enqueued`] alone: it only ever
+    /// turns true, needs no `rev`, and no `put_job` of an older copy can clear it.
+    ///
+    /// [`JobStore::mark_enqueued`]: crate::ports::JobStore::mark_enqueued
+    #[serde(skip)]
     pub enqueued: bool,
     /// Optimistic-lock revision: every write is conditioned on the revision it read.
     pub rev: u64,

@@ -59,9 +59,11 @@ pub const QUEUE_POSITION_CAP: u64 = 100;
 /// What the create step writes alongside a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
-    /// Written. `queue_position` is what [`JobStore::queue_position`] would have said
-    /// at that moment, counted up to [`QUEUE_POSITION_CAP`]: the store knows it while
-    /// writing, and the answer to a submit then needs no second read.
+    /// Written. `queue_position` is the number of jobs queued when this one was
+    /// recorded, counted up to [`QUEUE_POSITION_CAP`]: the store knows it while
+    /// writing, and the answer to a submit then needs no second read. Job ids grow in
+    /// the order they are made, so this is what [`JobStore::queue_position`] says
+    /// right after, unless a concurrent submit's job was recorded first.
     Created { queue_position: u64 },
     /// The idempotency key is taken by an unexpired record; here it is.
     KeyTaken(IdempotencyRecord),
@@ -122,7 +124,14 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 
     /// Replaces the job if its stored `rev` is still `expected_rev`, else `Conflict`.
+    /// Leaves the stored `enqueued` flag as it is, whatever `job.enqueued` says.
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()>;
+
+    /// Records that the job's work message was sent: sets `enqueued`, which is kept
+    /// apart from the record (a column, a separate attribute) so that this write needs
+    /// no read, no `rev` and no body, and never conflicts. It only ever turns true.
+    /// A job that does not exist is left alone.
+    async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()>;
 
     /// A tenant's jobs, newest first.
     async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>>;

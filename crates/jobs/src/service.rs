@@ -139,30 +139,13 @@ fn conflict_exhausted() -> ApiError {
     .with_retry_after(1)
 }
 
-/// Sets the job's `enqueued` flag (its work message is out), retrying on a concurrent
-/// change: a runner may already have claimed it.
-async fn record_enqueued(store: &dyn JobStore, job: Job) -> Result<Job, ApiError> {
-    let id = job.id.clone();
-    let mut job = job;
-    for _ in 0..MAX_CAS_RETRIES {
-        if job.enqueued {
-            return Ok(job);
-        }
-        let mut next = job.clone();
-        next.enqueued = true;
-        next.rev = job.rev + 1;
-        match store.put_job(&next, job.rev).await {
-            Ok(()) => return Ok(next),
-            Err(StoreError::Conflict) => {
-                job = store
-                    .get_job(&id)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("job"))?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+/// Records that the job's work message is out (see [`JobStore::mark_enqueued`]).
+async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, ApiError> {
+    if !job.enqueued {
+        store.mark_enqueued(&job.id).await?;
+        job.enqueued = true;
     }
-    Err(conflict_exhausted())
+    Ok(job)
 }
 
 impl JobService {

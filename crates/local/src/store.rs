@@ -117,6 +117,32 @@ INSERT INTO idempotency_v3 (tenant, key, expires_at_ms, body)
 DROP TABLE idempotency;
 ALTER TABLE idempotency_v3 RENAME TO idempotency;
 "#,
+    // `enqueued` moves out of the JSON body into a column that only `mark_enqueued`
+    // sets, so recording it rewrites no body and no later `put_job` can clear it. The
+    // queued-job count is kept by triggers, so a submit learns its queue position
+    // without counting index entries.
+    r#"
+ALTER TABLE jobs ADD COLUMN enqueued INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET enqueued = 1 WHERE json_extract(body, '$.enqueued');
+CREATE TABLE queued_jobs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL
+);
+INSERT INTO queued_jobs (id, n) VALUES (1, (SELECT count(*) FROM jobs WHERE status = 'queued'));
+CREATE TRIGGER queued_jobs_on_insert AFTER INSERT ON jobs WHEN new.status = 'queued'
+BEGIN
+    UPDATE queued_jobs SET n = n + 1;
+END;
+CREATE TRIGGER queued_jobs_on_update AFTER UPDATE OF status ON jobs
+    WHEN (old.status = 'queued') <> (new.status = 'queued')
+BEGIN
+    UPDATE queued_jobs SET n = n + (CASE WHEN new.status = 'queued' THEN 1 ELSE -1 END);
+END;
+CREATE TRIGGER queued_jobs_on_delete AFTER DELETE ON jobs WHEN old.status = 'queued'
+BEGIN
+    UPDATE queued_jobs SET n = n - 1;
+END;
+"#,
 ];
 
 pub struct SqliteJobStore {
@@ -139,6 +165,26 @@ fn queue_position(conn: &rusqlite::Connection, id: &JobId, cap: u64) -> StoreRes
     .and_then(|mut s| s.query_row(params![id.as_str(), cap as i64], |r| r.get::<_, i64>(0)))
     .map(|n| n as u64)
     .map_err(unavailable)
+}
+
+/// All queued jobs, counted up to `cap`, from the trigger-kept count.
+fn queued_count(conn: &rusqlite::Connection, cap: u64) -> StoreResult<u64> {
+    conn.prepare_cached("SELECT n FROM queued_jobs WHERE id = 1")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|n| (n.max(0) as u64).min(cap))
+        .map_err(unavailable)
+}
+
+/// A job's row: its JSON body and, kept apart from it, the `enqueued` flag. Every
+/// query that reads jobs selects `body, enqueued`.
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, bool)> {
+    Ok((row.get(0)?, row.get(1)?))
+}
+
+fn decode_job((body, enqueued): (String, bool)) -> StoreResult<Job> {
+    let mut job: Job = from_json(&body)?;
+    job.enqueued = enqueued;
+    Ok(job)
 }
 
 fn text(s: &str) -> Value {
@@ -165,6 +211,19 @@ impl SqliteJobStore {
                 .map_err(unavailable)
         })?;
         bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    /// Reads every job a query (selecting `body, enqueued`) returns.
+    fn read_jobs(&self, sql: &str, args: Vec<Value>) -> StoreResult<Vec<Job>> {
+        let rows = self.db.read(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), job_from_row)
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })?;
+        rows.into_iter().map(decode_job).collect()
     }
 
     /// Reads one JSON body by a query, if a row matches.
@@ -232,9 +291,15 @@ impl JobStore for SqliteJobStore {
                 })
                 .map_err(unavailable)?;
             }
+            // Read before the insert: every job queued now was recorded before this one.
+            let queue_position = if job.status == JobStatus::Queued {
+                queued_count(tx, QUEUE_POSITION_CAP)?
+            } else {
+                0
+            };
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body, enqueued) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -243,7 +308,8 @@ impl JobStore for SqliteJobStore {
                         job.status.as_str(),
                         job.rev as i64,
                         reserved_ms(&job),
-                        body
+                        body,
+                        job.enqueued
                     ])
                 })
                 .map_err(unavailable)?;
@@ -262,23 +328,28 @@ impl JobStore for SqliteJobStore {
                         .map_err(unavailable)?;
                 }
             }
-            let queue_position = if job.status == JobStatus::Queued {
-                queue_position(tx, &job.id, QUEUE_POSITION_CAP)?
-            } else {
-                0
-            };
             Ok(CreateOutcome::Created { queue_position })
         })
         .await
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
-        let body: Option<String> = self.db.read(|conn| {
-            conn.prepare_cached("SELECT body FROM jobs WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+        let row = self.db.read(|conn| {
+            conn.prepare_cached("SELECT body, enqueued FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], job_from_row).optional())
                 .map_err(unavailable)
         })?;
-        body.as_deref().map(from_json).transpose()
+        row.map(decode_job).transpose()
+    }
+
+    async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()> {
+        self.db
+            .execute(
+                "UPDATE jobs SET enqueued = 1 WHERE id = ?1 AND enqueued = 0",
+                vec![text(id.as_str())],
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()> {
@@ -305,7 +376,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>> {
-        let mut sql = String::from("SELECT j.body FROM jobs j WHERE j.tenant = ?");
+        let mut sql = String::from("SELECT j.body, j.enqueued FROM jobs j WHERE j.tenant = ?");
         let mut args: Vec<String> = vec![query.tenant.clone()];
         if let Some(before) = &query.before {
             sql.push_str(" AND j.id < ?");
@@ -320,12 +391,12 @@ impl JobStore for SqliteJobStore {
         }
         sql.push_str(" ORDER BY j.id DESC LIMIT ?");
         args.push(query.limit.to_string());
-        self.read_all(&sql, args.into_iter().map(Value::Text).collect())
+        self.read_jobs(&sql, args.into_iter().map(Value::Text).collect())
     }
 
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>> {
-        self.read_all(
-            "SELECT body FROM jobs WHERE status = ?1 ORDER BY id LIMIT ?2",
+        self.read_jobs(
+            "SELECT body, enqueued FROM jobs WHERE status = ?1 ORDER BY id LIMIT ?2",
             vec![text(status.as_str()), int(limit as i64)],
         )
     }
@@ -343,14 +414,14 @@ impl JobStore for SqliteJobStore {
         self.db.read(|conn| {
             run_cached(conn, "BEGIN").map_err(unavailable)?;
             let result = (|| {
-                let body: Option<String> = conn
-                    .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+                let row = conn
+                    .prepare_cached("SELECT body, enqueued FROM jobs WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id.as_str()], job_from_row).optional())
                     .map_err(unavailable)?;
-                let Some(body) = body else {
+                let Some(row) = row else {
                     return Ok(None);
                 };
-                let job: Job = from_json(&body)?;
+                let job = decode_job(row)?;
                 let progress: Option<String> = conn
                     .prepare_cached("SELECT body FROM progress WHERE job_id = ?1")
                     .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
@@ -631,13 +702,56 @@ mod tests {
 
     use super::*;
 
+    fn at(hours: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, hours, 0, 0).unwrap()
+    }
+
+    /// Opens `path` at an older schema and writes a job the way that schema's build
+    /// did: `enqueued` inside the JSON body, labels and idempotency records in the
+    /// tables of the time (whose columns did not change before schema 4).
+    fn write_as_old_schema(
+        path: &Path,
+        schema: usize,
+        job: &Job,
+        record: Option<&IdempotencyRecord>,
+    ) {
+        drop(Db::open(path, &MIGRATIONS[..schema]).unwrap());
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut body = serde_json::to_value(job).unwrap();
+        body["enqueued"] = job.enqueued.into();
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, status, rev, reserved_until_ms, body) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+            params![job.id.as_str(), job.tenant, job.status.as_str(), job.rev as i64, body.to_string()],
+        )
+        .unwrap();
+        for (k, v) in &job.metadata {
+            conn.execute(
+                "INSERT INTO job_labels (job_id, tenant, k, v) VALUES (?1, ?2, ?3, ?4)",
+                params![job.id.as_str(), job.tenant, k, v],
+            )
+            .unwrap();
+        }
+        if let Some(record) = record {
+            conn.execute(
+                "INSERT INTO idempotency (tenant, key, expires_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    record.tenant,
+                    record.key,
+                    record.expires_at.timestamp_millis(),
+                    to_json(record).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+    }
+
     /// A data dir written before the WITHOUT ROWID rebuild (schema 2) keeps its labels
     /// and idempotency records through the upgrade.
     #[tokio::test]
     async fn upgrading_from_schema_2_keeps_labels_and_idempotency_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
-        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let now = at(0);
         let job = jobs::conformance::sample_job("t1", now, &[("team", "a")]);
         let record = IdempotencyRecord {
             v: 1,
@@ -648,12 +762,7 @@ mod tests {
             created_at: now,
             expires_at: now + chrono::Duration::hours(24),
         };
-        {
-            let old = SqliteJobStore {
-                db: Db::open(&path, &MIGRATIONS[..2]).unwrap(),
-            };
-            old.create_job(&job, Some(&record), now).await.unwrap();
-        }
+        write_as_old_schema(&path, 2, &job, Some(&record));
         let store = SqliteJobStore::open(&path).unwrap();
         assert_eq!(
             store.get_idempotency("t1", "key-1").await.unwrap(),
@@ -669,5 +778,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
+    }
+
+    /// Schema 4 takes `enqueued` out of the body and starts counting queued jobs:
+    /// both must carry over what a schema 3 data dir holds.
+    #[tokio::test]
+    async fn upgrading_from_schema_3_keeps_enqueued_flags_and_counts_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let mut sent = jobs::conformance::sample_job("t1", at(0), &[]);
+        sent.enqueued = true;
+        let unsent = jobs::conformance::sample_job("t1", at(1), &[]);
+        let mut running = jobs::conformance::sample_job("t1", at(2), &[]);
+        running.status = JobStatus::Running;
+        running.enqueued = true;
+        for job in [&sent, &unsent, &running] {
+            write_as_old_schema(&path, 3, job, None);
+        }
+        let store = SqliteJobStore::open(&path).unwrap();
+        for job in [&sent, &unsent, &running] {
+            let read = store.get_job(&job.id).await.unwrap().unwrap();
+            assert_eq!(read.enqueued, job.enqueued, "{}", job.id);
+        }
+        // Two jobs were queued before the upgrade: a new one is third in line.
+        let next = jobs::conformance::sample_job("t1", at(3), &[]);
+        assert_eq!(
+            store.create_job(&next, None, at(3)).await.unwrap(),
+            CreateOutcome::Created { queue_position: 2 }
+        );
+    }
+
+    /// The queued-job count follows every way a job enters or leaves `queued`.
+    #[tokio::test]
+    async fn the_queued_count_follows_inserts_status_changes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let count = || store.db.read(|conn| queued_count(conn, u64::MAX)).unwrap();
+        let mut a = jobs::conformance::sample_job("t1", at(0), &[]);
+        let b = jobs::conformance::sample_job("t1", at(0), &[]);
+        let mut c = jobs::conformance::sample_job("t1", at(0), &[]);
+        c.status = JobStatus::Running;
+        for job in [&a, &b, &c] {
+            store.create_job(job, None, at(0)).await.unwrap();
+        }
+        assert_eq!(count(), 2);
+        // Queued -> running, and a write that keeps a job queued.
+        a.status = JobStatus::Running;
+        a.rev += 1;
+        store.put_job(&a, a.rev - 1).await.unwrap();
+        let mut b2 = b.clone();
+        b2.rev += 1;
+        store.put_job(&b2, b.rev).await.unwrap();
+        assert_eq!(count(), 1);
+        // Running -> queued (a hand-back).
+        a.status = JobStatus::Queued;
+        a.rev += 1;
+        store.put_job(&a, a.rev - 1).await.unwrap();
+        assert_eq!(count(), 2);
+        store
+            .db
+            .execute("DELETE FROM jobs WHERE id = ?1", vec![text(a.id.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(count(), 1);
+        // The count agrees with the jobs themselves.
+        let queued = store.jobs_in_status(JobStatus::Queued, 100).await.unwrap();
+        assert_eq!(queued.len() as u64, count());
     }
 }
