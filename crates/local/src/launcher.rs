@@ -102,12 +102,19 @@ impl Launcher for SubprocessLauncher {
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true);
             // If `dev` dies without cleaning up, its runners get SIGTERM and hand their
-            // jobs back rather than running on as orphans.
+            // jobs back rather than running on as orphans. And a runner (with the
+            // ComfyUI it starts) runs under the default scheduling policy, whatever
+            // policy `dev` chose for its own threads.
             #[cfg(target_os = "linux")]
-            // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+            // SAFETY: prctl and sched_setscheduler are async-signal-safe and touch only
+            // the child's own state.
             unsafe {
                 command.pre_exec(|| {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let param = libc::sched_param { sched_priority: 0 };
+                    if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -200,5 +207,55 @@ impl<L: Launcher> Launcher for SimulatedLauncher<L> {
 
     fn kind(&self) -> &'static str {
         "simulated"
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The scheduling policy of the process reading `/proc/self/sched`.
+    const PRINT_POLICY: &str = "grep '^policy' /proc/self/sched | tr -dc 0-9 > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"; sleep 30";
+
+    /// `dev` runs its own threads under SCHED_BATCH; the runners it starts must not
+    /// inherit that.
+    #[test]
+    fn runners_start_under_the_default_scheduling_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("policy");
+        let launcher = SubprocessLauncher::new(
+            RunnerCommand {
+                program: "/bin/sh".into(),
+                args: vec![
+                    "-c".into(),
+                    PRINT_POLICY.into(),
+                    report.to_string_lossy().into_owned(),
+                ],
+            },
+            vec!["http://127.0.0.1:1".into()],
+        );
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changes only this test thread's policy, which forks the child.
+        assert_eq!(
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) },
+            0
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            launcher.launch(1).await.map_err(|(_, e)| e).unwrap();
+            for _ in 0..200 {
+                if let Ok(policy) = std::fs::read_to_string(&report) {
+                    assert_eq!(policy, libc::SCHED_OTHER.to_string());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the runner never reported its policy");
+        });
+        // SAFETY: as above; back to the default for whatever runs next on this thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
     }
 }
