@@ -499,7 +499,9 @@ fn no_wait_then_jobs_get_list_and_cancel() {
         "--set",
         "3.seed=42",
         "--set",
-        "3.steps=200",
+        // Long enough (50 s at the simulator's 50 ms a step) that the cancel below is
+        // noticed, within one heartbeat (10 s), before the job could finish.
+        "3.steps=1000",
         "--label",
         "project=fox",
         "--label",
@@ -518,7 +520,7 @@ fn no_wait_then_jobs_get_list_and_cancel() {
     let submitted = dev.get(&format!("/api/v2/jobs/{id}/workflow"));
     assert_eq!(submitted["workflow"]["6"]["inputs"]["text"], "a red fox");
     assert_eq!(submitted["workflow"]["3"]["inputs"]["seed"], 42);
-    assert_eq!(submitted["workflow"]["3"]["inputs"]["steps"], 200);
+    assert_eq!(submitted["workflow"]["3"]["inputs"]["steps"], 1000);
 
     // jobs get, as JSON and as text.
     let got = dev.cli(&["jobs", "get", &id, "--json"]);
