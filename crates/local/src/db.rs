@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobs::ports::StoreError;
 use rusqlite::{Connection, OpenFlags};
@@ -40,11 +40,17 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// from its beginning, and under steady writes only the writer's own checkpoint can
 /// be one: so this is what bounds the WAL, not a backstop that never runs.
 const WAL_RESTART_PAGES: i64 = 20_000;
-/// How often the checkpointer runs once the WAL nears [`WAL_RESTART_PAGES`], so that
-/// the writer's checkpoint finds almost nothing left to copy and sync. At 100 ms, it
-/// found up to 100 ms of writes, and the commits behind it waited 10–25 ms for its
-/// fsyncs (submit p99 ~13 ms; ~4 ms with this).
+/// How often the checkpointer runs in the last stretch before the WAL reaches
+/// [`WAL_RESTART_PAGES`], so that the writer's checkpoint there finds almost nothing
+/// left to copy and sync. Without it, that checkpoint found up to 100 ms of writes,
+/// and the commits behind it waited 10–25 ms for its fsyncs (submit p99 ~13 ms in
+/// `bench/api.sh`; ~4 ms with it).
 const CHECKPOINT_NEAR_RESTART: Duration = Duration::from_millis(2);
+/// How long before the WAL is expected to reach [`WAL_RESTART_PAGES`] the
+/// checkpointer starts running every [`CHECKPOINT_NEAR_RESTART`]. Running that often
+/// all along would copy the pages every commit rewrites (the newest leaf of each
+/// index) fifty times more often.
+const CHECKPOINT_LEAD: Duration = Duration::from_millis(40);
 /// Operations committed together at most.
 const MAX_BATCH: usize = 256;
 
@@ -233,20 +239,51 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
     tx.commit().map_err(unavailable)
 }
 
-/// The checkpointer thread: every [`CHECKPOINT_EVERY`] (more often when the WAL nears
-/// [`WAL_RESTART_PAGES`]), a passive checkpoint, which never blocks the writer or the
-/// readers. The fsyncs a checkpoint needs happen here, so a commit almost never waits
-/// for the disk (with `synchronous=NORMAL`, commits themselves do not fsync).
+/// The checkpointer thread: every [`CHECKPOINT_EVERY`] (more often just before the
+/// WAL restarts, see [`next_checkpoint_in`]), a passive checkpoint, which never blocks
+/// the writer or the readers. The fsyncs a checkpoint needs happen here, so a commit
+/// almost never waits for the disk (with `synchronous=NORMAL`, commits themselves do
+/// not fsync).
 fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
-    let mut every = CHECKPOINT_EVERY;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+    let mut wait = CHECKPOINT_EVERY;
+    let mut previous = None;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
         // The second column is the WAL's size in pages.
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(wal_pages) if wal_pages >= WAL_RESTART_PAGES / 2 => every = CHECKPOINT_NEAR_RESTART,
-            Ok(_) => every = CHECKPOINT_EVERY,
-            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; will retry"),
+            Ok(wal_pages) => {
+                let now = (Instant::now(), wal_pages);
+                wait = next_checkpoint_in(previous, now);
+                previous = Some(now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlite checkpoint failed; will retry");
+                wait = CHECKPOINT_EVERY;
+            }
         }
     }
+}
+
+/// When to checkpoint next, given the WAL's size (pages) at the last two checkpoints:
+/// every [`CHECKPOINT_EVERY`], except in the last [`CHECKPOINT_LEAD`] before the WAL
+/// reaches [`WAL_RESTART_PAGES`] at the rate it grew since the previous checkpoint.
+fn next_checkpoint_in(previous: Option<(Instant, i64)>, now: (Instant, i64)) -> Duration {
+    let Some((then, pages_then)) = previous else {
+        return CHECKPOINT_EVERY;
+    };
+    let (at, pages) = now;
+    let grown = pages - pages_then;
+    let elapsed = at.duration_since(then).as_secs_f64();
+    if grown <= 0 || elapsed <= 0.0 {
+        // Idle, or the WAL restarted in between.
+        return CHECKPOINT_EVERY;
+    }
+    let pages_per_second = grown as f64 / elapsed;
+    let until_full = (WAL_RESTART_PAGES - pages).max(0) as f64 / pages_per_second;
+    // (Capped before converting: a slowly growing WAL may be hours from full.)
+    let until_full = Duration::from_secs_f64(until_full.min(3600.0));
+    until_full
+        .saturating_sub(CHECKPOINT_LEAD)
+        .clamp(CHECKPOINT_NEAR_RESTART, CHECKPOINT_EVERY)
 }
 
 /// The writer thread: batch, run, commit once, answer.
@@ -381,6 +418,42 @@ mod tests {
         assert_eq!(
             count(&db, "SELECT count(*) FROM items WHERE name LIKE 'ok-%'"),
             10
+        );
+    }
+
+    #[test]
+    fn checkpoints_come_often_only_just_before_the_wal_restarts() {
+        let start = Instant::now();
+        let at = |ms: u64, pages: i64| (start + Duration::from_millis(ms), pages);
+        // No history, idle, or restarted since: the normal pace.
+        assert_eq!(next_checkpoint_in(None, at(0, 5_000)), CHECKPOINT_EVERY);
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 5_000)), at(100, 5_000)),
+            CHECKPOINT_EVERY
+        );
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 19_000)), at(100, 300)),
+            CHECKPOINT_EVERY
+        );
+        // Growing slowly (1,000 pages a second): far from full, the normal pace.
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 1_000)), at(1_000, 2_000)),
+            CHECKPOINT_EVERY
+        );
+        // 50,000 pages a second with 5,000 to go: full in 100 ms, so wait until the
+        // lead before it.
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 10_000)), at(100, 15_000)),
+            Duration::from_millis(100) - CHECKPOINT_LEAD
+        );
+        // Within the lead, and past the size: the tight pace.
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 17_500)), at(50, 20_000 - 500)),
+            CHECKPOINT_NEAR_RESTART
+        );
+        assert_eq!(
+            next_checkpoint_in(Some(at(0, 19_000)), at(10, 21_000)),
+            CHECKPOINT_NEAR_RESTART
         );
     }
 
