@@ -118,12 +118,29 @@ DROP TABLE idempotency;
 ALTER TABLE idempotency_v3 RENAME TO idempotency;
 "#,
     // `enqueued` moves out of the JSON body into a column that only `mark_enqueued`
-    // sets, so recording it rewrites no body and no later `put_job` can clear it. The
-    // queued-job count is kept by triggers, so a submit learns its queue position
-    // without counting index entries.
+    // sets, so recording it rewrites no body and no later `put_job` can clear it. Jobs
+    // are stored WITHOUT ROWID, in their id's b-tree alone: a new job is one b-tree
+    // insert fewer, and a read by id one descent instead of two (bodies are well under
+    // the ~1 KB a 4 KiB page keeps inline). The queued-job count is kept by triggers,
+    // so a submit learns its queue position without counting index entries.
     r#"
-ALTER TABLE jobs ADD COLUMN enqueued INTEGER NOT NULL DEFAULT 0;
-UPDATE jobs SET enqueued = 1 WHERE json_extract(body, '$.enqueued');
+CREATE TABLE jobs_v4 (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    reserved_until_ms INTEGER,
+    enqueued INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO jobs_v4 (id, tenant, status, rev, reserved_until_ms, enqueued, body)
+    SELECT id, tenant, status, rev, reserved_until_ms,
+           CASE WHEN json_extract(body, '$.enqueued') THEN 1 ELSE 0 END, body
+    FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v4 RENAME TO jobs;
+CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
+CREATE INDEX jobs_by_status ON jobs (status, id);
 CREATE TABLE queued_jobs (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     n INTEGER NOT NULL
