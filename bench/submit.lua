@@ -9,7 +9,12 @@ local f = io.open(os.getenv("WORKFLOW") or "../shared/workflows/invert.json", "r
 local workflow = f:read("*a")
 f:close()
 wrk.method = "POST"
-wrk.body = '{"workflow": ' .. workflow .. ', "metadata": {"bench": "submit"}}'
+-- NO_METADATA=1 leaves out the label (comfy-api-proxy 0.1.6 takes `metadata` only as a string).
+if os.getenv("NO_METADATA") == "1" then
+  wrk.body = '{"workflow": ' .. workflow .. '}'
+else
+  wrk.body = '{"workflow": ' .. workflow .. ', "metadata": {"bench": "submit"}}'
+end
 wrk.headers["Content-Type"] = "application/json"
 local counter = 0
 local run = tostring(os.time())
