@@ -260,10 +260,10 @@ impl JobService {
         let job = if self.config.record_enqueue_in_background {
             self.send_work(&job).await?;
             let store = self.ports.store.clone();
-            let sent = job.clone();
+            let id = job.id.clone();
             tokio::spawn(async move {
-                if let Err(e) = record_enqueued(store.as_ref(), sent).await {
-                    tracing::warn!(error = %e.message, "could not record an enqueue; the tick will send the job again");
+                if let Err(e) = store.mark_enqueued(&id).await {
+                    tracing::warn!(error = %e, "could not record an enqueue; the tick will send the job again");
                 }
             });
             job

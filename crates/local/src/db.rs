@@ -43,8 +43,8 @@ const WAL_RESTART_PAGES: i64 = 20_000;
 /// How often the checkpointer runs in the last stretch before the WAL reaches
 /// [`WAL_RESTART_PAGES`], so that the writer's checkpoint there finds almost nothing
 /// left to copy and sync. Without it, that checkpoint found up to 100 ms of writes,
-/// and the commits behind it waited 10–25 ms for its fsyncs (submit p99 ~13 ms in
-/// `bench/api.sh`; ~4 ms with it).
+/// and the commits behind it waited 10–25 ms for its fsyncs (submit p99 10–17 ms in
+/// `bench/api.sh`; 5–12 ms with it).
 const CHECKPOINT_NEAR_RESTART: Duration = Duration::from_millis(2);
 /// How long before the WAL is expected to reach [`WAL_RESTART_PAGES`] the
 /// checkpointer starts running every [`CHECKPOINT_NEAR_RESTART`]. Running that often

@@ -204,6 +204,15 @@ fn decode_job((body, enqueued): (String, bool)) -> StoreResult<Job> {
     Ok(job)
 }
 
+/// One job by id, on a connection the caller holds.
+fn job_by_id(conn: &rusqlite::Connection, id: &JobId) -> StoreResult<Option<Job>> {
+    conn.prepare_cached("SELECT body, enqueued FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id.as_str()], job_from_row).optional())
+        .map_err(unavailable)?
+        .map(decode_job)
+        .transpose()
+}
+
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
 }
@@ -351,12 +360,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
-        let row = self.db.read(|conn| {
-            conn.prepare_cached("SELECT body, enqueued FROM jobs WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id.as_str()], job_from_row).optional())
-                .map_err(unavailable)
-        })?;
-        row.map(decode_job).transpose()
+        self.db.read(|conn| job_by_id(conn, id))
     }
 
     async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()> {
@@ -431,14 +435,9 @@ impl JobStore for SqliteJobStore {
         self.db.read(|conn| {
             run_cached(conn, "BEGIN").map_err(unavailable)?;
             let result = (|| {
-                let row = conn
-                    .prepare_cached("SELECT body, enqueued FROM jobs WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([id.as_str()], job_from_row).optional())
-                    .map_err(unavailable)?;
-                let Some(row) = row else {
+                let Some(job) = job_by_id(conn, id)? else {
                     return Ok(None);
                 };
-                let job = decode_job(row)?;
                 let progress: Option<String> = conn
                     .prepare_cached("SELECT body FROM progress WHERE job_id = ?1")
                     .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
