@@ -15,10 +15,10 @@ RUST_LOG=warn target/release/serverless-comfyui dev --no-runner --listen 127.0.0
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/api/v2/health" >/dev/null && break; sleep 0.1; done
 id=$(curl -sf -X POST "http://127.0.0.1:$PORT/api/v2/jobs" -H 'Content-Type: application/json' \
-  -d "{\"workflow\": $(cat ../shared/workflows/invert.json)}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  -d "{\"workflow\": $(cat examples/workflows/invert.json)}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "== status reads: GET /api/v2/jobs/$id"
 wrk -t2 -c16 -d"$DURATION" --latency "http://127.0.0.1:$PORT/api/v2/jobs/$id"
 echo "== submits: POST /api/v2/jobs (invert.json)"
-WORKFLOW=../shared/workflows/invert.json wrk -t2 -c16 -d"$DURATION" --latency -s bench/submit.lua "http://127.0.0.1:$PORT"
+WORKFLOW=examples/workflows/invert.json wrk -t2 -c16 -d"$DURATION" --latency -s bench/submit.lua "http://127.0.0.1:$PORT"
 echo "== after the run"
 curl -s "http://127.0.0.1:$PORT/api/v2/health"; echo

@@ -17,11 +17,11 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 wait_for() { for _ in $(seq 150); do curl -s -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 create() { curl -sf -X POST "$1/api/v2/jobs" -H 'Content-Type: application/json' \
-  -d "{\"workflow\": $(cat ../shared/workflows/invert.json)}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+  -d "{\"workflow\": $(cat examples/workflows/invert.json)}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
 load() {
   local base=$1 id; id=$(create "$base")
   printf '  reads   '; wrk -t2 -c16 -d"$DURATION" --latency "$base/api/v2/jobs/$id" | awk '/Requests\/sec/{r=$2} $1=="50%"{p50=$2} $1=="99%"{p99=$2} /Non-2xx/{e=$NF} END{printf "%10.0f/s  p50 %s  p99 %s%s\n", r, p50, p99, e ? "  NON-2XX: " e : ""}'
-  printf '  submits '; NO_METADATA=1 WORKFLOW=../shared/workflows/invert.json wrk -t2 -c16 -d"$DURATION" --latency -s bench/submit.lua "$base" | awk '/Requests\/sec/{r=$2} $1=="50%"{p50=$2} $1=="99%"{p99=$2} /Non-2xx/{e=$NF} END{printf "%10.0f/s  p50 %s  p99 %s%s\n", r, p50, p99, e ? "  NON-2XX: " e : ""}'
+  printf '  submits '; NO_METADATA=1 WORKFLOW=examples/workflows/invert.json wrk -t2 -c16 -d"$DURATION" --latency -s bench/submit.lua "$base" | awk '/Requests\/sec/{r=$2} $1=="50%"{p50=$2} $1=="99%"{p99=$2} /Non-2xx/{e=$NF} END{printf "%10.0f/s  p50 %s  p99 %s%s\n", r, p50, p99, e ? "  NON-2XX: " e : ""}'
 }
 target/release/comfyui-sim --port 18188 >/dev/null 2>&1 & pids+=($!)
 "$venv/bin/comfy-api-proxy" run --comfyui http://127.0.0.1:18188 --port 18789 --state-dir "$tmp/proxy" >"$tmp/proxy.log" 2>&1 & pids+=($!)

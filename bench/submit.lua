@@ -5,7 +5,7 @@ function setup(thread)
   thread:set("thread_id", threads)
 end
 
-local f = io.open(os.getenv("WORKFLOW") or "../shared/workflows/invert.json", "r")
+local f = io.open(os.getenv("WORKFLOW") or "examples/workflows/invert.json", "r")
 local workflow = f:read("*a")
 f:close()
 wrk.method = "POST"

@@ -4,7 +4,7 @@
 #   bash frontend/ci.sh            # unit tests + build
 #   bash frontend/ci.sh --e2e      # ... then the browser suite against E2E_BASE_URL
 #
-# The browser suite needs a running `serverless-comfyui dev` that serves frontend/dist
+# The browser suite needs a running `serverless-comfyui dev` (which serves the app it embeds)
 # (default E2E_BASE_URL=http://127.0.0.1:8787). Or set E2E_SERVER_CMD to a command that starts
 # one; this script then starts it, waits for /api/v2/health, and stops it afterwards.
 set -euo pipefail

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The build embeds the web app (cli/build.rs, with npm); the tests check it is there.
+export SERVERLESS_COMFYUI_REQUIRE_WEB=1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -28,7 +31,8 @@ step "frontend: type-check, unit tests, build, then the browser suite against de
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 e2e_data=$(mktemp -d)
 trap 'rm -rf "$e2e_data"' EXIT
-E2E_SERVER_CMD="SERVERLESS_COMFYUI_FRONTEND_DIR=$PWD/frontend/dist exec $PWD/target/debug/serverless-comfyui dev --listen 127.0.0.1:$port --data-dir $e2e_data" \
+# The browser suite drives the app as users get it: embedded in the binary.
+E2E_SERVER_CMD="exec $PWD/target/debug/serverless-comfyui dev --listen 127.0.0.1:$port --data-dir $e2e_data" \
 E2E_BASE_URL="http://127.0.0.1:$port" \
 E2E_ARTIFACTS="$PWD/artifacts/frontend" \
   bash frontend/ci.sh --e2e

@@ -36,7 +36,8 @@ pub struct DevConfig {
     /// How often the tick runs.
     pub tick_every: Duration,
     pub max_body_bytes: usize,
-    /// The built web app to serve at `/` (`frontend/dist`), if present.
+    /// A built web app to serve at `/` instead of the one embedded in the binary
+    /// (`SERVERLESS_COMFYUI_FRONTEND_DIR`, e.g. `frontend/dist` while working on the app).
     pub frontend_dir: Option<PathBuf>,
     /// ComfyUI servers to run jobs on, one runner each. Empty: the built-in simulator.
     pub comfyui_urls: Vec<String>,
@@ -55,13 +56,7 @@ impl Default for DevConfig {
             data_dir: PathBuf::from(".serverless-comfyui"),
             tick_every: Duration::from_secs(10),
             max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
-            // The web app as `frontend/ci.sh` builds it, relative to where `dev` runs;
-            // SERVERLESS_COMFYUI_FRONTEND_DIR points elsewhere.
-            frontend_dir: Some(
-                std::env::var_os("SERVERLESS_COMFYUI_FRONTEND_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("frontend/dist")),
-            ),
+            frontend_dir: std::env::var_os("SERVERLESS_COMFYUI_FRONTEND_DIR").map(PathBuf::from),
             comfyui_urls: Vec::new(),
             runner: None,
             simulator_step_ms: 50,
@@ -77,7 +72,7 @@ pub struct DevApp {
     pub data_dir: DataDir,
     pub max_body_bytes: usize,
     blob_server: axum::Router,
-    /// The built web app (`frontend/dist`), when there is one.
+    /// A web app on disk that replaces the embedded one (`DevConfig::frontend_dir`).
     site: Option<PathBuf>,
 }
 
@@ -166,21 +161,21 @@ impl DevApp {
     }
 
     /// The v2 API, the signed blob URLs the local blob store hands out, and the web
-    /// app at `/` when it is built.
+    /// app at `/` (from disk when one is given, else the one embedded by the build).
     pub fn router(&self) -> axum::Router {
         let (api, _) = api::router_and_openapi(self.state.clone(), self.max_body_bytes);
-        let app = api.merge(self.blob_server.clone());
+        // API paths never fall through to the web app.
+        let api_misses =
+            axum::Router::new().route("/api/{*rest}", axum::routing::any(api::not_found));
+        let app = api.merge(self.blob_server.clone()).merge(api_misses);
         match &self.site {
             Some(dist) => {
                 let index = dist.join("index.html");
                 let site = tower_http::services::ServeDir::new(dist)
                     .not_found_service(tower_http::services::ServeFile::new(index));
-                // API paths never fall through to the web app.
-                let api_misses =
-                    axum::Router::new().route("/api/{*rest}", axum::routing::any(api::not_found));
-                app.merge(api_misses).fallback_service(site)
+                app.fallback_service(site)
             }
-            None => app.fallback(api::not_found),
+            None => app.fallback(crate::web::serve),
         }
     }
 }
@@ -331,8 +326,11 @@ fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_ke
     eprintln!();
     eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
     match &app.site {
-        Some(_) => eprintln!("  web app   {url}/"),
-        None => eprintln!("  web app   not built (frontend/ci.sh builds it into frontend/dist)"),
+        Some(dir) => eprintln!("  web app   {url}/   (from {})", dir.display()),
+        None if crate::web::is_embedded() => eprintln!("  web app   {url}/"),
+        None => {
+            eprintln!("  web app   not in this build (no npm when it was built; {url}/ says more)")
+        }
     }
     eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
     eprintln!("  health    {url}/api/v2/health");

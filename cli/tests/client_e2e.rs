@@ -17,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_serverless-comfyui");
 
 fn workflow_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/workflows")
+        .join("../examples/workflows")
         .join(name)
 }
 

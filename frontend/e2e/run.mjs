@@ -7,7 +7,7 @@
 //   E2E_JOB_TIMEOUT_S   how long a job may take to finish (default 240)
 //   E2E_SLOW_STEPS      KSampler steps for the job that is canceled (default 400)
 //   E2E_ARTIFACTS  where screenshots go (default frontend/artifacts)
-//   E2E_WORKFLOWS  the example workflows (default ../shared/workflows beside the repository)
+//   E2E_WORKFLOWS  the example workflows (default examples/workflows in the repository)
 //   CHROMIUM       the browser (default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from "node:fs";
@@ -23,7 +23,7 @@ const ONLY = (process.env.E2E_ONLY || "").split(",").map((s) => s.trim()).filter
 const JOB_TIMEOUT = Number(process.env.E2E_JOB_TIMEOUT_S || 240) * 1000;
 const SLOW_STEPS = Number(process.env.E2E_SLOW_STEPS || 400);
 const ART = resolve(process.env.E2E_ARTIFACTS || join(here, "..", "artifacts"));
-const WORKFLOWS = resolve(process.env.E2E_WORKFLOWS || join(here, "..", "..", "..", "shared", "workflows"));
+const WORKFLOWS = resolve(process.env.E2E_WORKFLOWS || join(here, "..", "..", "examples", "workflows"));
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const RUN = `r${Date.now().toString(36)}`;
 const DESKTOP = { width: 1440, height: 900 };

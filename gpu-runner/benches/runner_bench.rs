@@ -42,14 +42,9 @@ fn arg(name: &str, default: u64) -> u64 {
 
 fn workflow(name: &str) -> Value {
     let path = format!(
-        "{}/../../shared/workflows/{name}",
+        "{}/../examples/workflows/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
-    let path = if std::path::Path::new(&path).exists() {
-        path
-    } else {
-        format!("/work/shared/workflows/{name}")
-    };
     serde_json::from_slice(&std::fs::read(path).expect("workflow")).unwrap()
 }
 

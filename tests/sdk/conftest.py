@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT.parent / "shared" / "workflows"
+WORKFLOWS = ROOT / "examples" / "workflows"
 
 
 def _free_port() -> int:

@@ -92,7 +92,7 @@ impl TestApp {
 
 pub fn workflow(name: &str) -> Value {
     let path = format!(
-        "{}/../../shared/workflows/{name}",
+        "{}/../examples/workflows/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))

@@ -1,4 +1,4 @@
-//! Replays every transcript in `shared/comfyui-captures/` (what a real ComfyUI 0.3.64 did)
+//! Replays every transcript in `tests/captures/` (what a real ComfyUI 0.3.64 did)
 //! against the simulator and compares the WebSocket message-type sequences, the message
 //! bodies and the HTTP responses (status, content type, body), ignoring timing and
 //! generated ids.
@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::Message;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn captures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/comfyui-captures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/captures")
 }
 
 fn load(name: &str) -> Value {

@@ -31,13 +31,13 @@ fn wf(v: Value) -> Map<String, Value> {
 
 fn invert() -> Map<String, Value> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/workflows/invert.json");
+        .join("../../examples/workflows/invert.json");
     wf(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
 }
 
 fn txt2img(steps: u32) -> Map<String, Value> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/workflows/txt2img-sd15.json");
+        .join("../../examples/workflows/txt2img-sd15.json");
     let mut w = wf(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap());
     w["3"]["inputs"]["steps"] = json!(steps);
     w["5"]["inputs"]["width"] = json!(64);
@@ -467,7 +467,7 @@ async fn upload_then_load_blur_scale() {
     assert_eq!(other.name, "photo (1).png", "different content is renamed");
 
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/workflows/load-blur.json");
+        .join("../../examples/workflows/load-blur.json");
     let mut w = wf(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap());
     w["10"]["inputs"]["image"] = json!(up.load_image_name());
     let run = run(&client, w, &fast_opts()).await.0.unwrap();
@@ -503,7 +503,7 @@ async fn previews_and_batches() {
     assert_eq!(run.outputs.files[0].file.filename, "ComfyUI_00001_.png");
 
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/workflows/batch-two-outputs.json");
+        .join("../../examples/workflows/batch-two-outputs.json");
     let w = wf(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap());
     let run = run_simple(&client, w).await;
     let kinds: Vec<(&str, &str)> = run

@@ -3,14 +3,7 @@ import { readFileSync } from "node:fs";
 import { deflateSync } from "node:zlib";
 import { detectPng, detectText, detectValue, isApiFormat, isUiFormat } from "./detect";
 
-const wf = (name: string) => readFileSync(new URL(`../../../../shared/workflows/${name}`, import.meta.url), "utf8");
-const fixture = (name: string) => {
-  try {
-    return wf(name);
-  } catch {
-    return null;
-  }
-};
+const wf = (name: string) => readFileSync(new URL(`../../../examples/workflows/${name}`, import.meta.url), "utf8");
 
 const invert = {
   "1": { class_type: "EmptyImage", inputs: { width: 64, height: 64, batch_size: 1, color: 16711680 } },
@@ -64,13 +57,11 @@ describe("workflow detection", () => {
     expect(detectText("{}").kind).toBe("invalid");
   });
 
-  it("classifies the shared example workflows", () => {
+  it("classifies the repository's example workflows", () => {
     for (const name of ["invert.json", "load-blur.json", "batch-two-outputs.json", "txt2img-sd15.json"]) {
-      const text = fixture(name);
-      if (text) expect(detectText(text).kind, name).toBe("api");
+      expect(detectText(wf(name)).kind, name).toBe("api");
     }
-    const ui = fixture("ui-format.json");
-    if (ui) expect(detectText(ui).kind).toBe("ui");
+    expect(detectText(wf("ui-format.json")).kind).toBe("ui");
   });
 
   it("reads the API workflow embedded in a ComfyUI PNG", () => {

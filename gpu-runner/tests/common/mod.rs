@@ -22,14 +22,9 @@ pub const TENANT: &str = "t1";
 
 pub fn workflow(name: &str) -> Value {
     let path = format!(
-        "{}/../../shared/workflows/{name}",
+        "{}/../examples/workflows/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
-    let path = if std::path::Path::new(&path).exists() {
-        path
-    } else {
-        format!("/work/shared/workflows/{name}")
-    };
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
