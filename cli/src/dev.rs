@@ -47,6 +47,9 @@ pub struct DevConfig {
     pub simulator_step_ms: u64,
     /// Set by `run` when it started the simulator.
     pub simulator_started: bool,
+    /// Web origins allowed to call from a browser besides the server's own and loopback
+    /// ones (`--allow-origin`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for DevConfig {
@@ -61,6 +64,7 @@ impl Default for DevConfig {
             runner: None,
             simulator_step_ms: 50,
             simulator_started: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -142,6 +146,9 @@ impl DevApp {
             auth,
             events: jobs::events::EventsConfig::default(),
             streams: Default::default(),
+            cross_site: Arc::new(jobs::cross_site::CrossSitePolicy::local(
+                config.allowed_origins.clone(),
+            )),
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 comfyui: comfyui_info(config),
@@ -178,6 +185,18 @@ impl DevApp {
             None => app.fallback(crate::web::serve),
         }
     }
+}
+
+/// Parses `--allow-origin`: an absolute http(s) origin, with no path, query or fragment.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let bare = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https") || !bare || url.host().is_none() {
+        return Err(format!(
+            "{text:?} is not a web origin: give scheme, host and port only, e.g. https://app.example.com"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// How `dev` starts a runner: this same executable's hidden `runner` subcommand, over

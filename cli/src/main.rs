@@ -54,6 +54,11 @@ enum Command {
         /// Sampler step time of the built-in simulator, in milliseconds.
         #[arg(long, default_value_t = 50)]
         simulator_step_ms: u64,
+        /// A web origin (`https://app.example.com`) allowed to call the API from a
+        /// browser, with CORS (repeatable). The server's own origin and loopback origins
+        /// always are; any other origin is refused with 403.
+        #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = dev::parse_origin)]
+        allow_origin: Vec<String>,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -180,6 +185,7 @@ async fn run(cli: Cli) -> ExitCode {
             runner_idle_seconds,
             no_runner,
             simulator_step_ms,
+            allow_origin,
         } => {
             let runner = if no_runner {
                 None
@@ -199,6 +205,7 @@ async fn run(cli: Cli) -> ExitCode {
                 comfyui_urls: comfyui,
                 runner,
                 simulator_step_ms,
+                allowed_origins: allow_origin,
                 ..DevConfig::default()
             })
             .await

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub info: ServerInfo,
     pub events: crate::events::EventsConfig,
     pub streams: Arc<crate::events::StreamLimiter>,
+    /// Which web origins may call (see [`crate::cross_site`]).
+    pub cross_site: Arc<crate::cross_site::CrossSitePolicy>,
 }
 
 /// The largest JSON request body accepted (API Gateway's limit is 10 MB).
@@ -135,6 +137,11 @@ pub fn router_and_openapi(
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(envelope_errors))
+        // Outermost: a disallowed web origin is refused before anything else runs.
+        .layer(middleware::from_fn_with_state(
+            state.cross_site.clone(),
+            crate::cross_site::guard,
+        ))
         .with_state(state);
     (router, openapi)
 }
@@ -201,7 +208,24 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
+        // Checked on the headers, refused only once the body is known not to be empty:
+        // a cancel `POST` that carries nothing needs no type.
+        let declared_json = crate::cross_site::require_json(req.headers(), false);
+        let declared_length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Err(refusal), Some(1..)) = (&declared_json, declared_length) {
+            // Refused before a byte of the body is read.
+            return Err(refusal.clone());
+        }
+        let bytes = Bytes::from_request(req, state).await;
+        if let (Ok(bytes), Err(refusal)) = (&bytes, declared_json)
+            && !bytes.is_empty()
+        {
+            return Err(refusal);
+        }
+        match bytes {
             Ok(bytes) => Ok(RawBody(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
@@ -555,6 +579,7 @@ async fn upload_asset(
     tenant: Tenant,
     request: Request,
 ) -> Result<Response, ApiError> {
+    crate::cross_site::require_multipart(request.headers())?;
     let boundary = request
         .headers()
         .get(header::CONTENT_TYPE)

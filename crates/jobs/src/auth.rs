@@ -180,6 +180,16 @@ impl Authenticator for KeyAuthenticator {
             && headers.get(axum::http::header::AUTHORIZATION).is_none()
             && !self.any_active_key().await?
         {
+            // A DNS-rebound name reaches a loopback server from a web page: the keyless
+            // tenant is only for requests addressed to loopback.
+            if !crate::cross_site::host_is_loopback(headers) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "host_not_allowed",
+                    "without API keys this server answers only requests addressed to a \
+                     loopback name (127.0.0.1, ::1 or localhost); create a key to serve others",
+                ));
+            }
             return Ok(Tenant(DEFAULT_TENANT.to_string()));
         }
         let token = bearer(headers)?;

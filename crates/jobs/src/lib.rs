@@ -22,6 +22,7 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod conformance;
+pub mod cross_site;
 pub mod cursor;
 pub mod dispatch;
 pub mod error;
