@@ -454,11 +454,14 @@ async fn list_jobs(
 
 /// Streams a blob (or the requested range of it) with the right status and headers:
 /// 200 whole, 206 partial, 416 unsatisfiable. Shared by `/content` and local signed URLs.
+/// Bytes declared as `content_type` are served as [`crate::content_policy`] says, and
+/// downloaded as `filename` when they may not be rendered.
 pub async fn blob_response(
     blobs: &dyn BlobStore,
     key: &str,
     headers: &HeaderMap,
     content_type: &str,
+    filename: &str,
 ) -> Result<Response, ApiError> {
     // Only a ranged request needs the size before reading; a whole read reports it.
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -471,14 +474,16 @@ pub async fn blob_response(
                 .ok_or_else(|| ApiError::not_found("content"))?;
             match parse_range(range_header, size) {
                 RangeRequest::Unsatisfiable => {
-                    return Ok((
+                    let mut response = (
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         [
                             (header::CONTENT_RANGE, format!("bytes */{size}")),
                             (header::ACCEPT_RANGES, "bytes".to_string()),
                         ],
                     )
-                        .into_response());
+                        .into_response();
+                    crate::content_policy::apply(response.headers_mut(), content_type, filename);
+                    return Ok(response);
                 }
                 satisfiable => satisfiable,
             }
@@ -501,9 +506,7 @@ pub async fn blob_response(
     let h = response.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if let Ok(value) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, value);
-    }
+    crate::content_policy::apply(h, content_type, filename);
     if let Some((first, last)) = wanted
         && let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size))
     {
@@ -801,7 +804,15 @@ async fn get_asset_content(
     let asset = state.assets.load(&tenant.0, &id).await?;
     let blobs = state.jobs.ports().blobs.as_ref();
     if blobs.serves_content_directly() {
-        blob_response(blobs, &asset.blob_key, &headers, &asset.content_type).await
+        let filename = asset.file_path.as_deref().unwrap_or(&asset.blob_key);
+        blob_response(
+            blobs,
+            &asset.blob_key,
+            &headers,
+            &asset.content_type,
+            filename,
+        )
+        .await
     } else {
         let (url, _) = state
             .assets

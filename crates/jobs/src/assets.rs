@@ -317,7 +317,8 @@ impl AssetService {
         })
     }
 
-    /// A fresh signed GET URL for a blob, and when it expires.
+    /// A fresh signed GET URL for a blob, and when it expires. The URL carries the type
+    /// the content policy serves, never an active one.
     pub fn signed_get(
         &self,
         blob_key: &str,
@@ -328,7 +329,7 @@ impl AssetService {
             blob_key,
             SignedAccess::Get,
             expires,
-            Some(content_type),
+            Some(&crate::content_policy::served_type(content_type)),
         )?;
         Ok((url, timestamp(expires)))
     }

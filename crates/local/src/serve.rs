@@ -57,8 +57,10 @@ async fn get_blob(
             server.clock.now(),
         )
         .map_err(forbidden)?;
+    // The signed type, too, goes through the content policy (in `blob_response`): a
+    // URL signed before the policy, or for a type it refuses, never renders inline.
     let content_type = signed_type.unwrap_or_else(|| content_type_for(&key));
-    jobs::api::blob_response(server.blobs.as_ref(), &key, &headers, &content_type).await
+    jobs::api::blob_response(server.blobs.as_ref(), &key, &headers, &content_type, &key).await
 }
 
 /// The media type to serve a blob with, from its key's extension.
