@@ -28,8 +28,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::assets::{
-    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, RangeRequest,
-    UploadView, parse_range, validate_meta,
+    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, MAX_TAGS,
+    RangeRequest, UploadView, parse_range, validate_meta,
 };
 use crate::auth::{Authenticator, Tenant};
 use crate::dispatch::Dispatcher;
@@ -571,9 +571,30 @@ async fn upload_asset(
     // multer reads its input for as long as the input is ready, so a fast client would
     // be buffered whole in memory. Pausing between chunks keeps it to one chunk.
     let body = PausingStream::new(request.into_body().into_data_stream());
-    let mut multipart = multer::Multipart::new(body, boundary);
-    let multipart_error =
-        |e: multer::Error| ApiError::invalid_request(format!("malformed multipart body: {e}"));
+    // Text parts are read whole, so each has a small limit that multer enforces as the
+    // part streams in; only `file` may be large (storage streams it).
+    let limits = UPLOAD_TEXT_FIELDS
+        .iter()
+        .fold(multer::SizeLimit::new(), |limits, name| {
+            limits.for_field(*name, MAX_TEXT_FIELD_BYTES)
+        });
+    let mut multipart = multer::Multipart::with_constraints(
+        body,
+        boundary,
+        multer::Constraints::new().size_limit(limits),
+    );
+    let multipart_error = |e: multer::Error| match e {
+        multer::Error::FieldSizeExceeded { limit, field_name } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the form field `{}` is longer than {limit} bytes",
+                field_name.as_deref().unwrap_or("?")
+            ),
+        )
+        .with_details(json!({ "field": field_name, "max_bytes": limit })),
+        e => ApiError::invalid_request(format!("malformed multipart body: {e}")),
+    };
     let mut meta = AssetMeta::default();
     let mut staged = None;
     let mut seen = std::collections::HashSet::new();
@@ -611,6 +632,14 @@ async fn upload_asset(
                 staged = Some(result?);
             }
             "content_type" | "file_path" | "expected_hash" | "tags" => {
+                // Refused at the first extra tag, as `validate_meta` would later.
+                if name == "tags" && meta.tags.len() >= MAX_TAGS {
+                    discard(&state, staged.take()).await;
+                    return Err(ApiError::unprocessable(
+                        "invalid_tags",
+                        format!("tags: at most {MAX_TAGS}"),
+                    ));
+                }
                 let text = match field.text().await {
                     Ok(text) => text,
                     Err(e) => {
@@ -654,6 +683,13 @@ async fn upload_asset(
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
     asset_response(&state, &asset, created_new)
 }
+
+/// The text parts of `POST /api/v2/assets`.
+const UPLOAD_TEXT_FIELDS: [&str; 4] = ["content_type", "file_path", "expected_hash", "tags"];
+
+/// The most bytes one text part may hold: far above any valid value (a media type is
+/// at most 255 bytes, a path 1024), far below what would cost memory.
+pub const MAX_TEXT_FIELD_BYTES: u64 = 8 * 1024;
 
 /// A stream that returns `Pending` once after every chunk (waking itself at once), so a
 /// reader that drains whatever is ready takes one chunk at a time.
@@ -849,6 +885,7 @@ async fn create_upload(
         (status = 200, description = "Deduplicated; asset minted", body = AssetView),
         (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 410, description = "`upload_expired`", body = ErrorEnvelope),
     )
 )]
 async fn complete_upload(

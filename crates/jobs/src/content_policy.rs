@@ -75,7 +75,10 @@ pub fn served_type(declared: &str) -> String {
     match parse(declared) {
         Some((essence, charset)) if is_inline(declared) => {
             if essence == "text/plain" {
-                format!("text/plain; charset={}", charset.as_deref().unwrap_or("utf-8"))
+                format!(
+                    "text/plain; charset={}",
+                    charset.as_deref().unwrap_or("utf-8")
+                )
             } else {
                 essence
             }
@@ -209,7 +212,10 @@ mod tests {
         let mut h = HeaderMap::new();
         apply(&mut h, "text/html", "dir/x\r\n.html");
         assert_eq!(h[header::CONTENT_TYPE], OPAQUE_TYPE);
-        assert_eq!(h[header::CONTENT_DISPOSITION], "attachment; filename=\"x__.html\"");
+        assert_eq!(
+            h[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"x__.html\""
+        );
         assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
         let mut h = HeaderMap::new();
