@@ -28,8 +28,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::assets::{
-    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, RangeRequest,
-    UploadView, parse_range, validate_meta,
+    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, MAX_TAGS,
+    RangeRequest, UploadView, parse_range, validate_meta,
 };
 use crate::auth::{Authenticator, Tenant};
 use crate::dispatch::Dispatcher;
@@ -478,11 +478,14 @@ async fn list_jobs(
 
 /// Streams a blob (or the requested range of it) with the right status and headers:
 /// 200 whole, 206 partial, 416 unsatisfiable. Shared by `/content` and local signed URLs.
+/// Bytes declared as `content_type` are served as [`crate::content_policy`] says, and
+/// downloaded as `filename` when they may not be rendered.
 pub async fn blob_response(
     blobs: &dyn BlobStore,
     key: &str,
     headers: &HeaderMap,
     content_type: &str,
+    filename: &str,
 ) -> Result<Response, ApiError> {
     // Only a ranged request needs the size before reading; a whole read reports it.
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -495,14 +498,16 @@ pub async fn blob_response(
                 .ok_or_else(|| ApiError::not_found("content"))?;
             match parse_range(range_header, size) {
                 RangeRequest::Unsatisfiable => {
-                    return Ok((
+                    let mut response = (
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         [
                             (header::CONTENT_RANGE, format!("bytes */{size}")),
                             (header::ACCEPT_RANGES, "bytes".to_string()),
                         ],
                     )
-                        .into_response());
+                        .into_response();
+                    crate::content_policy::apply(response.headers_mut(), content_type, filename);
+                    return Ok(response);
                 }
                 satisfiable => satisfiable,
             }
@@ -525,9 +530,7 @@ pub async fn blob_response(
     let h = response.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if let Ok(value) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, value);
-    }
+    crate::content_policy::apply(h, content_type, filename);
     if let Some((first, last)) = wanted
         && let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size))
     {
@@ -593,9 +596,30 @@ async fn upload_asset(
     // multer reads its input for as long as the input is ready, so a fast client would
     // be buffered whole in memory. Pausing between chunks keeps it to one chunk.
     let body = PausingStream::new(request.into_body().into_data_stream());
-    let mut multipart = multer::Multipart::new(body, boundary);
-    let multipart_error =
-        |e: multer::Error| ApiError::invalid_request(format!("malformed multipart body: {e}"));
+    // Text parts are read whole, so each has a small limit that multer enforces as the
+    // part streams in; only `file` may be large (storage streams it).
+    let limits = UPLOAD_TEXT_FIELDS
+        .iter()
+        .fold(multer::SizeLimit::new(), |limits, name| {
+            limits.for_field(*name, MAX_TEXT_FIELD_BYTES)
+        });
+    let mut multipart = multer::Multipart::with_constraints(
+        body,
+        boundary,
+        multer::Constraints::new().size_limit(limits),
+    );
+    let multipart_error = |e: multer::Error| match e {
+        multer::Error::FieldSizeExceeded { limit, field_name } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the form field `{}` is longer than {limit} bytes",
+                field_name.as_deref().unwrap_or("?")
+            ),
+        )
+        .with_details(json!({ "field": field_name, "max_bytes": limit })),
+        e => ApiError::invalid_request(format!("malformed multipart body: {e}")),
+    };
     let mut meta = AssetMeta::default();
     let mut staged = None;
     let mut seen = std::collections::HashSet::new();
@@ -633,6 +657,14 @@ async fn upload_asset(
                 staged = Some(result?);
             }
             "content_type" | "file_path" | "expected_hash" | "tags" => {
+                // Refused at the first extra tag, as `validate_meta` would later.
+                if name == "tags" && meta.tags.len() >= MAX_TAGS {
+                    discard(&state, staged.take()).await;
+                    return Err(ApiError::unprocessable(
+                        "invalid_tags",
+                        format!("tags: at most {MAX_TAGS}"),
+                    ));
+                }
                 let text = match field.text().await {
                     Ok(text) => text,
                     Err(e) => {
@@ -676,6 +708,13 @@ async fn upload_asset(
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
     asset_response(&state, &asset, created_new)
 }
+
+/// The text parts of `POST /api/v2/assets`.
+const UPLOAD_TEXT_FIELDS: [&str; 4] = ["content_type", "file_path", "expected_hash", "tags"];
+
+/// The most bytes one text part may hold: far above any valid value (a media type is
+/// at most 255 bytes, a path 1024), far below what would cost memory.
+pub const MAX_TEXT_FIELD_BYTES: u64 = 8 * 1024;
 
 /// A stream that returns `Pending` once after every chunk (waking itself at once), so a
 /// reader that drains whatever is ready takes one chunk at a time.
@@ -826,7 +865,15 @@ async fn get_asset_content(
     let asset = state.assets.load(&tenant.0, &id).await?;
     let blobs = state.jobs.ports().blobs.as_ref();
     if blobs.serves_content_directly() {
-        blob_response(blobs, &asset.blob_key, &headers, &asset.content_type).await
+        let filename = asset.file_path.as_deref().unwrap_or(&asset.blob_key);
+        blob_response(
+            blobs,
+            &asset.blob_key,
+            &headers,
+            &asset.content_type,
+            filename,
+        )
+        .await
     } else {
         let (url, _) = state
             .assets
@@ -863,6 +910,7 @@ async fn create_upload(
         (status = 200, description = "Deduplicated; asset minted", body = AssetView),
         (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 410, description = "`upload_expired`", body = ErrorEnvelope),
     )
 )]
 async fn complete_upload(

@@ -218,6 +218,18 @@ pub trait JobStore: Send + Sync + 'static {
         record: &BlobRecord,
     ) -> StoreResult<(BlobRecord, bool)>;
 
+    /// Whether any asset of the tenant is over `hash` and, when `blob_key` is given,
+    /// stored at that key: what decides that a deleted asset's bytes may go.
+    async fn is_blob_referenced(
+        &self,
+        tenant: &str,
+        hash: &str,
+        blob_key: Option<&str>,
+    ) -> StoreResult<bool>;
+
+    /// Removes the tenant's dedup record for `hash`; true if it existed.
+    async fn delete_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<bool>;
+
     /// Creates or replaces an API key record (revoking writes `revoked_at`).
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
 
@@ -230,6 +242,13 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_upload(&self, id: &str) -> StoreResult<Option<UploadRecord>>;
 
     async fn delete_upload(&self, id: &str) -> StoreResult<()>;
+
+    /// Uploads whose `expires_at` is at or before `now`, oldest first, at most `limit`.
+    async fn expired_uploads(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<UploadRecord>>;
 
     /// A cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;

@@ -494,7 +494,7 @@ impl JobService {
                         &o.blob_key,
                         SignedAccess::Get,
                         expires,
-                        Some(&o.content_type),
+                        Some(&crate::content_policy::served_type(&o.content_type)),
                     )
                     .unwrap_or_else(|_| {
                         format!(

@@ -23,6 +23,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,7 +31,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use jobs::ports::{
-    BlobRead, BlobStore, BlobWriteError, ByteStream, SignedAccess, StoreError, StoreResult,
+    BlobRead, BlobStore, BlobWriteError, ByteStream, JobStore, SignedAccess, StoreError,
+    StoreResult,
 };
 use rusqlite::OptionalExtension;
 use sha2::Sha256;
@@ -145,6 +147,9 @@ pub struct FileBlobStore {
     signer: UrlSigner,
     /// Absolute origin signed URLs start with, e.g. `http://127.0.0.1:8787`.
     public_base: String,
+    /// Where the server that honours signed PUTs checks that an upload is still
+    /// pending ([`jobs::assets::check_upload_put`]); without it, PUTs are refused.
+    upload_records: Option<Arc<dyn JobStore>>,
 }
 
 impl FileBlobStore {
@@ -163,7 +168,18 @@ impl FileBlobStore {
             small: Db::open(small_db, MIGRATIONS)?,
             signer,
             public_base: public_base.trim_end_matches('/').to_string(),
+            upload_records: None,
         })
+    }
+
+    /// The store whose upload records decide whether a signed PUT may still write.
+    pub fn with_upload_records(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.upload_records = Some(store);
+        self
+    }
+
+    pub fn upload_records(&self) -> Option<&dyn JobStore> {
+        self.upload_records.as_deref()
     }
 
     /// The signer of this store's URLs.

@@ -125,17 +125,21 @@ impl DataDir {
         clock: Arc<dyn Clock>,
         public_base: &str,
     ) -> Result<(Ports, Arc<FileBlobStore>), StoreError> {
-        let store = SqliteJobStore::open(&self.jobs_db())?;
+        let store: Arc<dyn jobs::ports::JobStore> =
+            Arc::new(SqliteJobStore::open(&self.jobs_db())?);
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let blobs = Arc::new(FileBlobStore::open(
-            &self.blobs(),
-            &self.small_blobs_db(),
-            self.signer()?,
-            public_base,
-        )?);
+        let blobs = Arc::new(
+            FileBlobStore::open(
+                &self.blobs(),
+                &self.small_blobs_db(),
+                self.signer()?,
+                public_base,
+            )?
+            .with_upload_records(store.clone()),
+        );
         let ports = Ports {
-            store: Arc::new(store),
+            store,
             blobs: blobs.clone(),
             queue: Arc::new(queue),
             clock,

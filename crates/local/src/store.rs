@@ -654,6 +654,36 @@ impl JobStore for SqliteJobStore {
         Ok((standing, created))
     }
 
+    async fn is_blob_referenced(
+        &self,
+        tenant: &str,
+        hash: &str,
+        blob_key: Option<&str>,
+    ) -> StoreResult<bool> {
+        let (tenant, hash) = (tenant.to_string(), hash.to_string());
+        let blob_key = blob_key.map(str::to_string);
+        // The (tenant, hash) prefix of `assets_by_hash` narrows it to one blob's assets.
+        self.db.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM assets WHERE tenant = ?1 AND hash = ?2 \
+                 AND (?3 IS NULL OR json_extract(body, '$.blob_key') = ?3))",
+            )
+            .and_then(|mut s| s.query_row(params![tenant, hash, blob_key], |r| r.get(0)))
+            .map_err(unavailable)
+        })
+    }
+
+    async fn delete_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<bool> {
+        let n = self
+            .db
+            .execute(
+                "DELETE FROM blobs WHERE tenant = ?1 AND hash = ?2",
+                vec![text(tenant), text(hash)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         let body = to_json(key)?;
         self.db
@@ -696,6 +726,24 @@ impl JobStore for SqliteJobStore {
             .execute("DELETE FROM uploads WHERE id = ?1", vec![text(id)])
             .await
             .map(|_| ())
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<UploadRecord>> {
+        // Pending uploads are few (each lives an hour), so a scan of them is cheap;
+        // julianday() reads the RFC 3339 timestamps whatever their fractional digits.
+        self.read_all(
+            "SELECT body FROM uploads \
+             WHERE julianday(json_extract(body, '$.expires_at')) <= julianday(?1) \
+             ORDER BY id LIMIT ?2",
+            vec![
+                text(&now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                int(limit as i64),
+            ],
+        )
     }
 
     async fn ping(&self) -> StoreResult<()> {
