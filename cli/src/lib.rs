@@ -10,4 +10,5 @@
 pub mod client;
 pub mod dev;
 pub mod keys;
+pub mod tenants;
 pub mod web;

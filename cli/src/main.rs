@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: serverless_comfyui::keys::KeysCommand,
     },
+    /// Set and show per-tenant quotas of a `dev` data directory.
+    Tenants {
+        #[command(subcommand)]
+        command: serverless_comfyui::tenants::TenantsCommand,
+    },
     /// Run a workflow on a Comfy API v2 server: upload inputs, submit, show progress,
     /// download the outputs. Exit code: 0 succeeded, 1 failed, 2 canceled, 3 usage or
     /// connection error.
@@ -115,13 +120,19 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Assets { command } => match command {
             client::AssetsCommand::Upload { json, .. } => *json,
         },
-        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => false,
+        Command::Dev { .. }
+        | Command::Keys { .. }
+        | Command::Tenants { .. }
+        | Command::Runner(_) => false,
     };
     let result = match command {
         Command::Run(args) => client::commands::run(args).await,
         Command::Jobs { command } => client::commands::jobs(command).await,
         Command::Assets { command } => client::commands::assets(command).await,
-        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => {
+        Command::Dev { .. }
+        | Command::Keys { .. }
+        | Command::Tenants { .. }
+        | Command::Runner(_) => {
             unreachable!("not a client command")
         }
     };
@@ -212,6 +223,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
+        Command::Tenants { command } => serverless_comfyui::tenants::run(command).await,
         Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
             unreachable!("handled by run_client")
         }

@@ -303,12 +303,14 @@ pub struct AssetService {
     /// How long a content URL is valid: the jobs' setting, since every output is an
     /// asset and both hand out the same URLs.
     url_ttl: Duration,
+    quotas: crate::quota::QuotaBook,
 }
 
 impl AssetService {
     /// URLs follow the jobs' settings: their path prefix and their lifetime.
     pub fn new(ports: Ports, config: AssetsConfig, jobs: &crate::service::JobsConfig) -> Self {
         AssetService {
+            quotas: crate::quota::QuotaBook::new(ports.store.clone(), ports.clock.clone()),
             ports,
             config,
             path_prefix: jobs.path_prefix.clone(),
@@ -318,6 +320,16 @@ impl AssetService {
 
     pub fn config(&self) -> &AssetsConfig {
         &self.config
+    }
+
+    /// Refuses `adding` new bytes that would take the tenant past its storage quota.
+    async fn check_storage_room(&self, tenant: &str, adding: u64) -> Result<(), ApiError> {
+        let limit = self.quotas.quota(tenant).await?.max_stored_bytes;
+        let used = self.ports.store.tenant_usage(tenant).await?.stored_bytes;
+        if used.saturating_add(adding) > limit {
+            return Err(crate::quota::storage_refusal(used, adding, limit));
+        }
+        Ok(())
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -421,6 +433,12 @@ impl AssetService {
                     let blob_key = match &ours {
                         Some(key) => key.clone(),
                         None => {
+                            // New content: it must fit the tenant's storage quota.
+                            if let Err(refusal) = self.check_storage_room(tenant, staged.size).await
+                            {
+                                let _ = self.ports.blobs.delete(&staged.key).await;
+                                return Err(refusal);
+                            }
                             let hex = staged.hash.trim_start_matches("blake3:");
                             let key = format!(
                                 "cas/{tenant}/{hex}-{}",
@@ -638,6 +656,8 @@ impl AssetService {
                 ),
             ));
         }
+        // Refused before any byte is sent when it cannot fit; checked again on complete.
+        self.check_storage_room(tenant, request.size_bytes).await?;
         let now = self.now();
         let id = format!("upload_{}", ulid::Ulid::new());
         let upload = UploadRecord {

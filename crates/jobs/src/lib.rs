@@ -32,6 +32,7 @@ pub mod events;
 pub mod lifecycle;
 pub mod model;
 pub mod ports;
+pub mod quota;
 pub mod service;
 pub mod validate;
 pub mod views;

@@ -67,6 +67,8 @@ pub enum CreateOutcome {
     Created { queue_position: u64 },
     /// The idempotency key is taken by an unexpired record; here it is.
     KeyTaken(IdempotencyRecord),
+    /// A limit of the tenant's quota refused it; nothing was written.
+    OverQuota(crate::quota::QuotaRefusal),
 }
 
 /// The scaling state, one item, updated with an optimistic lock (`rev`).
@@ -119,7 +121,40 @@ pub trait JobStore: Send + Sync + 'static {
         job: &Job,
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome> {
+        self.create_job_within_quota(job, idempotency, now, &crate::quota::TenantQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`JobStore::create_job`], in the same write holding the tenant to its quota: the
+    /// tenant's jobs `queued`, `running` or `canceling` stay within `max_active_jobs`,
+    /// and the jobs it records within one second (`now`'s) within `submits_per_second`.
+    /// The idempotency check comes first: a replay is answered, never refused. DynamoDB
+    /// does it with a per-tenant usage item updated under a condition in the job's
+    /// `TransactWriteItems` (and decremented by the write that ends a job).
+    async fn create_job_within_quota(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyRecord>,
+        now: DateTime<Utc>,
+        quota: &crate::quota::TenantQuota,
     ) -> StoreResult<CreateOutcome>;
+
+    /// The quota set for a tenant, if any (else the default applies).
+    async fn get_tenant_quota(
+        &self,
+        tenant: &str,
+    ) -> StoreResult<Option<crate::quota::TenantQuota>>;
+
+    /// Sets a tenant's quota, replacing any.
+    async fn put_tenant_quota(
+        &self,
+        tenant: &str,
+        quota: &crate::quota::TenantQuota,
+    ) -> StoreResult<()>;
+
+    /// What a tenant uses now: active jobs, and bytes of its blob records.
+    async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::quota::TenantUsage>;
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 

@@ -128,6 +128,7 @@ pub struct JobService {
     /// The fleet item changes rarely and is advisory here (a capacity message for queued
     /// jobs), so reads share one copy for a second.
     fleet_cache: Mutex<Option<(DateTime<Utc>, Fleet)>>,
+    quotas: crate::quota::QuotaBook,
 }
 
 fn conflict_exhausted() -> ApiError {
@@ -151,6 +152,7 @@ async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, ApiE
 impl JobService {
     pub fn new(ports: Ports, config: JobsConfig, cursor_key: Vec<u8>) -> Self {
         JobService {
+            quotas: crate::quota::QuotaBook::new(ports.store.clone(), ports.clock.clone()),
             ports,
             config,
             cursors: CursorCodec::new(cursor_key),
@@ -241,13 +243,20 @@ impl JobService {
             created_at: now,
             expires_at: now + self.config.idempotency_ttl,
         });
+        let quota = self.quotas.quota(tenant).await?;
         let queue_position = match self
             .ports
             .store
-            .create_job(&job, record.as_ref(), now)
+            .create_job_within_quota(&job, record.as_ref(), now, &quota)
             .await?
         {
             CreateOutcome::Created { queue_position } => queue_position,
+            CreateOutcome::OverQuota(refusal) => {
+                // Nothing was recorded: the workflow blob is an orphan, and the client
+                // retries after Retry-After.
+                let _ = self.ports.blobs.delete(&job.input_key).await;
+                return Err(refusal.into());
+            }
             CreateOutcome::KeyTaken(existing) => {
                 // A replay, or a concurrent request with the same key that won the
                 // race. Our blob is an orphan; remove it (best effort: an orphan is

@@ -17,6 +17,7 @@ use jobs::ports::{
     CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, QUEUE_POSITION_CAP, StoreError,
     StoreResult, WorkerRecord,
 };
+use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde::Serialize;
@@ -160,6 +161,60 @@ BEGIN
     UPDATE queued_jobs SET n = n - 1;
 END;
 "#,
+    // Quotas. Each tenant's usage is one row: its active jobs and stored bytes kept by
+    // triggers (so no write path can forget them), and the one-second submit window
+    // that `create_job_within_quota` advances. Quotas set by the operator are rows of
+    // their own; a tenant without one gets the default.
+    r#"
+CREATE TABLE tenant_usage (
+    tenant TEXT PRIMARY KEY,
+    active_jobs INTEGER NOT NULL DEFAULT 0,
+    stored_bytes INTEGER NOT NULL DEFAULT 0,
+    window_s INTEGER NOT NULL DEFAULT 0,
+    window_n INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT INTO tenant_usage (tenant) SELECT tenant FROM jobs UNION SELECT tenant FROM blobs;
+UPDATE tenant_usage SET
+    active_jobs = (SELECT count(*) FROM jobs WHERE jobs.tenant = tenant_usage.tenant
+                   AND status IN ('queued', 'running', 'canceling')),
+    stored_bytes = (SELECT coalesce(sum(json_extract(body, '$.size_bytes')), 0) FROM blobs
+                    WHERE blobs.tenant = tenant_usage.tenant);
+CREATE TRIGGER tenant_active_on_insert AFTER INSERT ON jobs
+    WHEN new.status IN ('queued', 'running', 'canceling')
+BEGIN
+    INSERT OR IGNORE INTO tenant_usage (tenant) VALUES (new.tenant);
+    UPDATE tenant_usage SET active_jobs = active_jobs + 1 WHERE tenant = new.tenant;
+END;
+CREATE TRIGGER tenant_active_on_update AFTER UPDATE OF status ON jobs
+    WHEN (old.status IN ('queued', 'running', 'canceling'))
+         <> (new.status IN ('queued', 'running', 'canceling'))
+BEGIN
+    INSERT OR IGNORE INTO tenant_usage (tenant) VALUES (new.tenant);
+    UPDATE tenant_usage SET active_jobs = active_jobs
+        + (CASE WHEN new.status IN ('queued', 'running', 'canceling') THEN 1 ELSE -1 END)
+        WHERE tenant = new.tenant;
+END;
+CREATE TRIGGER tenant_active_on_delete AFTER DELETE ON jobs
+    WHEN old.status IN ('queued', 'running', 'canceling')
+BEGIN
+    UPDATE tenant_usage SET active_jobs = active_jobs - 1 WHERE tenant = old.tenant;
+END;
+CREATE TRIGGER tenant_bytes_on_insert AFTER INSERT ON blobs
+BEGIN
+    INSERT OR IGNORE INTO tenant_usage (tenant) VALUES (new.tenant);
+    UPDATE tenant_usage SET stored_bytes = stored_bytes + json_extract(new.body, '$.size_bytes')
+        WHERE tenant = new.tenant;
+END;
+CREATE TRIGGER tenant_bytes_on_delete AFTER DELETE ON blobs
+BEGIN
+    UPDATE tenant_usage SET stored_bytes = stored_bytes - json_extract(old.body, '$.size_bytes')
+        WHERE tenant = old.tenant;
+END;
+CREATE TABLE tenant_quotas (
+    tenant TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub struct SqliteJobStore {
@@ -190,6 +245,49 @@ fn queued_count(conn: &rusqlite::Connection, cap: u64) -> StoreResult<u64> {
         .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
         .map(|n| (n.max(0) as u64).min(cap))
         .map_err(unavailable)
+}
+
+/// Holds a new job of `tenant` to its quota, inside the transaction that records it:
+/// refuses past the active-job limit, else counts it in the current one-second window
+/// (refusing past the rate). The active count itself moves by trigger on the insert.
+fn admit(
+    tx: &rusqlite::Connection,
+    tenant: &str,
+    now: DateTime<Utc>,
+    quota: &TenantQuota,
+) -> StoreResult<Option<QuotaRefusal>> {
+    if *quota == TenantQuota::UNLIMITED {
+        return Ok(None);
+    }
+    let second = now.timestamp();
+    let (active, window_s, window_n): (i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT active_jobs, window_s, window_n FROM tenant_usage WHERE tenant = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(unavailable)?
+        .unwrap_or((0, 0, 0));
+    if active >= i64::from(quota.max_active_jobs) {
+        return Ok(Some(QuotaRefusal::ActiveJobs {
+            limit: quota.max_active_jobs,
+        }));
+    }
+    let in_window = if window_s == second { window_n } else { 0 };
+    if in_window >= i64::from(quota.submits_per_second) {
+        return Ok(Some(QuotaRefusal::SubmitRate {
+            limit: quota.submits_per_second,
+        }));
+    }
+    tx.prepare_cached(
+        "INSERT INTO tenant_usage (tenant, window_s, window_n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant) DO UPDATE SET window_s = ?2, window_n = ?3",
+    )
+    .and_then(|mut s| s.execute(params![tenant, second, in_window + 1]))
+    .map_err(unavailable)?;
+    Ok(None)
 }
 
 /// A job's row: its JSON body and, kept apart from it, the `enqueued` flag. Every
@@ -276,12 +374,14 @@ impl SqliteJobStore {
 
 #[async_trait]
 impl JobStore for SqliteJobStore {
-    async fn create_job(
+    async fn create_job_within_quota(
         &self,
         job: &Job,
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
+        quota: &TenantQuota,
     ) -> StoreResult<CreateOutcome> {
+        let quota = *quota;
         let body = to_json(job)?;
         let record_body = idempotency.map(to_json).transpose()?;
         let job = job.clone();
@@ -316,6 +416,9 @@ impl JobStore for SqliteJobStore {
                     ])
                 })
                 .map_err(unavailable)?;
+            }
+            if let Some(refusal) = admit(tx, &job.tenant, now, &quota)? {
+                return Ok(CreateOutcome::OverQuota(refusal));
             }
             // Read before the insert: every job queued now was recorded before this one.
             let queue_position = if job.status == JobStatus::Queued {
@@ -744,6 +847,43 @@ impl JobStore for SqliteJobStore {
                 int(limit as i64),
             ],
         )
+    }
+
+    async fn get_tenant_quota(&self, tenant: &str) -> StoreResult<Option<TenantQuota>> {
+        self.read_one(
+            "SELECT body FROM tenant_quotas WHERE tenant = ?1",
+            vec![text(tenant)],
+        )
+    }
+
+    async fn put_tenant_quota(&self, tenant: &str, quota: &TenantQuota) -> StoreResult<()> {
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO tenant_quotas (tenant, body) VALUES (?1, ?2)",
+                vec![text(tenant), text(&to_json(quota)?)],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn tenant_usage(&self, tenant: &str) -> StoreResult<TenantUsage> {
+        let tenant = tenant.to_string();
+        self.db.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT active_jobs, stored_bytes FROM tenant_usage WHERE tenant = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([&tenant], |r| {
+                    Ok(TenantUsage {
+                        active_jobs: r.get::<_, i64>(0)?.max(0) as u64,
+                        stored_bytes: r.get::<_, i64>(1)?.max(0) as u64,
+                    })
+                })
+                .optional()
+            })
+            .map(Option::unwrap_or_default)
+            .map_err(unavailable)
+        })
     }
 
     async fn ping(&self) -> StoreResult<()> {
