@@ -275,6 +275,11 @@ impl JobTask {
             }
             Err(why) => return self.release(&why).await,
         };
+        // Defence in depth: submit refuses these, but a job that reached the queue some
+        // other way must not make ComfyUI open a server path. Not retried.
+        if let Some(e) = stage::unsafe_input_error(&input.workflow) {
+            return self.fail(e).await;
+        }
         let mut resubmits = 0;
         loop {
             let engine = self.sh.engine.borrow().up().cloned();
@@ -293,6 +298,7 @@ impl JobTask {
                 &self.job,
                 &input.workflow,
                 attempt,
+                input.cache_bypass,
             )
             .await
             {
@@ -800,6 +806,7 @@ impl JobTask {
         if matches!(self.hold, Hold::Reserved { .. }) && !self.claim_reserved().await {
             return JobEnd::Abandoned;
         }
+        let error = stage::client_safe(error);
         tracing::info!(job_id = %self.job.id, code = %error.code, node_id = ?error.node_id, "job failed");
         self.commit(Finish::Failed(error)).await
     }
