@@ -11,6 +11,7 @@
 //! | [`engine`] | ComfyUI supervision: spawn (process group + parent-death signal) or attach, readiness, health, restart |
 //! | [`runner`] | the main loop: receive, claim or reserve, spawn job tasks, registry, idle exit, shutdown |
 //! | `job` | one job's task: stage, submit, follow, heartbeat, cancel, timeout, outputs, finish |
+//! | [`cleanup`] | a job's files out of ComfyUI's folders when it ends (when the runner owns them) |
 //! | `stage` | `core/ASSET` inputs → `/upload/image`; `filename_prefix` rewriting; outputs via `/view` → assets |
 //! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
 //! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
@@ -66,6 +67,7 @@
 //! signed URLs. Each terminal write this runner makes is logged once with
 //! `event = "committed"`, `job_id`, `attempt` and `status` (the chaos test counts them).
 
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -76,6 +78,7 @@ mod progress;
 pub mod runner;
 mod stage;
 
+pub use cleanup::ComfyDirs;
 pub use config::{CLIENT_ID_PREFIX, JobTiming, RunnerConfig, RunnerObserver, new_worker_id};
 pub use engine::{EngineLauncher, EngineProcess, EngineSpec, EngineState, Launched};
 pub use error::RunnerError;

@@ -51,6 +51,7 @@ pub(crate) async fn stage(
     workflow: &Map<String, Value>,
     attempt: u32,
     cache_bypass: bool,
+    staged_files: &mut Vec<comfyui::FileRef>,
 ) -> Result<Map<String, Value>, StageError> {
     let mut wf = workflow.clone();
     for (node_id, input, asset_id) in jobs::validate::asset_references(&wf) {
@@ -84,8 +85,9 @@ pub(crate) async fn stage(
             .filter(|b| !b.is_empty())
             .unwrap_or("input");
         // Starts with the asset id (`asset_…`), a prefix the validator refuses in plain
-        // strings, so no other job can name this file.
-        let name = format!("{}_{}", asset.id, sanitize(base));
+        // strings, so no other job can name this file; per job, so cleaning one job's
+        // files never removes another's (crate::cleanup).
+        let name = format!("{}_{}_{}", asset.id, job.id, sanitize(base));
         debug_assert!(name.starts_with(jobs::validate::STAGED_NAME_PREFIX));
         let uploaded = client
             .upload_image(
@@ -97,6 +99,16 @@ pub(crate) async fn stage(
                 },
             )
             .await?;
+        let kind = if uploaded.kind.is_empty() {
+            "input"
+        } else {
+            &uploaded.kind
+        };
+        staged_files.push(comfyui::FileRef::new(
+            &uploaded.name,
+            &uploaded.subfolder,
+            kind,
+        ));
         if let Some(Value::Object(inputs)) = wf.get_mut(&node_id).and_then(|n| n.get_mut("inputs"))
         {
             inputs.insert(input, Value::String(uploaded.load_image_name()));

@@ -193,3 +193,73 @@ async fn cache_bypass_runs_every_node_again() {
     assert_eq!(cached_nodes(&h, &ids[3]), Vec::<String>::new());
     runner.stop().await;
 }
+
+/// Every file under `dir` (recursively).
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().to_string_lossy().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_files_leave_comfyuis_folders_when_it_ends() {
+    let env = Env::new();
+    let sim = sim(50).await;
+    std::fs::write(sim.input_dir().join("example.png"), red_png(4, 4)).unwrap();
+    let config = gpu_runner::RunnerConfig {
+        // The runner owns the simulator's folders, as in the GPU container.
+        comfyui_dirs: Some(gpu_runner::ComfyDirs {
+            input: sim.input_dir().to_path_buf(),
+            output: sim.output_dir().to_path_buf(),
+            temp: sim.temp_dir().to_path_buf(),
+        }),
+        ..test_config()
+    };
+    let runner = start_runner(&env, attach(&sim), config);
+    let photo = env.asset(red_png(8, 8), "photo.png").await;
+    let broken = env.asset(b"not an image".to_vec(), "broken.png").await;
+    let asset = |id: &str| json!({"__type": "core/ASSET", "info": {"id": id}});
+    // Succeeds, with an output and a temp preview.
+    let mut ok = load_blur(asset(&photo));
+    ok["14"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}});
+    // Fails at LoadImage, after its input was staged.
+    let failing = load_blur(asset(&broken));
+    // Canceled while the sampler runs, after a SaveImage of its staged input.
+    let mut canceled = txt2img(200, 9);
+    canceled["20"] = load_blur(asset(&photo))["10"].clone();
+    canceled["21"] = json!({"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "early"}});
+    let a = env.submit(&ok).await;
+    assert_eq!(env.wait_terminal(&a).await.status, JobStatus::Succeeded);
+    let b = env.submit(&failing).await;
+    assert_eq!(env.wait_terminal(&b).await.status, JobStatus::Failed);
+    let c = env.submit(&canceled).await;
+    env.wait_for(&c, "running", is_status(JobStatus::Running)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    env.cancel(&c).await;
+    assert_eq!(env.wait_terminal(&c).await.status, JobStatus::Canceled);
+    // The cleanup follows the commit: wait for it (bounded).
+    let mut left = Vec::new();
+    for _ in 0..200 {
+        left = [sim.input_dir(), sim.output_dir(), sim.temp_dir()]
+            .into_iter()
+            .flat_map(files_under)
+            .filter(|f| !f.ends_with("/example.png"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(left, Vec::<String>::new(), "nothing of the jobs is left");
+    assert!(sim.input_dir().join("example.png").exists(), "shipped files stay");
+    runner.stop().await;
+}
