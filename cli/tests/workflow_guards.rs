@@ -31,7 +31,11 @@ async fn file_inputs_that_name_server_paths_are_422_naming_node_and_input() {
         assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow");
         let entry = &reply.body["error"]["details"]["node_errors"]["10"][0];
         assert_eq!(entry["field"], "image", "{bad}: {}", reply.body);
-        assert_eq!(entry["reason"], "unsafe_file_input", "{bad}: {}", reply.body);
+        assert_eq!(
+            entry["reason"], "unsafe_file_input",
+            "{bad}: {}",
+            reply.body
+        );
     }
     let mask = json!({"workflow": {
         "1": {"class_type": "LoadImageMask", "inputs": {"image": "/etc/hostname", "channel": "alpha"}},
@@ -54,8 +58,7 @@ async fn node_ids_are_checked_at_submit() {
         let reply = t.submit(&body).await;
         assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow");
         assert_eq!(
-            reply.body["error"]["details"]["node_errors"][bad][0]["reason"],
-            "invalid_node_id",
+            reply.body["error"]["details"]["node_errors"][bad][0]["reason"], "invalid_node_id",
             "{bad}: {}",
             reply.body
         );
@@ -88,7 +91,11 @@ async fn a_10000_node_ring_is_a_small_fast_422() {
     assert!(size < 64 * 1024, "{size} bytes");
     assert!(started.elapsed() < Duration::from_secs(10));
     let reply = t.submit(&ring(10_001)).await;
-    assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "workflow_too_large");
+    assert_envelope(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "workflow_too_large",
+    );
 }
 
 #[tokio::test]

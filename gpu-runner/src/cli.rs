@@ -272,6 +272,12 @@ mod tests {
         );
         assert_eq!(dirs, ComfyDirs::under(std::path::Path::new("/srv/comfy")));
         assert!(owned_folders("python main.py", std::path::Path::new("/srv")).is_err());
-        assert!(owned_folders("{input_dir}{output_dir}{temp_dir}", std::path::Path::new("/a b")).is_err());
+        assert!(
+            owned_folders(
+                "{input_dir}{output_dir}{temp_dir}",
+                std::path::Path::new("/a b")
+            )
+            .is_err()
+        );
     }
 }

@@ -232,9 +232,10 @@ impl JobTask {
         self.set_phase(Phase::Finishing);
         if let Some(dirs) = self.sh.config.comfyui_dirs.clone() {
             let (job_id, files) = (self.job.id.to_string(), std::mem::take(&mut self.files));
-            let cleaned =
-                tokio::task::spawn_blocking(move || crate::cleanup::clean_job(&dirs, &job_id, &files))
-                    .await;
+            let cleaned = tokio::task::spawn_blocking(move || {
+                crate::cleanup::clean_job(&dirs, &job_id, &files)
+            })
+            .await;
             tracing::debug!(job_id = %self.job.id, removed = ?cleaned.ok(), "removed the job's files from ComfyUI's folders");
         }
         self.timing.attempt = self.job.attempt;

@@ -119,10 +119,7 @@ pub(crate) async fn stage(
     if cache_bypass {
         for node in wf.values_mut() {
             if let Some(Value::Object(inputs)) = node.get_mut("inputs") {
-                inputs.insert(
-                    CACHE_NONCE_INPUT.into(),
-                    Value::String(job.id.to_string()),
-                );
+                inputs.insert(CACHE_NONCE_INPUT.into(), Value::String(job.id.to_string()));
             }
         }
     }
@@ -157,7 +154,9 @@ pub(crate) fn client_safe(mut e: JobError) -> JobError {
     e.traceback = e
         .traceback
         .map(|t| clip(&comfyui::scrub_paths(&t), MAX_TRACEBACK_BYTES));
-    e.node_id = e.node_id.map(|n| clip(&n, jobs::validate::MAX_NODE_ID_BYTES));
+    e.node_id = e
+        .node_id
+        .map(|n| clip(&n, jobs::validate::MAX_NODE_ID_BYTES));
     e.class_type = e.class_type.map(|c| clip(&c, 256));
     e
 }

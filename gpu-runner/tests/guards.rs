@@ -118,7 +118,11 @@ async fn a_crafted_job_is_failed_before_comfyui_sees_it() {
         let job = env.wait_terminal(&id).await;
         assert_eq!(job.status, JobStatus::Failed);
         let e = job.error.unwrap();
-        assert_eq!((e.code.as_str(), e.node_id.as_deref()), (code, Some(node)), "{e:?}");
+        assert_eq!(
+            (e.code.as_str(), e.node_id.as_deref()),
+            (code, Some(node)),
+            "{e:?}"
+        );
         assert_eq!(job.attempt, 1, "failed, not retried");
     }
     assert!(history(&sim).await.is_empty(), "ComfyUI never got them");
@@ -138,7 +142,10 @@ async fn comfyui_errors_reach_clients_without_server_paths() {
     let e = job.error.unwrap();
     assert_eq!(e.code, "node_execution_error", "{e:?}");
     // The simulator, like ComfyUI, names the absolute path of the staged file.
-    assert!(e.message.contains("cannot identify image file '<path>'"), "{e:?}");
+    assert!(
+        e.message.contains("cannot identify image file '<path>'"),
+        "{e:?}"
+    );
     let dir = sim.input_dir().to_string_lossy().to_string();
     let text = serde_json::to_string(&e).unwrap();
     assert!(!text.contains(&dir), "{text}");
@@ -242,7 +249,8 @@ async fn a_jobs_files_leave_comfyuis_folders_when_it_ends() {
     let b = env.submit(&failing).await;
     assert_eq!(env.wait_terminal(&b).await.status, JobStatus::Failed);
     let c = env.submit(&canceled).await;
-    env.wait_for(&c, "running", is_status(JobStatus::Running)).await;
+    env.wait_for(&c, "running", is_status(JobStatus::Running))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     env.cancel(&c).await;
     assert_eq!(env.wait_terminal(&c).await.status, JobStatus::Canceled);
@@ -260,6 +268,9 @@ async fn a_jobs_files_leave_comfyuis_folders_when_it_ends() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(left, Vec::<String>::new(), "nothing of the jobs is left");
-    assert!(sim.input_dir().join("example.png").exists(), "shipped files stay");
+    assert!(
+        sim.input_dir().join("example.png").exists(),
+        "shipped files stay"
+    );
     runner.stop().await;
 }

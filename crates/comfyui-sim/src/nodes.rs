@@ -517,7 +517,8 @@ pub fn read_input_file(path: &Path) -> std::io::Result<Vec<u8>> {
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The size can change after the check: the limit holds whatever happens.
-    file.take(MAX_INPUT_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    file.take(MAX_INPUT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_INPUT_FILE_BYTES {
         return Err(Error::new(ErrorKind::InvalidInput, "file too large"));
     }

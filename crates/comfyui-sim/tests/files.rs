@@ -26,7 +26,10 @@ async fn run(url: &str, prompt: Value) -> Value {
         .json()
         .await
         .unwrap();
-    let id = r["prompt_id"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let id = r["prompt_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
         let h: Value = c
@@ -64,7 +67,10 @@ async fn load_image_reads_outside_the_input_folder_like_comfyui() {
     let up = "../".repeat(depth) + "etc/hostname";
     for name in ["/etc/hostname", up.as_str()] {
         let message = error_message(&run(&url, load(name)).await);
-        assert!(message.contains("cannot identify image file"), "{name}: {message}");
+        assert!(
+            message.contains("cannot identify image file"),
+            "{name}: {message}"
+        );
     }
 }
 

@@ -180,7 +180,10 @@ mod tests {
                 "  File \"/usr/lib/python3/site.py\", line 5, in f\n",
                 "  File \"<path>\", line 5, in f\n",
             ),
-            ("open C:\\ComfyUI\\input\\a.png failed", "open <path> failed"),
+            (
+                "open C:\\ComfyUI\\input\\a.png failed",
+                "open <path> failed",
+            ),
             ("path=/srv/data/blobs/cas/t1/ab", "path=<path>"),
             ("at /a/b and /c/d", "at <path> and <path>"),
             // Not paths: URLs, single route names, relative names, fractions.
@@ -188,8 +191,14 @@ mod tests {
                 "cannot reach ComfyUI at http://127.0.0.1:8188/prompt",
                 "cannot reach ComfyUI at http://127.0.0.1:8188/prompt",
             ),
-            ("ComfyUI answered 404 to GET /view", "ComfyUI answered 404 to GET /view"),
-            ("Invalid image file: ../../x.png", "Invalid image file: ../../x.png"),
+            (
+                "ComfyUI answered 404 to GET /view",
+                "ComfyUI answered 404 to GET /view",
+            ),
+            (
+                "Invalid image file: ../../x.png",
+                "Invalid image file: ../../x.png",
+            ),
             ("step 1/2 of 3/4", "step 1/2 of 3/4"),
             ("é /ü/ö ok", "é <path> ok"),
         ];

@@ -804,9 +804,11 @@ mod tests {
 
     /// The size of the error as a client receives it.
     fn body_len(e: &ApiError) -> usize {
-        serde_json::to_vec(&json!({"error": {"code": e.code, "message": e.message, "details": e.details}}))
-            .unwrap()
-            .len()
+        serde_json::to_vec(
+            &json!({"error": {"code": e.code, "message": e.message, "details": e.details}}),
+        )
+        .unwrap()
+        .len()
     }
 
     #[test]
@@ -818,7 +820,9 @@ mod tests {
         let details = e.details.as_deref().unwrap();
         let node_errors = details["node_errors"].as_object().unwrap();
         assert_eq!(node_errors.len(), 1, "one entry names the cycle: {details}");
-        let message = node_errors.values().next().unwrap()[0]["message"].as_str().unwrap();
+        let message = node_errors.values().next().unwrap()[0]["message"]
+            .as_str()
+            .unwrap();
         assert!(message.contains("cycle of 10000 node(s)"), "{message}");
         assert!(body_len(&e) < 4 * 1024, "{} bytes", body_len(&e));
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -841,10 +845,7 @@ mod tests {
         let long = "y".repeat(100_000);
         for i in 0..MAX_NODES {
             // Two problems per node, one quoting a 100 KB link source.
-            graph.insert(
-                i.to_string(),
-                json!({"inputs": {"x": [long.clone(), 0]}}),
-            );
+            graph.insert(i.to_string(), json!({"inputs": {"x": [long.clone(), 0]}}));
         }
         let e = validate_workflow(Value::Object(graph)).unwrap_err();
         let details = e.details.as_deref().unwrap();
@@ -898,14 +899,19 @@ mod tests {
             validate_workflow(load_image(json!(good))).unwrap_or_else(|e| panic!("{good}: {e:?}"));
         }
         // Uploads (core/ASSET) and other classes' plain strings are untouched...
-        validate_workflow(load_image(json!({"__type": "core/ASSET", "info": {"id": "asset_1"}})))
-            .unwrap();
+        validate_workflow(load_image(
+            json!({"__type": "core/ASSET", "info": {"id": "asset_1"}}),
+        ))
+        .unwrap();
         let text = json!({"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a/b/../c"}}});
         validate_workflow(text).unwrap();
         // ...but an annotation is refused on any input: custom nodes resolve them too.
         let custom = json!({"1": {"class_type": "MyLoader", "inputs": {"path": "x.png [output]"}}});
         let e = validate_workflow(custom).unwrap_err();
-        assert_eq!(e.details.as_deref().unwrap()["node_errors"]["1"][0]["field"], "path");
+        assert_eq!(
+            e.details.as_deref().unwrap()["node_errors"]["1"][0]["field"],
+            "path"
+        );
         // LoadImageMask is a file input too.
         let mask = json!({"1": {"class_type": "LoadImageMask", "inputs": {"image": "/etc/passwd", "channel": "alpha"}}});
         assert!(validate_workflow(mask).is_err());
@@ -934,7 +940,9 @@ mod tests {
         for bad in ["..", ".", "a/b", "a b", "", &"9".repeat(65), "é"] {
             let wf = json!({ bad: {"class_type": "SaveImage", "inputs": {}} });
             let e = validate_workflow(wf).unwrap_err();
-            let errors = e.details.as_deref().unwrap()["node_errors"].as_object().unwrap();
+            let errors = e.details.as_deref().unwrap()["node_errors"]
+                .as_object()
+                .unwrap();
             let entry = &errors.values().next().unwrap()[0];
             assert_eq!(entry["reason"], "invalid_node_id", "{bad:?}: {entry}");
             assert!(errors.keys().all(|k| k.len() <= MAX_NODE_ID_BYTES + 3));
@@ -950,12 +958,17 @@ mod tests {
         let wf = json!({"1": {"class_type": "A", "inputs": {}}});
         let s = parse_submission(json!({"workflow": wf})).unwrap();
         assert!(!s.cache_bypass);
-        let s = parse_submission(json!({"workflow": wf, "x-serverless-comfyui": {"cache": "bypass"}}))
-            .unwrap();
+        let s =
+            parse_submission(json!({"workflow": wf, "x-serverless-comfyui": {"cache": "bypass"}}))
+                .unwrap();
         assert!(s.cache_bypass);
-        for bad in [json!("bypass"), json!({"cache": "off"}), json!({"other": 1})] {
-            let e = parse_submission(json!({"workflow": wf, "x-serverless-comfyui": bad}))
-                .unwrap_err();
+        for bad in [
+            json!("bypass"),
+            json!({"cache": "off"}),
+            json!({"other": 1}),
+        ] {
+            let e =
+                parse_submission(json!({"workflow": wf, "x-serverless-comfyui": bad})).unwrap_err();
             assert_eq!(e.code, "invalid_extension");
         }
     }
