@@ -46,7 +46,18 @@
 //! gpu-runner --data-dir .serverless-comfyui --comfyui-url http://127.0.0.1:8188
 //! gpu-runner --data-dir .serverless-comfyui \
 //!     --comfyui-cmd "python main.py --listen 127.0.0.1 --port {port}"
+//! # The GPU container: the runner owns ComfyUI's folders and empties them job by job.
+//! gpu-runner --data-dir .serverless-comfyui --comfyui-workdir /var/lib/comfy \
+//!     --comfyui-cmd "python main.py --listen 127.0.0.1 --port {port} \
+//!       --input-directory {input_dir} --output-directory {output_dir} --temp-directory {temp_dir}"
 //! ```
+//!
+//! **What a job may not do.** A job's workflow reaches ComfyUI only after
+//! [`jobs::validate::first_unsafe_input`] found no unsafe node id and no literal file
+//! input that is not a bare file name (submit checks the same; this catches a job that
+//! came another way): such a job fails with `unsafe_file_input` or `invalid_node_id`,
+//! never retried. Job errors reach clients with server paths replaced by `<path>`
+//! ([`comfyui::scrub_paths`]). What is left of a job on ComfyUI's disk: see [`cleanup`].
 //!
 //! In-process (tests, benchmarks):
 //!

@@ -3,8 +3,10 @@
 //! **Inputs.** ComfyUI shares no filesystem with us (ARCHITECTURE.md §2), so every
 //! `core/ASSET` reference (`{"__type": "core/ASSET", "info": {"id": "asset_..."}}`) is
 //! resolved here: the asset record (it must belong to the job's tenant), then its blob,
-//! uploaded with `POST /upload/image` under a name derived from the asset id, and the
-//! workflow input rewritten to the name ComfyUI returned (it may rename).
+//! uploaded with `POST /upload/image` under a name made of the asset id and the job id
+//! (`asset_…_job_…_<name>`: no plain string may name it, see
+//! `jobs::validate::STAGED_NAME_PREFIX`), and the workflow input rewritten to the name
+//! ComfyUI returned (it may rename).
 //!
 //! **File names.** Every literal `filename_prefix` gets `_<job id>_a<attempt>` appended,
 //! so ComfyUI's cache never hands one job another job's files.
