@@ -448,10 +448,21 @@ pub fn check_file_input(
     input: &str,
     value: &Value,
 ) -> Result<(), String> {
+    let is_file_input = class.is_some_and(|c| FILE_INPUTS.contains(&(c, input)));
+    let is_asset = value.get("__type").and_then(Value::as_str) == Some("core/ASSET");
+    if is_file_input && (value.is_array() || (value.is_object() && !is_asset)) {
+        // A link (or a wrapped value) is only known at run time, where nothing checks it:
+        // a custom node with a `*` output could hand LoadImage any path.
+        return Err(format!(
+            "node {} input `{}` is a file input: give it a bare file name or a core/ASSET \
+             reference, not a link or another object (its value could not be checked)",
+            clip(node_id, MAX_NODE_ID_BYTES),
+            clip(input, MAX_NODE_ID_BYTES),
+        ));
+    }
     let Value::String(name) = value else {
         return Ok(());
     };
-    let is_file_input = class.is_some_and(|c| FILE_INPUTS.contains(&(c, input)));
     let why = if is_file_input {
         unsafe_file_name(name)
     } else if has_annotation(name) {
@@ -912,6 +923,17 @@ mod tests {
             e.details.as_deref().unwrap()["node_errors"]["1"][0]["field"],
             "path"
         );
+        // A file input's value must be known at submit: no link, no other object.
+        let linked = json!({
+            "1": {"class_type": "MyPathNode", "inputs": {}},
+            "10": {"class_type": "LoadImage", "inputs": {"image": ["1", 0]}},
+        });
+        let e = validate_workflow(linked).unwrap_err();
+        assert_eq!(
+            e.details.as_deref().unwrap()["node_errors"]["10"][0]["reason"],
+            "unsafe_file_input"
+        );
+        assert!(validate_workflow(load_image(json!({"__value__": "/etc/hostname"}))).is_err());
         // LoadImageMask is a file input too.
         let mask = json!({"1": {"class_type": "LoadImageMask", "inputs": {"image": "/etc/passwd", "channel": "alpha"}}});
         assert!(validate_workflow(mask).is_err());
