@@ -227,6 +227,7 @@ impl JobService {
             v: SCHEMA_VERSION,
             workflow: submission.workflow,
             extra_data: submission.extra_data,
+            cache_bypass: submission.cache_bypass,
         };
         let input_bytes = serde_json::to_vec(&input).map_err(|_| ApiError::unavailable())?;
         self.ports
