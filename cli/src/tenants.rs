@@ -20,13 +20,13 @@ pub enum TenantsCommand {
     SetQuota {
         #[arg(long)]
         tenant: String,
-        /// Jobs queued or running at once (default 1000).
+        /// Jobs queued or running at once (default 10000).
         #[arg(long)]
         max_active_jobs: Option<u32>,
-        /// Submits per second (default 50).
+        /// Submits per second (default 1000).
         #[arg(long)]
         submits_per_second: Option<u32>,
-        /// Bytes of stored content, e.g. 10GiB, 500MB or 1048576 (default 100GiB).
+        /// Bytes of stored content, e.g. 10GiB, 500MB or 1048576 (default 1TiB).
         #[arg(long, value_parser = parse_bytes)]
         max_stored_bytes: Option<u64>,
         #[arg(

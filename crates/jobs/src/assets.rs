@@ -310,7 +310,11 @@ impl AssetService {
     /// URLs follow the jobs' settings: their path prefix and their lifetime.
     pub fn new(ports: Ports, config: AssetsConfig, jobs: &crate::service::JobsConfig) -> Self {
         AssetService {
-            quotas: crate::quota::QuotaBook::new(ports.store.clone(), ports.clock.clone()),
+            quotas: crate::quota::QuotaBook::new(
+                ports.store.clone(),
+                ports.clock.clone(),
+                jobs.default_quota,
+            ),
             ports,
             config,
             path_prefix: jobs.path_prefix.clone(),

@@ -20,7 +20,9 @@
 //! the job limits are exact (one conditional write).
 //!
 //! The limits are set per tenant (`serverless-comfyui tenants set-quota`); a tenant with
-//! none set gets [`TenantQuota::default`]. Services read a tenant's quota through a short
+//! none set gets the deployment's default (`JobsConfig::default_quota`, by default
+//! [`TenantQuota::default`]: 10,000 active jobs, 1,000 submits per second, 1 TiB
+//! stored). Services read a tenant's quota through a short
 //! cache ([`QuotaBook`]), so a submit normally costs no extra read.
 
 use std::collections::HashMap;
@@ -57,9 +59,9 @@ impl Default for TenantQuota {
     /// Generous: a studio's burst fits; a runaway script does not take the deployment.
     fn default() -> Self {
         TenantQuota {
-            max_active_jobs: 1_000,
-            submits_per_second: 50,
-            max_stored_bytes: 100 * 1024 * 1024 * 1024,
+            max_active_jobs: 10_000,
+            submits_per_second: 1_000,
+            max_stored_bytes: 1 << 40,
         }
     }
 }
@@ -128,6 +130,8 @@ pub struct QuotaBook {
     store: Arc<dyn JobStore>,
     clock: Arc<dyn Clock>,
     cache: Mutex<HashMap<String, (DateTime<Utc>, TenantQuota)>>,
+    /// What a tenant without a quota of its own gets.
+    default: TenantQuota,
 }
 
 impl QuotaBook {
@@ -135,10 +139,11 @@ impl QuotaBook {
     /// Tenants remembered at once; past it the cache starts over (it is only a cache).
     const MAX_CACHED: usize = 10_000;
 
-    pub fn new(store: Arc<dyn JobStore>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn JobStore>, clock: Arc<dyn Clock>, default: TenantQuota) -> Self {
         QuotaBook {
             store,
             clock,
+            default,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -155,7 +160,7 @@ impl QuotaBook {
             .store
             .get_tenant_quota(tenant)
             .await?
-            .unwrap_or_default();
+            .unwrap_or(self.default);
         let mut cache = self.lock();
         if cache.len() >= Self::MAX_CACHED {
             cache.clear();

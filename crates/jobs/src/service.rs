@@ -66,6 +66,8 @@ pub struct JobsConfig {
     /// runners absorb duplicates. Off for a Lambda, which may be frozen before a
     /// background write runs; on for `dev`, where it takes one wait off every submit.
     pub record_enqueue_in_background: bool,
+    /// The quota of a tenant that has none of its own (see [`crate::quota`]).
+    pub default_quota: crate::quota::TenantQuota,
 }
 
 impl Default for JobsConfig {
@@ -80,6 +82,7 @@ impl Default for JobsConfig {
             url_ttl: Duration::hours(1),
             wake_coalesce: std::time::Duration::ZERO,
             record_enqueue_in_background: false,
+            default_quota: crate::quota::TenantQuota::default(),
         }
     }
 }
@@ -152,7 +155,11 @@ async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, ApiE
 impl JobService {
     pub fn new(ports: Ports, config: JobsConfig, cursor_key: Vec<u8>) -> Self {
         JobService {
-            quotas: crate::quota::QuotaBook::new(ports.store.clone(), ports.clock.clone()),
+            quotas: crate::quota::QuotaBook::new(
+                ports.store.clone(),
+                ports.clock.clone(),
+                config.default_quota,
+            ),
             ports,
             config,
             cursors: CursorCodec::new(cursor_key),

@@ -23,6 +23,13 @@ async fn job_store_conformance() {
 }
 
 #[tokio::test]
+async fn tenant_quotas_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::tenant_quotas(store, manual_clock()).await;
+}
+
+#[tokio::test]
 async fn asset_records_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
