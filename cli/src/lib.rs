@@ -10,3 +10,4 @@
 pub mod client;
 pub mod dev;
 pub mod keys;
+pub mod serve;

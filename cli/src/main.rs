@@ -54,6 +54,13 @@ enum Command {
         /// Sampler step time of the built-in simulator, in milliseconds.
         #[arg(long, default_value_t = 50)]
         simulator_step_ms: u64,
+        /// Connections served at once; beyond it, new ones wait until one closes.
+        #[arg(long, default_value_t = 2048)]
+        max_connections: usize,
+        /// Seconds a client has to send a request's headers; also the longest an idle
+        /// keep-alive connection stays open.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_seconds: u64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -180,6 +187,8 @@ async fn run(cli: Cli) -> ExitCode {
             runner_idle_seconds,
             no_runner,
             simulator_step_ms,
+            max_connections,
+            header_timeout_seconds,
         } => {
             let runner = if no_runner {
                 None
@@ -199,6 +208,10 @@ async fn run(cli: Cli) -> ExitCode {
                 comfyui_urls: comfyui,
                 runner,
                 simulator_step_ms,
+                limits: serverless_comfyui::serve::ServeLimits {
+                    header_read_timeout: Duration::from_secs(header_timeout_seconds.max(1)),
+                    max_connections: max_connections.max(1),
+                },
                 ..DevConfig::default()
             })
             .await

@@ -62,6 +62,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 pub const MAX_LIST_LIMIT: usize = 100;
+/// `metadata[k]=v` filters one list request may carry: each is a join for the store.
+pub const MAX_LIST_FILTERS: usize = 16;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -387,6 +389,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
             validate_label_key(key).map_err(bad_filter)?;
             if metadata.iter().any(|(k, _): &(String, String)| k == key) {
                 return Err(bad_filter(format!("metadata[{key}] is given twice")));
+            }
+            if metadata.len() == MAX_LIST_FILTERS {
+                return Err(bad_filter(format!(
+                    "at most {MAX_LIST_FILTERS} metadata filters may be given"
+                )));
             }
             metadata.push((key.to_string(), value.into_owned()));
         } else if name == "limit" {
@@ -849,6 +856,18 @@ async fn complete_upload(
     asset_response(&state, &asset, created_new)
 }
 
+/// What health shows about ComfyUI: its URLs (which may name internal hosts) only to a
+/// caller who authenticates (on a keyless loopback server, everyone does).
+async fn comfyui_for(state: &ApiState, headers: &HeaderMap) -> Value {
+    let mut comfyui = state.info.comfyui.clone();
+    if state.auth.authenticate(headers).await.is_err()
+        && let Some(fields) = comfyui.as_object_mut()
+    {
+        fields.remove("urls");
+    }
+    comfyui
+}
+
 /// `GET /api/v2/health`: no authentication, no tenant data.
 #[utoipa::path(
     get, path = "/api/v2/health", tag = "health", security(()),
@@ -857,7 +876,7 @@ async fn complete_upload(
         (status = 503, description = "Degraded", body = Object),
     )
 )]
-async fn health(State(state): State<Arc<ApiState>>) -> Response {
+async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let ports = state.jobs.ports();
     let store_ok = ports.store.ping().await.is_ok();
     let depth = ports.queue.depth(QueueName::Work).await.ok();
@@ -888,7 +907,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             "state": if capacity_error.is_some() { "failing" } else { "ok" },
             "message": capacity_error,
         },
-        "comfyui": state.info.comfyui,
+        "comfyui": comfyui_for(&state, &headers).await,
         "auth": state.auth.describe().await,
     });
     let status = if healthy {

@@ -225,6 +225,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
 
+    /// Deletes every API key record, revoked ones too (the operator's explicit way
+    /// back to a keyless server); returns how many there were.
+    async fn delete_all_api_keys(&self) -> StoreResult<usize>;
+
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()>;
 
     async fn get_upload(&self, id: &str) -> StoreResult<Option<UploadRecord>>;

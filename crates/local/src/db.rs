@@ -127,6 +127,8 @@ impl Db {
     /// Opens (creating if needed) the database and applies the migrations not yet
     /// applied, tracked in `PRAGMA user_version`.
     pub(crate) fn open(path: &Path, migrations: &[&str]) -> Result<Db, StoreError> {
+        crate::private::prepare_database(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut conn = open_connection(path).map_err(unavailable)?;
         migrate(&mut conn, path, migrations)?;
         let readers = (0..READERS)

@@ -676,6 +676,10 @@ impl JobStore for SqliteJobStore {
         self.read_all("SELECT body FROM api_keys ORDER BY id", vec![])
     }
 
+    async fn delete_all_api_keys(&self) -> StoreResult<usize> {
+        self.db.execute("DELETE FROM api_keys", vec![]).await
+    }
+
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
         let body = to_json(upload)?;
         self.db
