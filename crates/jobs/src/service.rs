@@ -448,13 +448,18 @@ impl JobService {
             before,
             limit: limit + 1,
         };
-        let mut jobs = self.ports.store.list_jobs(&query).await?;
+        let listed = self.ports.store.list_jobs_page(&query).await?;
+        let mut jobs = listed.jobs;
         let next_cursor = if jobs.len() > limit {
             jobs.truncate(limit);
             jobs.last()
                 .map(|last| self.cursors.encode(tenant, &metadata, &last.id))
         } else {
-            None
+            // The store stopped at its read budget: a short (even empty) page, and a
+            // cursor that goes on where it stopped.
+            listed
+                .resume_before
+                .map(|id| self.cursors.encode(tenant, &metadata, &id))
         };
         let mut views = Vec::with_capacity(jobs.len());
         for job in &jobs {
