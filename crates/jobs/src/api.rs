@@ -196,15 +196,19 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
-/// The raw body, with body-limit rejections mapped to 413 and others to 400.
-struct RawBody(Bytes);
+/// The raw body, with body-limit rejections mapped to 413 and others to 400. A large
+/// body is read only with a permit ([`crate::json_budget::large_body_gate`]), held
+/// while the handler runs: the permit is the second field.
+struct RawBody(Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = axum::body::HttpBody::size_hint(req.body()).exact();
+        let permit = crate::json_budget::large_body_gate(declared).await;
         match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(RawBody(bytes)),
+            Ok(bytes) => Ok(RawBody(bytes, permit)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -222,6 +226,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
 /// A strictly parsed JSON body of a declared type.
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::json_budget::check_value_count(bytes)?;
     let value = crate::validate::parse_json_strict(bytes)?;
     serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(
@@ -259,7 +264,7 @@ async fn submit_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -714,7 +719,7 @@ async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
 async fn from_hash(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: FromHashRequest = parse_body(&body)?;
     let (asset, created) = state.assets.from_hash(&tenant.0, request).await?;
@@ -829,7 +834,7 @@ async fn get_asset_content(
 async fn create_upload(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: CreateUploadRequest = parse_body(&body)?;
     let upload = state.assets.create_upload(&tenant.0, request).await?;
