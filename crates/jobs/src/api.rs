@@ -126,13 +126,15 @@ pub fn router_and_openapi(
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .split_for_parts();
-    let document = openapi.clone();
+    // Serialized once: the handler (cloned with the router's routes) holds only a
+    // shared buffer, not the whole document by value.
+    let document = Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
     let router = api
         .route(
             "/api/v2/openapi.json",
             get(move || {
                 let document = document.clone();
-                async move { Json(document) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
             }),
         )
         .method_not_allowed_fallback(method_not_allowed)
