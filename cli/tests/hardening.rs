@@ -379,3 +379,46 @@ async fn a_restart_forgets_the_previous_process_workers() {
     assert_eq!(report.launched, 1, "{report:?}");
     assert_eq!(launcher.0.load(Ordering::SeqCst), 1);
 }
+
+/// M1: the server's own loop keeps graceful shutdown: on the signal it stops
+/// accepting, lets idle keep-alive connections go, and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_closes_idle_connections() {
+    let t = TestApp::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serverless_comfyui::serve::serve(
+        listener,
+        t.app.router(),
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 16,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut keep_alive = TcpStream::connect(address).await.unwrap();
+    keep_alive
+        .write_all(b"GET /api/v2/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    keep_alive.read_exact(&mut buf).await.unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once connections are done")
+        .unwrap();
+    assert!(
+        read_until_closed(&mut keep_alive, Duration::from_secs(2))
+            .await
+            .is_ok()
+    );
+    assert!(
+        TcpStream::connect(address).await.is_err(),
+        "still accepting"
+    );
+}
