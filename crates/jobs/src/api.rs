@@ -207,9 +207,23 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use crate::json_budget::{LARGE_BODY_QUEUE_WAIT, LARGE_BODY_READ_TIMEOUT};
         let declared = axum::body::HttpBody::size_hint(req.body()).exact();
-        let permit = crate::json_budget::large_body_gate(declared).await;
-        match Bytes::from_request(req, state).await {
+        let permit = crate::json_budget::large_body_gate(declared, LARGE_BODY_QUEUE_WAIT).await?;
+        let read = Bytes::from_request(req, state);
+        let read = match &permit {
+            None => read.await,
+            Some(_) => tokio::time::timeout(LARGE_BODY_READ_TIMEOUT, read)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request body arrived too slowly",
+                    )
+                })?,
+        };
+        match read {
             Ok(bytes) => Ok(RawBody(bytes, permit)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(

@@ -29,17 +29,35 @@ pub const LARGE_BODY_BYTES: u64 = 1024 * 1024;
 /// Large bodies read and parsed at once, per process.
 pub const LARGE_BODY_PERMITS: usize = 2;
 
+/// How long a large body waits for its turn before the request is refused (503).
+pub const LARGE_BODY_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a large body may take to arrive once it holds a permit (else 408), so a
+/// slow sender cannot keep the permit from others.
+pub const LARGE_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 static LARGE_BODIES: LazyLock<std::sync::Arc<Semaphore>> =
     LazyLock::new(|| std::sync::Arc::new(Semaphore::new(LARGE_BODY_PERMITS)));
 
 /// A permit to read a body of `declared` bytes (`None`: not declared, as with a
 /// chunked body, so possibly large). Small bodies need none. Held until the request's
-/// parsed form is dropped.
-pub async fn large_body_gate(declared: Option<u64>) -> Option<OwnedSemaphorePermit> {
+/// parsed form is dropped. Waits at most `wait`, then 503 with `Retry-After`.
+pub async fn large_body_gate(
+    declared: Option<u64>,
+    wait: std::time::Duration,
+) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
     if declared.is_some_and(|n| n <= LARGE_BODY_BYTES) {
-        return None;
+        return Ok(None);
     }
-    LARGE_BODIES.clone().acquire_owned().await.ok()
+    match tokio::time::timeout(wait, LARGE_BODIES.clone().acquire_owned()).await {
+        Ok(permit) => Ok(permit.ok()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many large request bodies are being processed; retry shortly",
+        )
+        .with_retry_after(5)),
+    }
 }
 
 /// Refuses a body with more than [`MAX_JSON_VALUES`] values, without building
@@ -148,31 +166,26 @@ mod tests {
     #[tokio::test]
     async fn at_most_a_few_large_bodies_are_read_at_once() {
         let large = Some(LARGE_BODY_BYTES + 1);
+        let wait = std::time::Duration::from_millis(200);
         let mut held = Vec::new();
         for _ in 0..LARGE_BODY_PERMITS {
-            held.push(large_body_gate(large).await.unwrap());
+            held.push(large_body_gate(large, wait).await.unwrap().unwrap());
         }
-        let wait = std::time::Duration::from_millis(200);
+        let refused = large_body_gate(large, wait).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.retry_after.is_some());
         assert!(
-            tokio::time::timeout(wait, large_body_gate(large))
-                .await
-                .is_err(),
-            "one large body too many was let in"
-        );
-        assert!(
-            tokio::time::timeout(wait, large_body_gate(None))
-                .await
-                .is_err(),
+            large_body_gate(None, wait).await.is_err(),
             "a body of unknown size counts as large"
         );
-        assert!(large_body_gate(Some(LARGE_BODY_BYTES)).await.is_none());
-        held.pop();
         assert!(
-            tokio::time::timeout(wait, large_body_gate(large))
+            large_body_gate(Some(LARGE_BODY_BYTES), wait)
                 .await
                 .unwrap()
-                .is_some()
+                .is_none()
         );
+        held.pop();
+        assert!(large_body_gate(large, wait).await.unwrap().is_some());
     }
 
     #[test]
