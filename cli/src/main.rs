@@ -59,6 +59,13 @@ enum Command {
         /// always are; any other origin is refused with 403.
         #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = dev::parse_origin)]
         allow_origin: Vec<String>,
+        /// Connections served at once; beyond it, new ones wait until one closes.
+        #[arg(long, default_value_t = 2048)]
+        max_connections: usize,
+        /// Seconds a client has to send a request's headers; also the longest an idle
+        /// keep-alive connection stays open.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_seconds: u64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -197,6 +204,8 @@ async fn run(cli: Cli) -> ExitCode {
             no_runner,
             simulator_step_ms,
             allow_origin,
+            max_connections,
+            header_timeout_seconds,
         } => {
             let runner = if no_runner {
                 None
@@ -217,6 +226,10 @@ async fn run(cli: Cli) -> ExitCode {
                 runner,
                 simulator_step_ms,
                 allowed_origins: allow_origin,
+                limits: serverless_comfyui::serve::ServeLimits {
+                    header_read_timeout: Duration::from_secs(header_timeout_seconds.max(1)),
+                    max_connections: max_connections.max(1),
+                },
                 ..DevConfig::default()
             })
             .await

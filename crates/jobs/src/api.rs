@@ -64,6 +64,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 pub const MAX_LIST_LIMIT: usize = 100;
+/// `metadata[k]=v` filters one list request may carry: each is a join for the store.
+pub const MAX_LIST_FILTERS: usize = 16;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -126,13 +128,15 @@ pub fn router_and_openapi(
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .split_for_parts();
-    let document = openapi.clone();
+    // Serialized once: the handler (cloned with the router's routes) holds only a
+    // shared buffer, not the whole document by value.
+    let document = Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
     let router = api
         .route(
             "/api/v2/openapi.json",
             get(move || {
                 let document = document.clone();
-                async move { Json(document) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
             }),
         )
         .method_not_allowed_fallback(method_not_allowed)
@@ -201,32 +205,45 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
-/// The raw body, with body-limit rejections mapped to 413 and others to 400.
-struct RawBody(Bytes);
+/// The raw body, with body-limit rejections mapped to 413 and others to 400. A large
+/// body is read only with a permit ([`crate::json_budget::large_body_gate`]), held
+/// while the handler runs: the permit is the second field.
+struct RawBody(Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Checked on the headers, refused only once the body is known not to be empty:
-        // a cancel `POST` that carries nothing needs no type.
+        use crate::json_budget::{LARGE_BODY_QUEUE_WAIT, LARGE_BODY_READ_TIMEOUT};
+        // The content type is checked on the headers, and refused before a byte of the
+        // body is read unless the body is empty: a cancel `POST` that carries nothing
+        // needs no type.
         let declared_json = crate::cross_site::require_json(req.headers(), false);
-        let declared_length = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let (Err(refusal), Some(1..)) = (&declared_json, declared_length) {
-            // Refused before a byte of the body is read.
+        let declared = axum::body::HttpBody::size_hint(req.body()).exact();
+        if let (Err(refusal), Some(1..)) = (&declared_json, declared) {
             return Err(refusal.clone());
         }
-        let bytes = Bytes::from_request(req, state).await;
-        if let (Ok(bytes), Err(refusal)) = (&bytes, declared_json)
+        let permit = crate::json_budget::large_body_gate(declared, LARGE_BODY_QUEUE_WAIT).await?;
+        let read = Bytes::from_request(req, state);
+        let read = match &permit {
+            None => read.await,
+            Some(_) => tokio::time::timeout(LARGE_BODY_READ_TIMEOUT, read)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request body arrived too slowly",
+                    )
+                })?,
+        };
+        if let (Ok(bytes), Err(refusal)) = (&read, declared_json)
             && !bytes.is_empty()
         {
             return Err(refusal);
         }
-        match bytes {
-            Ok(bytes) => Ok(RawBody(bytes)),
+        match read {
+            Ok(bytes) => Ok(RawBody(bytes, permit)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -244,6 +261,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
 /// A strictly parsed JSON body of a declared type.
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::json_budget::check_value_count(bytes)?;
     let value = crate::validate::parse_json_strict(bytes)?;
     serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(
@@ -281,7 +299,7 @@ async fn submit_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -411,6 +429,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
             validate_label_key(key).map_err(bad_filter)?;
             if metadata.iter().any(|(k, _): &(String, String)| k == key) {
                 return Err(bad_filter(format!("metadata[{key}] is given twice")));
+            }
+            if metadata.len() == MAX_LIST_FILTERS {
+                return Err(bad_filter(format!(
+                    "at most {MAX_LIST_FILTERS} metadata filters may be given"
+                )));
             }
             metadata.push((key.to_string(), value.into_owned()));
         } else if name == "limit" {
@@ -771,7 +794,7 @@ async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
 async fn from_hash(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: FromHashRequest = parse_body(&body)?;
     let (asset, created) = state.assets.from_hash(&tenant.0, request).await?;
@@ -894,7 +917,7 @@ async fn get_asset_content(
 async fn create_upload(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: CreateUploadRequest = parse_body(&body)?;
     let upload = state.assets.create_upload(&tenant.0, request).await?;
@@ -922,6 +945,18 @@ async fn complete_upload(
     asset_response(&state, &asset, created_new)
 }
 
+/// What health shows about ComfyUI: its URLs (which may name internal hosts) only to a
+/// caller who authenticates (on a keyless loopback server, everyone does).
+async fn comfyui_for(state: &ApiState, headers: &HeaderMap) -> Value {
+    let mut comfyui = state.info.comfyui.clone();
+    if state.auth.authenticate(headers).await.is_err()
+        && let Some(fields) = comfyui.as_object_mut()
+    {
+        fields.remove("urls");
+    }
+    comfyui
+}
+
 /// `GET /api/v2/health`: no authentication, no tenant data.
 #[utoipa::path(
     get, path = "/api/v2/health", tag = "health", security(()),
@@ -930,7 +965,7 @@ async fn complete_upload(
         (status = 503, description = "Degraded", body = Object),
     )
 )]
-async fn health(State(state): State<Arc<ApiState>>) -> Response {
+async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let ports = state.jobs.ports();
     let store_ok = ports.store.ping().await.is_ok();
     let depth = ports.queue.depth(QueueName::Work).await.ok();
@@ -961,7 +996,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             "state": if capacity_error.is_some() { "failing" } else { "ok" },
             "message": capacity_error,
         },
-        "comfyui": state.info.comfyui,
+        "comfyui": comfyui_for(&state, &headers).await,
         "auth": state.auth.describe().await,
     });
     let status = if healthy {

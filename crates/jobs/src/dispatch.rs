@@ -155,6 +155,21 @@ impl Dispatcher {
         Ok(live)
     }
 
+    /// Removes every worker record, for a launcher whose workers cannot outlive the
+    /// process that launched them (`dev`'s runner subprocesses die with it): at
+    /// start, a record left by the previous process names a runner that is gone, and
+    /// would otherwise count as live capacity until it goes stale (minutes with no
+    /// runner started). A runner that is somehow alive registers again at its next
+    /// heartbeat. Returns how many were removed.
+    pub async fn forget_workers(&self) -> Result<usize, StoreError> {
+        let workers = store(&self.jobs).list_workers().await?;
+        for worker in &workers {
+            tracing::info!(worker = %worker.id, phase = ?worker.phase, "forgetting a worker of the previous process");
+            store(&self.jobs).delete_worker(&worker.id).await?;
+        }
+        Ok(workers.len())
+    }
+
     /// The fleet as it stands.
     pub async fn summary(&self) -> Result<FleetSummary, StoreError> {
         let now = self.clock().now();

@@ -29,6 +29,7 @@ pub mod cursor;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod json_budget;
 pub mod lifecycle;
 pub mod model;
 pub mod ports;

@@ -53,6 +53,15 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// What [`JobStore::list_jobs_page`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedJobs {
+    pub jobs: Vec<Job>,
+    /// Set when the store stopped at its read budget before the page was full: the
+    /// listing goes on below this id (the last one examined).
+    pub resume_before: Option<JobId>,
+}
+
 /// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
 pub const QUEUE_POSITION_CAP: u64 = 100;
 
@@ -171,6 +180,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// A tenant's jobs, newest first.
     async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>>;
 
+    /// A page of [`Self::list_jobs`] within a read budget: a store may stop after
+    /// examining a bounded number of rows (a filter that matches few of many jobs),
+    /// returning fewer jobs and where to go on. The default never stops early.
+    async fn list_jobs_page(&self, query: &ListQuery) -> StoreResult<ListedJobs> {
+        Ok(ListedJobs {
+            jobs: self.list_jobs(query).await?,
+            resume_before: None,
+        })
+    }
+
     /// Jobs in a status, oldest first, for the tick.
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>>;
 
@@ -271,6 +290,10 @@ pub trait JobStore: Send + Sync + 'static {
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+
+    /// Deletes every API key record, revoked ones too (the operator's explicit way
+    /// back to a keyless server); returns how many there were.
+    async fn delete_all_api_keys(&self) -> StoreResult<usize>;
 
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()>;
 

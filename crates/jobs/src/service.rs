@@ -217,6 +217,7 @@ impl JobService {
         body: &[u8],
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
+        crate::json_budget::check_value_count(body)?;
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
         crate::assets::check_references(self.ports.store.as_ref(), tenant, &submission.workflow)
             .await?;
@@ -230,13 +231,20 @@ impl JobService {
         }
 
         let job = self.new_job(tenant, &submission, now);
-        let input = JobInput {
-            v: SCHEMA_VERSION,
-            workflow: submission.workflow,
-            extra_data: submission.extra_data,
-            cache_bypass: submission.cache_bypass,
+        // Serialized into a buffer sized from the body (no doubling on the way), and
+        // the parsed tree dropped before the blob is written: the two together are
+        // most of a large submit's peak memory.
+        let input_bytes = {
+            let input = JobInput {
+                v: SCHEMA_VERSION,
+                workflow: submission.workflow,
+                extra_data: submission.extra_data,
+                cache_bypass: submission.cache_bypass,
+            };
+            let mut buffer = Vec::with_capacity(body.len() + 64);
+            serde_json::to_writer(&mut buffer, &input).map_err(|_| ApiError::unavailable())?;
+            buffer
         };
-        let input_bytes = serde_json::to_vec(&input).map_err(|_| ApiError::unavailable())?;
         self.ports
             .blobs
             .put(&job.input_key, Bytes::from(input_bytes), "application/json")
@@ -465,13 +473,18 @@ impl JobService {
             before,
             limit: limit + 1,
         };
-        let mut jobs = self.ports.store.list_jobs(&query).await?;
+        let listed = self.ports.store.list_jobs_page(&query).await?;
+        let mut jobs = listed.jobs;
         let next_cursor = if jobs.len() > limit {
             jobs.truncate(limit);
             jobs.last()
                 .map(|last| self.cursors.encode(tenant, &metadata, &last.id))
         } else {
-            None
+            // The store stopped at its read budget: a short (even empty) page, and a
+            // cursor that goes on where it stopped.
+            listed
+                .resume_before
+                .map(|id| self.cursors.encode(tenant, &metadata, &id))
         };
         let mut views = Vec::with_capacity(jobs.len());
         for job in &jobs {

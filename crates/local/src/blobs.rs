@@ -161,7 +161,7 @@ impl FileBlobStore {
         signer: UrlSigner,
         public_base: &str,
     ) -> StoreResult<Self> {
-        std::fs::create_dir_all(root)
+        crate::private::create_dir_all(root)
             .map_err(|e| StoreError::Unavailable(format!("blob dir {}: {e}", root.display())))?;
         Ok(FileBlobStore {
             root: root.to_path_buf(),
@@ -244,12 +244,13 @@ async fn remove_if_present(path: &Path) -> StoreResult<()> {
 }
 
 async fn create_with_parents(path: &Path) -> std::io::Result<tokio::fs::File> {
-    match tokio::fs::File::create(path).await {
+    let options = tokio::fs::OpenOptions::from(crate::private::create_options());
+    match options.open(path).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
+                crate::private::create_dir_all_async(parent).await?;
             }
-            tokio::fs::File::create(path).await
+            options.open(path).await
         }
         other => other,
     }
@@ -278,10 +279,10 @@ impl BlobStore for FileBlobStore {
         // so no reader can see a partial file, and a crash leaves only an orphan no
         // record names. A temporary file and a rename would double the directory
         // updates.
-        match std::fs::write(&path, &bytes) {
+        match crate::private::write(&path, &bytes) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                std::fs::create_dir_all(path.parent().unwrap_or(&self.root)).map_err(io)?;
-                std::fs::write(&path, &bytes).map_err(io)?;
+                crate::private::create_dir_all(path.parent().unwrap_or(&self.root)).map_err(io)?;
+                crate::private::write(&path, &bytes).map_err(io)?;
             }
             other => other.map_err(io)?,
         }
@@ -414,7 +415,9 @@ impl BlobStore for FileBlobStore {
             return remove_if_present(&to_path).await;
         }
         if let Some(parent) = to_path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+            crate::private::create_dir_all_async(parent)
+                .await
+                .map_err(io)?;
         }
         tokio::fs::rename(from_path, to_path).await.map_err(io)
     }
