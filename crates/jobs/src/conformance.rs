@@ -121,6 +121,27 @@ pub async fn tenant_quotas(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
         None,
         "a refused job is not written"
     );
+    let refused_key = IdempotencyRecord {
+        v: SCHEMA_VERSION,
+        tenant: "q1".into(),
+        key: "refused".into(),
+        fingerprint: "f".into(),
+        job_id: third.id.clone(),
+        created_at: now,
+        expires_at: now + Duration::hours(24),
+    };
+    assert!(matches!(
+        store
+            .create_job_within_quota(&third, Some(&refused_key), now, &tight)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(_)
+    ));
+    assert_eq!(
+        store.get_idempotency("q1", "refused").await.unwrap(),
+        None,
+        "a refused job leaves its key free for the retry"
+    );
     assert_eq!(store.tenant_usage("q1").await.unwrap().active_jobs, 2);
     // Another tenant is not held to q1's count.
     assert!(matches!(

@@ -514,6 +514,13 @@ impl JobStore for SqliteJobStore {
                 {
                     return Ok(CreateOutcome::KeyTaken(from_json(&existing)?));
                 }
+            }
+            // After the replay check (a replay is answered, never refused) and before
+            // any write: a refused job leaves nothing, its key included.
+            if let Some(refusal) = admit(tx, &job.tenant, now, &quota)? {
+                return Ok(CreateOutcome::OverQuota(refusal));
+            }
+            if let (Some(record), Some(record_body)) = (&idempotency, &record_body) {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO idempotency (tenant, key, expires_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
                 )
@@ -526,9 +533,6 @@ impl JobStore for SqliteJobStore {
                     ])
                 })
                 .map_err(unavailable)?;
-            }
-            if let Some(refusal) = admit(tx, &job.tenant, now, &quota)? {
-                return Ok(CreateOutcome::OverQuota(refusal));
             }
             // Read before the insert: every job queued now was recorded before this one.
             let queue_position = if job.status == JobStatus::Queued {
