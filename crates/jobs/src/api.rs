@@ -17,7 +17,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, Stat
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use futures::SinkExt;
 use serde::Serialize;
@@ -37,7 +36,9 @@ use crate::error::ApiError;
 use crate::ports::{BlobStore, QueueName};
 use crate::service::JobService;
 use crate::validate::validate_label_key;
-use crate::views::{ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView};
+use crate::views::{
+    ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView, submit_request_schemas,
+};
 
 /// What the server tells about itself in health.
 #[derive(Debug, Clone)]
@@ -65,6 +66,17 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 pub const MAX_LIST_LIMIT: usize = 100;
 
+/// Response descriptions shared by the routes that can give them.
+const UNAUTHORIZED: &str = "`unauthorized`: no API key, or an unknown or revoked one";
+const FORBIDDEN: &str = "`origin_not_allowed`: sent by a web page of another site; or \
+                         `host_not_allowed`: without keys, a request not addressed to a loopback name";
+const ORIGIN_NOT_ALLOWED: &str = "`origin_not_allowed`: sent by a web page of another site";
+const UNAVAILABLE: &str = "`unavailable`: storage failed; retry after Retry-After";
+const UNSUPPORTED_JSON: &str = "`unsupported_media_type`: send `Content-Type: application/json`";
+const BAD_PATH: &str = "`invalid_request`: a path segment that is not UTF-8";
+const CONTENT_SERVED: &str = "The content: as its own type when that is a passive image, audio, \
+                              video or text/plain type, otherwise as `application/octet-stream`, an attachment";
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -90,7 +102,15 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearerAuth",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <api key>`. A `dev` on loopback without keys \
+                         needs none: its document then says `security: [{}]`.",
+                    ))
+                    .build(),
+            ),
         );
         openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
             "bearerAuth",
@@ -99,14 +119,13 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The v2 router over the given state, and its OpenAPI document.
-pub fn router_and_openapi(
-    state: Arc<ApiState>,
-    max_body_bytes: usize,
-) -> (Router, utoipa::openapi::OpenApi) {
+/// The v2 router over the given state, and its OpenAPI document (as served when keys
+/// are required).
+pub fn router_and_openapi(state: Arc<ApiState>, max_body_bytes: usize) -> (Router, Value) {
     let max_upload = usize::try_from(state.assets.config().max_upload_bytes).unwrap_or(usize::MAX);
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(openapi_document))
         .routes(routes!(submit_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(get_workflow))
@@ -126,15 +145,9 @@ pub fn router_and_openapi(
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .split_for_parts();
-    let document = openapi.clone();
+    let document = served_document(&openapi, state.assets.config());
     let router = api
-        .route(
-            "/api/v2/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move { Json(document) }
-            }),
-        )
+        .layer(axum::Extension(Arc::new(document.clone())))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(envelope_errors))
         // Outermost: a disallowed web origin is refused before anything else runs.
@@ -143,7 +156,44 @@ pub fn router_and_openapi(
             crate::cross_site::guard,
         ))
         .with_state(state);
-    (router, openapi)
+    (router, document)
+}
+
+/// The document utoipa generates from the route declarations, with the request
+/// schemas its derive cannot spell (see [`submit_request_schemas`] and
+/// [`crate::assets::request_schemas`]).
+fn served_document(
+    openapi: &utoipa::openapi::OpenApi,
+    assets: &crate::assets::AssetsConfig,
+) -> Value {
+    let mut document = serde_json::to_value(openapi).unwrap_or_default();
+    let schemas = &mut document["components"]["schemas"];
+    for (name, schema) in submit_request_schemas()
+        .into_iter()
+        .chain(crate::assets::request_schemas(assets))
+    {
+        schemas[name] = schema;
+    }
+    // `metadata[key]=value` filters: keys as in labels, one filter per key.
+    if let Some(parameters) = document
+        .pointer_mut("/paths/~1api~1v2~1jobs/get/parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            if parameter["name"] == "metadata" {
+                parameter["schema"] = json!({
+                    "type": "object",
+                    "propertyNames": {
+                        "minLength": 1,
+                        "maxLength": crate::validate::MAX_METADATA_KEY_BYTES,
+                        "pattern": crate::views::NO_CONTROL_PATTERN,
+                    },
+                    "additionalProperties": {"type": "string"},
+                });
+            }
+        }
+    }
+    document
 }
 
 /// The v2 router over the given state; anything else is a 404 envelope.
@@ -267,14 +317,18 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
 #[utoipa::path(
     post, path = "/api/v2/jobs", tag = "jobs",
     request_body = SubmitRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe semantics; keys last 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Stripe semantics: 1 to 255 visible ASCII characters (a UUID is recommended); keys last 24 h")),
     responses(
         (status = 201, description = "Job created and queued (or replayed: `Idempotency-Replayed: true`)", body = JobView),
-        (status = 400, description = "`invalid_request`: malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
-        (status = 409, description = "`idempotency_conflict`, with Retry-After", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request`: an empty body, not UTF-8, not JSON, a duplicate key, or a malformed `Idempotency-Key`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 409, description = "`idempotency_conflict`: the same key is in flight; retry after Retry-After", body = ErrorEnvelope),
         (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
-        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `idempotency_key_reuse`, `reserved_field`", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `invalid_extra_data`, `idempotency_key_reuse`, `reserved_field`, `unknown_field`, `invalid_request` (not an object)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn submit_job(
@@ -307,8 +361,11 @@ async fn submit_job(
     params(("id" = String, Path, description = "job_<ULID>")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_job(
@@ -328,7 +385,11 @@ async fn get_job(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The workflow behind the job", body = WorkflowView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_workflow(
@@ -348,7 +409,11 @@ async fn get_workflow(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The job as it now is: canceled, canceling, or already terminal", body = JobView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn cancel_job(
@@ -368,8 +433,12 @@ async fn cancel_job(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "SSE: `status`, `progress`, `output` and `log` events; ends after the terminal status or after about 20 s (reconnect)", content_type = "text/event-stream"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 429, description = "`too_many_streams`", body = ErrorEnvelope),
+        (status = 429, description = "`too_many_streams`: too many open streams for the tenant", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn job_events(
@@ -443,13 +512,18 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
 #[utoipa::path(
     get, path = "/api/v2/jobs", tag = "jobs",
     params(
-        ("metadata[key]" = Option<String>, Query, description = "Filter: label `key` equals the value; repeatable with different keys"),
-        ("limit" = Option<usize>, Query, description = "1 to 100, default 20"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        // Its schema is set in `served_document`: keys have rules utoipa cannot spell.
+        ("metadata" = Option<Object>, Query, style = DeepObject, explode,
+            description = "Filters `metadata[key]=value`: the job's label `key` equals the value; one per key"),
+        ("limit" = Option<u8>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page of the same query; anything else is 400 `invalid_cursor`"),
     ),
     responses(
         (status = 200, description = "A page of the tenant's jobs, newest first", body = JobListView),
-        (status = 400, description = "`invalid_request`, `invalid_cursor`, `invalid_metadata_filter`", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (an unknown parameter, a bad `limit`), `invalid_cursor`, `invalid_metadata_filter`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn list_jobs(
@@ -572,9 +646,14 @@ struct AssetUploadForm {
     responses(
         (status = 201, description = "New blob stored; asset minted", body = AssetView),
         (status = 200, description = "Bytes deduplicated to an existing blob; asset minted over it", body = AssetView),
+        (status = 400, description = "`invalid_request` (a malformed or interrupted form), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 409, description = "`hash_mismatch`: nothing minted", body = ErrorEnvelope),
-        (status = 413, description = "`payload_too_large`: use the upload extension", body = ErrorEnvelope),
-        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, a missing field", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`: the file (use the upload extension) or a text part", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`: send `multipart/form-data`", body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_request` (a missing or repeated part)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn upload_asset(
@@ -625,7 +704,10 @@ async fn upload_asset(
     let mut seen = std::collections::HashSet::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
-        if !seen.insert(name.clone()) && name != "tags" {
+        // Unknown parts are ignored however often they come; a known one but `tags` once.
+        let single =
+            name == "file" || (name != "tags" && UPLOAD_TEXT_FIELDS.contains(&name.as_str()));
+        if single && !seen.insert(name.clone()) {
             discard(&state, staged.take()).await;
             return Err(ApiError::unprocessable(
                 "invalid_request",
@@ -765,7 +847,14 @@ async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
     responses(
         (status = 201, description = "Asset minted over the existing blob", body = AssetView),
         (status = 200, description = "An identical reference already existed", body = AssetView),
-        (status = 404, description = "`blob_not_found`", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (not JSON), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 404, description = "`blob_not_found`: no blob with this hash that you may mint from", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_request` (the body does not match)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn from_hash(
@@ -790,7 +879,11 @@ async fn from_hash(
     params(("hash" = String, Path, description = "blake3:<hex>")),
     responses(
         (status = 200, description = "You may mint from this blob"),
-        (status = 404, description = "No blob you may mint from"),
+        (status = 400, description = BAD_PATH),
+        (status = 401, description = UNAUTHORIZED),
+        (status = 403, description = FORBIDDEN),
+        (status = 404, description = "No blob you may mint from (or not a hash)"),
+        (status = 503, description = UNAVAILABLE),
     )
 )]
 async fn head_by_hash(
@@ -811,7 +904,11 @@ async fn head_by_hash(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The asset, with a fresh signed url", body = AssetView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_asset(
@@ -832,7 +929,11 @@ async fn get_asset(
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn delete_asset(
@@ -849,11 +950,15 @@ async fn delete_asset(
     get, path = "/api/v2/assets/{id}/content", tag = "assets",
     params(("id" = String, Path), ("Range" = Option<String>, Header, description = "bytes=first-last")),
     responses(
-        (status = 200, description = "The content", content_type = "application/octet-stream"),
-        (status = 206, description = "Partial content", content_type = "application/octet-stream"),
+        (status = 200, description = CONTENT_SERVED, content_type = "*/*"),
+        (status = 206, description = "Partial content, as for 200", content_type = "*/*"),
         (status = 302, description = "Redirect to a fresh signed URL (object storage)"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 416, description = "Range not satisfiable"),
+        (status = 416, description = "Range not satisfiable: `Content-Range: bytes */<size>`, no body"),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_asset_content(
@@ -888,7 +993,13 @@ async fn get_asset_content(
     request_body = CreateUploadRequest,
     responses(
         (status = 201, description = "PUT the bytes to upload_url, then POST complete_url", body = UploadView),
-        (status = 422, description = "`invalid_file_path`, `invalid_size`, ...", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (not JSON), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_size`, `invalid_request` (the body does not match)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn create_upload(
@@ -908,9 +1019,13 @@ async fn create_upload(
     responses(
         (status = 201, description = "New blob; asset minted", body = AssetView),
         (status = 200, description = "Deduplicated; asset minted", body = AssetView),
-        (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
         (status = 410, description = "`upload_expired`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn complete_upload(
@@ -922,11 +1037,37 @@ async fn complete_upload(
     asset_response(&state, &asset, created_new)
 }
 
+/// `GET /api/v2/openapi.json`: no authentication.
+#[utoipa::path(
+    get, path = "/api/v2/openapi.json", tag = "health", security(()),
+    responses(
+        (status = 200, description = "This document. Its `security` is what this server asks now: \
+                                      `[{}]` (none) while a loopback `dev` has no keys", body = Object),
+        (status = 403, description = ORIGIN_NOT_ALLOWED, body = ErrorEnvelope),
+    )
+)]
+async fn openapi_document(
+    State(state): State<Arc<ApiState>>,
+    axum::Extension(document): axum::Extension<Arc<Value>>,
+) -> Response {
+    let required = state.auth.describe().await["required"]
+        .as_bool()
+        .unwrap_or(true);
+    if required {
+        return Json(document.as_ref()).into_response();
+    }
+    // The keyless default tenant: asking for a key would be untrue.
+    let mut document = document.as_ref().clone();
+    document["security"] = json!([{}]);
+    Json(document).into_response()
+}
+
 /// `GET /api/v2/health`: no authentication, no tenant data.
 #[utoipa::path(
     get, path = "/api/v2/health", tag = "health", security(()),
     responses(
         (status = 200, description = "Version, store, queue depth, workers, capacity", body = Object),
+        (status = 403, description = ORIGIN_NOT_ALLOWED, body = ErrorEnvelope),
         (status = 503, description = "Degraded", body = Object),
     )
 )]
