@@ -8,7 +8,9 @@
 //!
 //! Routes are registered through `utoipa_axum`'s `OpenApiRouter`: a route and its
 //! OpenAPI entry are one declaration, so `/api/v2/openapi.json` cannot drift from what
-//! the router serves.
+//! the router serves. Request schemas need JSON Schema that utoipa's derive cannot
+//! spell; they are written next to their validators and set in [`served_document`].
+//! `tests/schemathesis/run.sh` fuzzes a live `dev` against the document.
 
 use std::sync::Arc;
 
@@ -83,7 +85,9 @@ const CONTENT_SERVED: &str = "The content: as its own type when that is a passiv
         title = "serverless-comfyui: Comfy API v2",
         description = "Comfy API v2 (Comfy Cloud's contract) plus additive extensions under \
                        `/api/v2/x-serverless-comfyui/`. Every error is the envelope \
-                       `{\"error\": {code, message, details}}`."
+                       `{\"error\": {code, message, details}}`. Integers are JSON numbers \
+                       without a fraction (`2`, not `2.0`); length limits count bytes of UTF-8 \
+                       (the schemas' `maxLength` counts characters, so it says the same for ASCII)."
     ),
     tags(
         (name = "jobs", description = "One execution of a workflow: durable, pollable, cancelable."),
