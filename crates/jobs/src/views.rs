@@ -180,6 +180,11 @@ pub fn submit_request_schemas() -> Vec<(&'static str, serde_json::Value)> {
                 "maxProperties": MAX_NODES,
                 "description": "Node id → node. Every link names a node of this graph, and the \
                                 graph has no cycle (422 `invalid_workflow` with per-node details).",
+                // Node ids become parts of storage keys (`validate::check_node_id`).
+                "propertyNames": {
+                    "pattern": "^[A-Za-z0-9_.:-]{1,64}$",
+                    "not": {"enum": [".", ".."]},
+                },
                 "additionalProperties": {"$ref": "#/components/schemas/WorkflowNode"},
             }),
         ),
