@@ -125,22 +125,40 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The v2 router over the given state, and its OpenAPI document (as served when keys
-/// are required).
-pub fn router_and_openapi(state: Arc<ApiState>, max_body_bytes: usize) -> (Router, Value) {
-    let max_upload = usize::try_from(state.assets.config().max_upload_bytes).unwrap_or(usize::MAX);
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Which routes a router serves. On AWS the `submit` function serves the writes and
+/// the `status` function the reads (ARCHITECTURE §3), each with only the permissions
+/// its routes need; `dev` serves both. API Gateway routes by method and path, so a
+/// path with a read and a write (`/api/v2/jobs`: list and submit) is split by method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything that only reads: jobs, lists, workflows, events, assets and their
+    /// content, health and the OpenAPI document.
+    Reads,
+    /// Everything that writes: submit, cancel, uploads, from-hash, asset deletion.
+    Writes,
+    /// Both (`dev`).
+    All,
+}
+
+fn read_routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(openapi_document))
-        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(get_workflow))
-        .routes(routes!(cancel_job))
         .routes(routes!(job_events))
-        .routes(routes!(from_hash))
         .routes(routes!(head_by_hash))
-        .routes(routes!(get_asset, delete_asset))
+        .routes(routes!(get_asset))
         .routes(routes!(get_asset_content))
+}
+
+fn write_routes(max_body_bytes: usize, max_upload: usize) -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(from_hash))
+        .routes(routes!(delete_asset))
         .routes(routes!(create_upload))
         .routes(routes!(complete_upload))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -150,7 +168,32 @@ pub fn router_and_openapi(state: Arc<ApiState>, max_body_bytes: usize) -> (Route
                 .routes(routes!(upload_asset))
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
-        .split_for_parts();
+}
+
+/// The v2 router over the given state serving every route, and its OpenAPI document
+/// (as served when keys are required).
+pub fn router_and_openapi(state: Arc<ApiState>, max_body_bytes: usize) -> (Router, Value) {
+    router_for(state, max_body_bytes, Routes::All)
+}
+
+/// A router serving `routes`, and the OpenAPI document, which always describes every
+/// route: clients see one API however it is split behind the gateway.
+pub fn router_for(state: Arc<ApiState>, max_body_bytes: usize, routes: Routes) -> (Router, Value) {
+    let max_upload = usize::try_from(state.assets.config().max_upload_bytes).unwrap_or(usize::MAX);
+    let every_route = || {
+        OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .merge(read_routes())
+            .merge(write_routes(max_body_bytes, max_upload))
+            .split_for_parts()
+    };
+    let (api, openapi) = match routes {
+        Routes::All => every_route(),
+        Routes::Reads => (read_routes().split_for_parts().0, every_route().1),
+        Routes::Writes => (
+            write_routes(max_body_bytes, max_upload).split_for_parts().0,
+            every_route().1,
+        ),
+    };
     // Built once and shared (an `Arc`), so cloning the router per connection copies no
     // document.
     let document = served_document(&openapi, state.assets.config());
