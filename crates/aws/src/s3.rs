@@ -449,11 +449,11 @@ impl BlobStore for S3BlobStore {
                         .await?
                 }
                 Some(mut upload) => {
-                    if !buffer.is_empty() {
-                        if let Err(e) = upload.upload(buffer.freeze()).await {
-                            upload.abort().await;
-                            return Err(e.into());
-                        }
+                    if !buffer.is_empty()
+                        && let Err(e) = upload.upload(buffer.freeze()).await
+                    {
+                        upload.abort().await;
+                        return Err(e.into());
                     }
                     upload.complete().await?;
                 }

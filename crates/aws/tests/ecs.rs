@@ -197,7 +197,7 @@ async fn stop_sends_stop_task_for_the_worker() {
         .stop("arn:aws:ecs:us-east-1:1:task/gpu-cluster/abc")
         .await
         .unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].cluster(), Some("gpu-cluster"));
     assert_eq!(
