@@ -8,7 +8,7 @@
 //! | `Queue` | [`SqsQueue`] | SQS (standard queues with a redrive policy) | [`sqs`] |
 //! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
 //! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
-//! | `JobStore` | not yet | DynamoDB (design in [`dynamodb`]) | [`dynamodb`] |
+//! | `JobStore` | not yet: the design is in [`dynamodb`] | DynamoDB | [`dynamodb`] |
 //!
 //! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
 //! (table, bucket, queue URLs, cluster...) and fails naming *every* missing variable at
@@ -33,6 +33,7 @@ mod error;
 pub mod s3;
 pub mod sqs;
 
+pub use dynamodb::DynamoJobStore;
 pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
 pub use ecs::{EcsLauncher, EcsSettings};
 pub use s3::S3BlobStore;

@@ -16,13 +16,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws::{QueueUrls, SqsQueue};
-use aws_sdk_sqs::types::QueueAttributeName;
 use jobs::conformance::{self, TimeControl};
 use jobs::ports::{Queue, QueueName};
 use local::faults::{Faults, FaultyQueue};
@@ -37,89 +35,27 @@ impl TimeControl for RealTime {
     }
 }
 
-async fn create_queue(
-    client: &aws_sdk_sqs::Client,
-    name: &str,
-    redrive: Option<(&str, u32)>,
-) -> String {
-    let mut attributes = HashMap::new();
-    if let Some((dlq_url, max_receive_count)) = redrive {
-        let arn = client
-            .get_queue_attributes()
-            .queue_url(dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("dlq arn")
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-            .expect("dlq arn attribute");
-        attributes.insert(
-            QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receive_count}"}}"#),
-        );
-    }
-    client
-        .create_queue()
-        .queue_name(name)
-        .set_attributes(Some(attributes))
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url
-        .expect("queue url")
-}
-
-/// Four fresh queues (work and wake, each with its DLQ), as the template makes them.
-async fn fresh_queue(max_receive_count: u32) -> SqsQueue {
-    let client = common::clients().await.sqs;
-    let base = common::unique("q");
-    let work_dlq = create_queue(&client, &format!("{base}-work-dlq"), None).await;
-    let wake_dlq = create_queue(&client, &format!("{base}-wake-dlq"), None).await;
-    let work = create_queue(
-        &client,
-        &format!("{base}-work"),
-        Some((&work_dlq, max_receive_count)),
-    )
-    .await;
-    let wake = create_queue(
-        &client,
-        &format!("{base}-wake"),
-        Some((&wake_dlq, max_receive_count)),
-    )
-    .await;
-    SqsQueue::new(
-        client,
-        QueueUrls {
-            work,
-            wake,
-            work_dead_letter: work_dlq,
-            wake_dead_letter: wake_dlq,
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_semantics_conformance() {
     // Sleeps through two 31 s visibility lapses: SQS has no clock to move.
-    conformance::queue_sqs(Arc::new(fresh_queue(3).await), &RealTime, 3).await;
+    conformance::queue_sqs(Arc::new(common::fresh_queue(3).await), &RealTime, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_at_least_once_without_faults() {
-    conformance::queue_at_least_once(Arc::new(fresh_queue(1000).await), 50).await;
+    conformance::queue_at_least_once(Arc::new(common::fresh_queue(1000).await), 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_at_least_once_with_faults() {
-    let queue: Arc<dyn Queue> = Arc::new(fresh_queue(1000).await);
+    let queue: Arc<dyn Queue> = Arc::new(common::fresh_queue(1000).await);
     let faulty = Arc::new(FaultyQueue::new(queue, Faults::CHAOTIC, 7));
     conformance::queue_at_least_once(faulty, 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_receipt_is_stale_and_an_unknown_queue_is_unavailable() {
-    let queue = fresh_queue(5).await;
+    let queue = common::fresh_queue(5).await;
     assert!(matches!(
         queue.delete(QueueName::Work, "not-a-receipt").await,
         Err(jobs::ports::QueueError::StaleReceipt)

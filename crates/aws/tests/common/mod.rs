@@ -19,7 +19,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use aws::Clients;
+use std::collections::HashMap;
+
+use aws::{Clients, QueueUrls, SqsQueue};
+use aws_sdk_sqs::types::QueueAttributeName;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::Credentials;
 
@@ -146,3 +149,66 @@ pub async fn clients() -> Clients {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
 }
+
+async fn create_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    redrive: Option<(&str, u32)>,
+) -> String {
+    let mut attributes = HashMap::new();
+    if let Some((dlq_url, max_receive_count)) = redrive {
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("dlq arn")
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("dlq arn attribute");
+        attributes.insert(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receive_count}"}}"#),
+        );
+    }
+    client
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes))
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url")
+}
+
+/// Four fresh queues (work and wake, each with its DLQ), as the template makes them.
+pub async fn fresh_queue(max_receive_count: u32) -> SqsQueue {
+    let client = clients().await.sqs;
+    let base = unique("q");
+    let work_dlq = create_queue(&client, &format!("{base}-work-dlq"), None).await;
+    let wake_dlq = create_queue(&client, &format!("{base}-wake-dlq"), None).await;
+    let work = create_queue(
+        &client,
+        &format!("{base}-work"),
+        Some((&work_dlq, max_receive_count)),
+    )
+    .await;
+    let wake = create_queue(
+        &client,
+        &format!("{base}-wake"),
+        Some((&wake_dlq, max_receive_count)),
+    )
+    .await;
+    SqsQueue::new(
+        client,
+        QueueUrls {
+            work,
+            wake,
+            work_dead_letter: work_dlq,
+            wake_dead_letter: wake_dlq,
+        },
+    )
+}
+
