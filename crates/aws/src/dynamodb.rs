@@ -80,6 +80,8 @@
 //! - The stream and quota counters that must hold across Lambda instances (one
 //!   `UpdateItem ADD` per counter item, conditioned on the cap), and
 //!   `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
+//! - A listed job that has outputs costs one more `Query` (its collection): fine for
+//!   pages of 20–100, worth projecting a short output summary into `META` later.
 //! - A real GSI lags its table by a fraction of a second (moto's does not): a job
 //!   just created may be missing from its tenant's list, or from the queued count,
 //!   for that long. Every *decision* reads the base table (moves are conditional
@@ -105,8 +107,8 @@ use jobs::model::{
     ProgressRecord, UploadRecord,
 };
 use jobs::ports::{
-    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, QUEUE_POSITION_CAP,
-    StoreError, StoreResult, WorkerRecord,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, QUEUE_POSITION_CAP, StoreError,
+    StoreResult, WorkerRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -349,9 +351,8 @@ impl DynamoJobStore {
             }
             if let Some(now) = unclaimed_at {
                 query = query
-                    .filter_expression(
-                        "attribute_not_exists(reserved_until) OR reserved_until <= :now",
-                    )
+                    .filter_expression("attribute_not_exists(#ru) OR #ru <= :now")
+                    .expression_attribute_names("#ru", "reserved_until")
                     .expression_attribute_values(":now", n(now.timestamp_millis()));
             } else {
                 query = query.limit((cap - total).clamp(1, i32::MAX as u64) as i32);
@@ -383,7 +384,11 @@ impl DynamoJobStore {
     }
 
     async fn get_body<T: DeserializeOwned>(&self, pk: String, sk: &str) -> StoreResult<Option<T>> {
-        self.get_item(pk, sk).await?.as_ref().map(body_of).transpose()
+        self.get_item(pk, sk)
+            .await?
+            .as_ref()
+            .map(body_of)
+            .transpose()
     }
 
     async fn put_body<T: Serialize>(
@@ -569,14 +574,18 @@ impl JobStore for DynamoJobStore {
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(job_put).build());
         if let Some(record) = idempotency {
-            let mut item = key(format!("IDEM#{}", pair(&record.tenant, &record.key)), "IDEM");
+            let mut item = key(
+                format!("IDEM#{}", pair(&record.tenant, &record.key)),
+                "IDEM",
+            );
             item.insert("body".into(), s(to_json(record)?));
             item.insert("expires".into(), n(record.expires_at.timestamp_millis()));
             item.insert("ttl".into(), n(record.expires_at.timestamp()));
             let put = Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk) OR expires <= :now")
+                .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+                .expression_attribute_names("#expires", "expires")
                 .expression_attribute_values(":now", n(now.timestamp_millis()))
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
@@ -596,7 +605,10 @@ impl JobStore for DynamoJobStore {
                 {
                     return Ok(CreateOutcome::KeyTaken(body_of(old)?));
                 }
-                if reasons.first().is_some_and(|r| is_condition_failure(r.code())) {
+                if reasons
+                    .first()
+                    .is_some_and(|r| is_condition_failure(r.code()))
+                {
                     return Err(StoreError::Conflict);
                 }
             }
@@ -669,7 +681,8 @@ impl JobStore for DynamoJobStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(job_pk(id), "META")))
-            .update_expression("SET enqueued = :t")
+            .update_expression("SET #enqueued = :t")
+            .expression_attribute_names("#enqueued", "enqueued")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .send()
@@ -697,11 +710,14 @@ impl JobStore for DynamoJobStore {
             values.insert(":before".into(), s(before.as_str()));
         }
         let mut names = HashMap::new();
+        if !query.metadata.is_empty() {
+            names.insert("#labels".to_string(), "labels".to_string());
+        }
         let mut filters = Vec::new();
         for (i, (k, v)) in query.metadata.iter().enumerate() {
             names.insert(format!("#k{i}"), k.clone());
             values.insert(format!(":l{i}"), s(v.clone()));
-            filters.push(format!("labels.#k{i} = :l{i}"));
+            filters.push(format!("#labels.#k{i} = :l{i}"));
         }
         let mut jobs = Vec::new();
         let mut start = None;
@@ -813,8 +829,10 @@ impl JobStore for DynamoJobStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(job_pk(id), "PROGRESS")))
-            .update_expression("SET body = :b, attempt = :a")
-            .condition_expression("attribute_not_exists(attempt) OR attempt <= :a")
+            .update_expression("SET #body = :b, #attempt = :a")
+            .condition_expression("attribute_not_exists(#attempt) OR #attempt <= :a")
+            .expression_attribute_names("#body", "body")
+            .expression_attribute_names("#attempt", "attempt")
             .expression_attribute_values(":b", s(to_json(record)?))
             .expression_attribute_values(":a", n(record.attempt))
             .send()
@@ -877,8 +895,13 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
-        self.put_body("WORKERS".into(), &format!("W#{}", worker.id), worker, vec![])
-            .await
+        self.put_body(
+            "WORKERS".into(),
+            &format!("W#{}", worker.id),
+            worker,
+            vec![],
+        )
+        .await
     }
 
     async fn delete_worker(&self, id: &str) -> StoreResult<()> {
@@ -950,7 +973,12 @@ impl JobStore for DynamoJobStore {
         file_path: Option<&str>,
     ) -> StoreResult<Option<Asset>> {
         let items = self
-            .query_index(GSI1, "gsi1pk", format!("AHASH#{}", pair(tenant, hash)), true)
+            .query_index(
+                GSI1,
+                "gsi1pk",
+                format!("AHASH#{}", pair(tenant, hash)),
+                true,
+            )
             .await?;
         for item in &items {
             let asset: Asset = body_of(item)?;
@@ -970,7 +998,10 @@ impl JobStore for DynamoJobStore {
         &self,
         record: &BlobRecord,
     ) -> StoreResult<(BlobRecord, bool)> {
-        let mut item = key(format!("BLOB#{}", pair(&record.tenant, &record.hash)), "BLOB");
+        let mut item = key(
+            format!("BLOB#{}", pair(&record.tenant, &record.hash)),
+            "BLOB",
+        );
         item.insert("body".into(), s(to_json(record)?));
         let result = self
             .client

@@ -8,7 +8,7 @@
 //! | `Queue` | [`SqsQueue`] | SQS (standard queues with a redrive policy) | [`sqs`] |
 //! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
 //! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
-//! | `JobStore` | not yet: the design is in [`dynamodb`] | DynamoDB | [`dynamodb`] |
+//! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
 //!
 //! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
 //! (table, bucket, queue URLs, cluster...) and fails naming *every* missing variable at
@@ -33,8 +33,8 @@ mod error;
 pub mod s3;
 pub mod sqs;
 
-pub use dynamodb::DynamoJobStore;
 pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
+pub use dynamodb::DynamoJobStore;
 pub use ecs::{EcsLauncher, EcsSettings};
 pub use s3::S3BlobStore;
 pub use sqs::SqsQueue;

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use aws::{Clients, QueueUrls, SqsQueue};
-use aws_sdk_sqs::types::QueueAttributeName;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::QueueAttributeName;
 
 /// How long moto may take to answer after spawning (it answers within ~3 s here).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -211,4 +211,3 @@ pub async fn fresh_queue(max_receive_count: u32) -> SqsQueue {
         },
     )
 }
-
