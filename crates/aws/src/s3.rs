@@ -24,7 +24,7 @@
 //! shows an output as what it is whatever the object was stored as. PUT URLs sign a
 //! `Content-Length` of exactly the upload's declared size, so S3 refuses any other
 //! body. The SDK presigns asynchronously (credentials come from an async cache) while
-//! today's port method is synchronous: see [`S3BlobStore::signed_url`]'s bridge. The
+//! today's port method is synchronous: `S3BlobStore::signed_url` bridges the two. The
 //! signature itself is unit-tested against botocore's for fixed inputs, because moto
 //! checks no signature at all.
 
@@ -540,8 +540,10 @@ impl BlobStore for S3BlobStore {
         .await
     }
 
-    /// Presigns with the SDK. **Bridges sync→async** (see [`block_on_presign`]) until
-    /// the port method becomes async.
+    /// Presigns with the SDK. **Bridges sync→async** until the port method becomes
+    /// async: on a multi-thread runtime it blocks the worker in place
+    /// (`block_in_place`); elsewhere it runs the presign on a fresh current-thread
+    /// runtime in a scoped thread.
     fn signed_url(
         &self,
         key: &str,
