@@ -28,6 +28,9 @@ target/release/comfyui-sim --port 18188 >/dev/null 2>&1 & pids+=($!)
 wait_for http://127.0.0.1:18789/api/v2/jobs
 echo "== comfy-api-proxy 0.1.6 (simulator behind it)"
 load http://127.0.0.1:18789
+# A load test is not the tenant the default quota protects against (1,000 submits/s).
+target/release/serverless-comfyui tenants set-quota --tenant default --data-dir "$tmp/dev" \
+  --submits-per-second 1000000 --max-active-jobs 4000000000 >/dev/null
 RUST_LOG=warn target/release/serverless-comfyui dev --no-runner --listen 127.0.0.1:18787 --data-dir "$tmp/dev" 2>"$tmp/dev.log" & pids+=($!)
 wait_for http://127.0.0.1:18787/api/v2/health
 echo "== serverless-comfyui dev"

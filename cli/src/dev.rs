@@ -47,6 +47,11 @@ pub struct DevConfig {
     pub simulator_step_ms: u64,
     /// Set by `run` when it started the simulator.
     pub simulator_started: bool,
+    /// Header timeout and connection cap of the HTTP server.
+    pub limits: crate::serve::ServeLimits,
+    /// Web origins allowed to call from a browser besides the server's own and loopback
+    /// ones (`--allow-origin`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for DevConfig {
@@ -61,6 +66,8 @@ impl Default for DevConfig {
             runner: None,
             simulator_step_ms: 50,
             simulator_started: false,
+            limits: crate::serve::ServeLimits::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -100,7 +107,7 @@ impl DevApp {
         launcher: Option<(Arc<dyn jobs::ports::Launcher>, u32)>,
     ) -> anyhow::Result<DevApp> {
         let data_dir = DataDir::open(&config.data_dir)?;
-        let public_base = format!("http://{}", config.listen);
+        let public_base = public_base(config.listen);
         let (ports, file_blobs) = data_dir
             .ports_and_blobs(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
@@ -142,6 +149,9 @@ impl DevApp {
             auth,
             events: jobs::events::EventsConfig::default(),
             streams: Default::default(),
+            cross_site: Arc::new(jobs::cross_site::CrossSitePolicy::local(
+                config.allowed_origins.clone(),
+            )),
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 comfyui: comfyui_info(config),
@@ -158,6 +168,15 @@ impl DevApp {
                 .clone()
                 .filter(|dir| dir.join("index.html").is_file()),
         })
+    }
+
+    /// Forgets the worker records the previous `dev` process left (its runners died
+    /// with it), so the first job after a restart starts a runner at once.
+    pub async fn forget_previous_runners(&self) -> anyhow::Result<usize> {
+        self.dispatcher
+            .forget_workers()
+            .await
+            .context("clearing the previous process's worker records")
     }
 
     /// The v2 API, the signed blob URLs the local blob store hands out, and the web
@@ -178,6 +197,31 @@ impl DevApp {
             None => app.fallback(crate::web::serve),
         }
     }
+}
+
+/// The origin that signed blob URLs start with. A listen address like `0.0.0.0`
+/// names no host a client can reach, so URLs name loopback instead.
+pub fn public_base(listen: SocketAddr) -> String {
+    let mut reachable = listen;
+    if listen.ip().is_unspecified() {
+        reachable.set_ip(match listen {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{reachable}")
+}
+
+/// Parses `--allow-origin`: an absolute http(s) origin, with no path, query or fragment.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let bare = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https") || !bare || url.host().is_none() {
+        return Err(format!(
+            "{text:?} is not a web origin: give scheme, host and port only, e.g. https://app.example.com"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// How `dev` starts a runner: this same executable's hidden `runner` subcommand, over
@@ -204,6 +248,8 @@ pub fn schedule_for_throughput() {
     }
 }
 
+/// How `dev` starts a runner: this same executable's hidden `runner` subcommand, over
+/// the same data directory.
 pub fn runner_command(
     data_dir: &std::path::Path,
     listen: SocketAddr,
@@ -223,16 +269,22 @@ pub fn runner_command(
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--public-base".into(),
-            format!("http://{listen}"),
+            public_base(listen),
             "--idle-timeout".into(),
             idle_seconds.to_string(),
         ],
     })
 }
 
-/// What health says about ComfyUI.
+/// What health says about ComfyUI. Health shows `urls` to authenticated callers only
+/// (see `jobs::api`), and never the credentials a URL may carry.
 fn comfyui_info(config: &DevConfig) -> serde_json::Value {
-    match (&config.runner, config.comfyui_urls.as_slice()) {
+    let urls: Vec<String> = config
+        .comfyui_urls
+        .iter()
+        .map(|u| without_userinfo(u))
+        .collect();
+    match (&config.runner, urls.as_slice()) {
         (None, _) | (_, []) => json!({
             "mode": "none",
             "message": "no runner: jobs are accepted and stay queued",
@@ -240,9 +292,25 @@ fn comfyui_info(config: &DevConfig) -> serde_json::Value {
         (Some(_), urls) if config.simulated() => json!({
             "mode": "simulated",
             "urls": urls,
+            "auth": "none: the simulator takes no credentials and listens on a random loopback port",
             "message": "simulated ComfyUI: outputs are real files, but model nodes are placeholders",
         }),
         (Some(_), urls) => json!({ "mode": "real", "urls": urls }),
+    }
+}
+
+/// A URL with any `user:password@` taken out, for health and the banner.
+pub fn without_userinfo(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+            }
+            url.to_string()
+        }
+        // Not a URL we can parse: show nothing of it rather than risk a secret.
+        Err(_) => "(unparseable URL)".to_string(),
     }
 }
 
@@ -258,6 +326,8 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
     let mut simulator = None;
     if config.comfyui_urls.is_empty() && config.runner.is_some() {
         let handle = comfyui_sim::Simulator::start(comfyui_sim::SimConfig {
+            // A random loopback port: the simulator has no authentication.
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             step_ms: config.simulator_step_ms,
             base_dir: Some(config.data_dir.join("simulator")),
             ..comfyui_sim::SimConfig::default()
@@ -269,9 +339,10 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
         simulator = Some(handle);
     }
     let app = DevApp::build(&config, Arc::new(SystemClock))?;
+    app.forget_previous_runners().await?;
     let keys = app.state.jobs.ports().store.list_api_keys().await?;
     let active_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
-    if !config.listen.ip().is_loopback() && active_keys == 0 {
+    if !config.listen.ip().is_loopback() && keys.is_empty() {
         bail!(
             "refusing to listen on {}: without API keys, `dev` serves one unauthenticated tenant \
              and binds loopback only (127.0.0.1 or ::1). Create a key first: \
@@ -284,7 +355,7 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    print_banner(address, &app, &config, active_keys);
+    print_banner(address, &app, &config, keys.len(), active_keys);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = [
@@ -299,15 +370,13 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )),
     ];
-    // No Nagle: an SSE event written behind an unacknowledged one goes out at once,
-    // not after the client's delayed ACK (up to 40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+    crate::serve::serve(
+        listener,
+        app.router(),
+        config.limits.fitted_to_fd_limit(),
+        shutdown_signal(),
+    )
+    .await;
     let _ = stop_tx.send(true);
     for task in loops {
         let _ = task.await;
@@ -321,7 +390,13 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_keys: usize) {
+fn print_banner(
+    address: SocketAddr,
+    app: &DevApp,
+    config: &DevConfig,
+    keys: usize,
+    active_keys: usize,
+) {
     let url = format!("http://{address}");
     eprintln!();
     eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
@@ -335,7 +410,7 @@ fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_ke
     eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
     eprintln!("  health    {url}/api/v2/health");
     eprintln!("  data dir  {}", app.data_dir.root().display());
-    if active_keys == 0 {
+    if keys == 0 {
         eprintln!(
             "  auth      none: one default tenant, loopback only (create a key to require auth)"
         );
@@ -358,6 +433,7 @@ fn print_banner(address: SocketAddr, app: &DevApp, config: &DevConfig, active_ke
         }
         (Some(_), false) => {
             for url in &config.comfyui_urls {
+                let url = without_userinfo(url);
                 eprintln!("  ComfyUI   {url} (one runner, started when work arrives)");
             }
         }

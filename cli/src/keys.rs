@@ -36,7 +36,21 @@ pub enum KeysCommand {
         )]
         data_dir: PathBuf,
     },
-    /// Revoke a key by its id (`key_…`, from `keys list`).
+    /// Delete every key, revoked ones too, so that `dev` (restarted) serves one
+    /// unauthenticated default tenant on loopback again. Revoking keys never does that.
+    Purge {
+        /// Confirms that the server may run without authentication.
+        #[arg(long)]
+        yes_serve_without_auth: bool,
+        #[arg(
+            long,
+            default_value = ".serverless-comfyui",
+            env = "SERVERLESS_COMFYUI_DATA_DIR"
+        )]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key by its id (`key_…`, from `keys list`). Revoking the last key does
+    /// not turn authentication off: every request is refused until a new key exists.
     Revoke {
         id: String,
         #[arg(
@@ -99,6 +113,36 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                 ports.store.put_api_key(&key).await?;
             }
             println!("revoked {id} (tenant {})", key.tenant);
+            let active = ports
+                .store
+                .list_api_keys()
+                .await?
+                .iter()
+                .filter(|k| k.revoked_at.is_none())
+                .count();
+            if active == 0 {
+                eprintln!(
+                    "no active key is left: dev refuses every request until you create one \
+                     (`keys purge --yes-serve-without-auth` goes back to no authentication)"
+                );
+            }
+        }
+        KeysCommand::Purge {
+            yes_serve_without_auth,
+            data_dir,
+        } => {
+            if !yes_serve_without_auth {
+                bail!(
+                    "purging keys lets a loopback dev serve without authentication; \
+                     pass --yes-serve-without-auth to confirm"
+                );
+            }
+            let ports = open(&data_dir)?;
+            let deleted = ports.store.delete_all_api_keys().await?;
+            println!(
+                "deleted {deleted} key(s): once restarted, dev serves one default tenant \
+                 without authentication, on loopback only"
+            );
         }
     }
     Ok(())

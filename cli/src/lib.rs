@@ -10,4 +10,6 @@
 pub mod client;
 pub mod dev;
 pub mod keys;
+pub mod serve;
+pub mod tenants;
 pub mod web;

@@ -54,6 +54,18 @@ enum Command {
         /// Sampler step time of the built-in simulator, in milliseconds.
         #[arg(long, default_value_t = 50)]
         simulator_step_ms: u64,
+        /// A web origin (`https://app.example.com`) allowed to call the API from a
+        /// browser, with CORS (repeatable). The server's own origin and loopback origins
+        /// always are; any other origin is refused with 403.
+        #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = dev::parse_origin)]
+        allow_origin: Vec<String>,
+        /// Connections served at once; beyond it, new ones wait until one closes.
+        #[arg(long, default_value_t = 2048)]
+        max_connections: usize,
+        /// Seconds a client has to send a request's headers; also the longest an idle
+        /// keep-alive connection stays open.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_seconds: u64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -62,6 +74,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: serverless_comfyui::keys::KeysCommand,
+    },
+    /// Set and show per-tenant quotas of a `dev` data directory.
+    Tenants {
+        #[command(subcommand)]
+        command: serverless_comfyui::tenants::TenantsCommand,
     },
     /// Run a workflow on a Comfy API v2 server: upload inputs, submit, show progress,
     /// download the outputs. Exit code: 0 succeeded, 1 failed, 2 canceled, 3 usage or
@@ -110,13 +127,19 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Assets { command } => match command {
             client::AssetsCommand::Upload { json, .. } => *json,
         },
-        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => false,
+        Command::Dev { .. }
+        | Command::Keys { .. }
+        | Command::Tenants { .. }
+        | Command::Runner(_) => false,
     };
     let result = match command {
         Command::Run(args) => client::commands::run(args).await,
         Command::Jobs { command } => client::commands::jobs(command).await,
         Command::Assets { command } => client::commands::assets(command).await,
-        Command::Dev { .. } | Command::Keys { .. } | Command::Runner(_) => {
+        Command::Dev { .. }
+        | Command::Keys { .. }
+        | Command::Tenants { .. }
+        | Command::Runner(_) => {
             unreachable!("not a client command")
         }
     };
@@ -180,6 +203,9 @@ async fn run(cli: Cli) -> ExitCode {
             runner_idle_seconds,
             no_runner,
             simulator_step_ms,
+            allow_origin,
+            max_connections,
+            header_timeout_seconds,
         } => {
             let runner = if no_runner {
                 None
@@ -199,12 +225,18 @@ async fn run(cli: Cli) -> ExitCode {
                 comfyui_urls: comfyui,
                 runner,
                 simulator_step_ms,
+                allowed_origins: allow_origin,
+                limits: serverless_comfyui::serve::ServeLimits {
+                    header_read_timeout: Duration::from_secs(header_timeout_seconds.max(1)),
+                    max_connections: max_connections.max(1),
+                },
                 ..DevConfig::default()
             })
             .await
         }
         Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
+        Command::Tenants { command } => serverless_comfyui::tenants::run(command).await,
         Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
             unreachable!("handled by run_client")
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use jobs::ports::SystemClock;
 use tokio_util::sync::CancellationToken;
 
+use crate::cleanup::ComfyDirs;
 use crate::config::{RunnerConfig, new_worker_id};
 use crate::engine::EngineSpec;
 use crate::error::RunnerError;
@@ -31,6 +32,12 @@ pub struct RunnerArgs {
     /// port (e.g. "python main.py --listen 127.0.0.1 --port {port}").
     #[arg(long)]
     pub comfyui_cmd: Option<String>,
+    /// With --comfyui-cmd: the runner owns ComfyUI's folders under this directory and
+    /// deletes each job's files when it ends. The command must pass them on with the
+    /// placeholders `{input_dir}`, `{output_dir}` and `{temp_dir}`, e.g. `--input-directory
+    /// {input_dir} --output-directory {output_dir} --temp-directory {temp_dir}`.
+    #[arg(long)]
+    pub comfyui_workdir: Option<PathBuf>,
     /// The id to register and lease under (the launcher passes its own).
     #[arg(long)]
     pub worker_id: Option<String>,
@@ -72,7 +79,19 @@ fn secs(name: &str, v: f64) -> Result<Duration, RunnerError> {
 impl RunnerArgs {
     /// The runner config and ComfyUI spec these flags describe.
     pub fn to_config(&self) -> Result<(RunnerConfig, EngineSpec), RunnerError> {
-        let engine = match (&self.comfyui_cmd, &self.comfyui_url) {
+        let (command, comfyui_dirs) = match (&self.comfyui_cmd, &self.comfyui_workdir) {
+            (Some(cmd), Some(workdir)) => {
+                let (cmd, dirs) = owned_folders(cmd, workdir)?;
+                (Some(cmd), Some(dirs))
+            }
+            (None, Some(_)) => {
+                return Err(RunnerError::Config(
+                    "--comfyui-workdir needs --comfyui-cmd (the runner must start ComfyUI on its folders)".into(),
+                ));
+            }
+            (cmd, None) => (cmd.clone(), None),
+        };
+        let engine = match (&command, &self.comfyui_url) {
             (Some(cmd), url) => EngineSpec::Spawn {
                 command: cmd.clone(),
                 url: url.clone(),
@@ -119,11 +138,42 @@ impl RunnerArgs {
             ready_timeout: secs("ready-timeout", self.ready_timeout)?,
             pipelining: !self.no_pipelining,
             warmup_workflow,
+            comfyui_dirs,
             ..RunnerConfig::default()
         }
         .with_lease(lease);
         Ok((config, engine))
     }
+}
+
+/// The command with `{input_dir}`, `{output_dir}` and `{temp_dir}` filled in from the
+/// work directory, and the folders the runner will clean.
+fn owned_folders(cmd: &str, workdir: &std::path::Path) -> Result<(String, ComfyDirs), RunnerError> {
+    let workdir = std::path::absolute(workdir)
+        .map_err(|e| RunnerError::Config(format!("--comfyui-workdir: {e}")))?;
+    let shown = workdir.to_string_lossy().to_string();
+    if shown.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        return Err(RunnerError::Config(
+            "--comfyui-workdir must not contain spaces or quotes".into(),
+        ));
+    }
+    let missing: Vec<&str> = ["{input_dir}", "{output_dir}", "{temp_dir}"]
+        .into_iter()
+        .filter(|p| !cmd.contains(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunnerError::Config(format!(
+            "with --comfyui-workdir, --comfyui-cmd must use {}",
+            missing.join(", ")
+        )));
+    }
+    let dirs = ComfyDirs::under(&workdir);
+    let cmd = cmd
+        .replace("{input_dir}", &dirs.input.to_string_lossy())
+        .replace("{output_dir}", &dirs.output.to_string_lossy())
+        // ComfyUI appends `temp` to --temp-directory.
+        .replace("{temp_dir}", &shown);
+    Ok((cmd, dirs))
 }
 
 /// Runs a runner over the local data directory until idle or SIGTERM/SIGINT.
@@ -203,4 +253,31 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workdir_fills_the_command_placeholders() {
+        let (cmd, dirs) = owned_folders(
+            "python main.py --port {port} --input-directory {input_dir} --output-directory {output_dir} --temp-directory {temp_dir}",
+            std::path::Path::new("/srv/comfy"),
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            "python main.py --port {port} --input-directory /srv/comfy/input --output-directory /srv/comfy/output --temp-directory /srv/comfy"
+        );
+        assert_eq!(dirs, ComfyDirs::under(std::path::Path::new("/srv/comfy")));
+        assert!(owned_folders("python main.py", std::path::Path::new("/srv")).is_err());
+        assert!(
+            owned_folders(
+                "{input_dir}{output_dir}{temp_dir}",
+                std::path::Path::new("/a b")
+            )
+            .is_err()
+        );
+    }
 }

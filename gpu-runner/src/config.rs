@@ -47,6 +47,10 @@ pub struct RunnerConfig {
     pub poll_wait: Duration,
     /// An API-format workflow run once after each ComfyUI start, before taking jobs.
     pub warmup_workflow: Option<Map<String, Value>>,
+    /// ComfyUI's input, output and temp folders, when the runner owns them (it spawned
+    /// ComfyUI on them): each job's files are deleted when it ends ([`crate::cleanup`]).
+    /// `None` (attach): ComfyUI offers no delete route, so files stay, unreachable.
+    pub comfyui_dirs: Option<crate::cleanup::ComfyDirs>,
     /// Hooks for measurements (benchmarks); `None` in production.
     pub observer: Option<Arc<dyn RunnerObserver>>,
 }
@@ -60,6 +64,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("max_attempts", &self.max_attempts)
             .field("idle_timeout", &self.idle_timeout)
             .field("pipelining", &self.pipelining)
+            .field("comfyui_dirs", &self.comfyui_dirs)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +86,7 @@ impl Default for RunnerConfig {
             progress_interval: Duration::from_millis(500),
             poll_wait: Duration::from_secs(1),
             warmup_workflow: None,
+            comfyui_dirs: None,
             observer: None,
         }
     }

@@ -176,6 +176,9 @@ pub(crate) struct JobTask {
     hand_back: CancellationToken,
     timing: JobTiming,
     last_progress_write: Option<Instant>,
+    /// Files of this job in ComfyUI's folders (staged inputs, listed outputs), removed
+    /// when the task ends if the runner owns the folders.
+    files: Vec<comfyui::FileRef>,
 }
 
 pub(crate) struct JobTaskParts {
@@ -220,12 +223,21 @@ impl JobTask {
             drain: p.drain,
             hand_back: p.hand_back,
             last_progress_write: None,
+            files: Vec::new(),
         }
     }
 
     pub async fn run(mut self) -> (JobId, JobEnd) {
         let end = self.work().await;
         self.set_phase(Phase::Finishing);
+        if let Some(dirs) = self.sh.config.comfyui_dirs.clone() {
+            let (job_id, files) = (self.job.id.to_string(), std::mem::take(&mut self.files));
+            let cleaned = tokio::task::spawn_blocking(move || {
+                crate::cleanup::clean_job(&dirs, &job_id, &files)
+            })
+            .await;
+            tracing::debug!(job_id = %self.job.id, removed = ?cleaned.ok(), "removed the job's files from ComfyUI's folders");
+        }
         self.timing.attempt = self.job.attempt;
         if let JobEnd::Committed(status) = end {
             self.timing.status = Some(status);
@@ -275,6 +287,11 @@ impl JobTask {
             }
             Err(why) => return self.release(&why).await,
         };
+        // Defence in depth: submit refuses these, but a job that reached the queue some
+        // other way must not make ComfyUI open a server path. Not retried.
+        if let Some(e) = stage::unsafe_input_error(&input.workflow) {
+            return self.fail(e).await;
+        }
         let mut resubmits = 0;
         loop {
             let engine = self.sh.engine.borrow().up().cloned();
@@ -289,10 +306,12 @@ impl JobTask {
             };
             let wf = match stage::stage(
                 &engine.client,
-                self.ports(),
+                &self.sh.ports,
                 &self.job,
                 &input.workflow,
                 attempt,
+                input.cache_bypass,
+                &mut self.files,
             )
             .await
             {
@@ -340,6 +359,8 @@ impl JobTask {
             }
             if let Ok(run) = &result {
                 self.timing.comfy_exec_ms = comfy_exec_ms(run);
+                self.files
+                    .extend(run.outputs.files.iter().map(|f| f.file.clone()));
             }
             match result {
                 Ok(run) => match run.outcome {
@@ -800,6 +821,7 @@ impl JobTask {
         if matches!(self.hold, Hold::Reserved { .. }) && !self.claim_reserved().await {
             return JobEnd::Abandoned;
         }
+        let error = stage::client_safe(error);
         tracing::info!(job_id = %self.job.id, code = %error.code, node_id = ?error.node_id, "job failed");
         self.commit(Finish::Failed(error)).await
     }

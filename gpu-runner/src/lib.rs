@@ -11,6 +11,7 @@
 //! | [`engine`] | ComfyUI supervision: spawn (process group + parent-death signal) or attach, readiness, health, restart |
 //! | [`runner`] | the main loop: receive, claim or reserve, spawn job tasks, registry, idle exit, shutdown |
 //! | `job` | one job's task: stage, submit, follow, heartbeat, cancel, timeout, outputs, finish |
+//! | [`cleanup`] | a job's files out of ComfyUI's folders when it ends (when the runner owns them) |
 //! | `stage` | `core/ASSET` inputs → `/upload/image`; `filename_prefix` rewriting; outputs via `/view` → assets |
 //! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
 //! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
@@ -45,7 +46,18 @@
 //! gpu-runner --data-dir .serverless-comfyui --comfyui-url http://127.0.0.1:8188
 //! gpu-runner --data-dir .serverless-comfyui \
 //!     --comfyui-cmd "python main.py --listen 127.0.0.1 --port {port}"
+//! # The GPU container: the runner owns ComfyUI's folders and empties them job by job.
+//! gpu-runner --data-dir .serverless-comfyui --comfyui-workdir /var/lib/comfy \
+//!     --comfyui-cmd "python main.py --listen 127.0.0.1 --port {port} \
+//!       --input-directory {input_dir} --output-directory {output_dir} --temp-directory {temp_dir}"
 //! ```
+//!
+//! **What a job may not do.** A job's workflow reaches ComfyUI only after
+//! [`jobs::validate::first_unsafe_input`] found no unsafe node id and no literal file
+//! input that is not a bare file name (submit checks the same; this catches a job that
+//! came another way): such a job fails with `unsafe_file_input` or `invalid_node_id`,
+//! never retried. Job errors reach clients with server paths replaced by `<path>`
+//! ([`comfyui::scrub_paths`]). What is left of a job on ComfyUI's disk: see [`cleanup`].
 //!
 //! In-process (tests, benchmarks):
 //!
@@ -66,6 +78,7 @@
 //! signed URLs. Each terminal write this runner makes is logged once with
 //! `event = "committed"`, `job_id`, `attempt` and `status` (the chaos test counts them).
 
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -76,6 +89,7 @@ mod progress;
 pub mod runner;
 mod stage;
 
+pub use cleanup::ComfyDirs;
 pub use config::{CLIENT_ID_PREFIX, JobTiming, RunnerConfig, RunnerObserver, new_worker_id};
 pub use engine::{EngineLauncher, EngineProcess, EngineSpec, EngineState, Launched};
 pub use error::RunnerError;

@@ -87,6 +87,12 @@ impl Runner {
     /// Runs until idle for `idle_timeout` or until `shutdown` is cancelled. An error
     /// means ComfyUI could not be started (or restarted).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
+        if let Some(dirs) = self.config.comfyui_dirs.clone() {
+            tokio::task::spawn_blocking(move || dirs.prepare())
+                .await
+                .map_err(|e| RunnerError::Config(e.to_string()))?
+                .map_err(|e| RunnerError::Config(format!("ComfyUI folders: {e}")))?;
+        }
         let stop_engine = CancellationToken::new();
         let supervisor = spawn_supervisor(
             self.engine.clone(),

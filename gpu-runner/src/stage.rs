@@ -3,8 +3,10 @@
 //! **Inputs.** ComfyUI shares no filesystem with us (ARCHITECTURE.md §2), so every
 //! `core/ASSET` reference (`{"__type": "core/ASSET", "info": {"id": "asset_..."}}`) is
 //! resolved here: the asset record (it must belong to the job's tenant), then its blob,
-//! uploaded with `POST /upload/image` under a name derived from the asset id, and the
-//! workflow input rewritten to the name ComfyUI returned (it may rename).
+//! uploaded with `POST /upload/image` under a name made of the asset id and the job id
+//! (`asset_…_job_…_<name>`: no plain string may name it, see
+//! `jobs::validate::STAGED_NAME_PREFIX`), and the workflow input rewritten to the name
+//! ComfyUI returned (it may rename).
 //!
 //! **File names.** Every literal `filename_prefix` gets `_<job id>_a<attempt>` appended,
 //! so ComfyUI's cache never hands one job another job's files.
@@ -37,13 +39,21 @@ pub(crate) enum StageError {
     Store(#[from] jobs::ports::StoreError),
 }
 
-/// The job's workflow with inputs uploaded and prefixes rewritten.
+/// The input every node gets when a job bypasses the cache (see [`stage`]).
+pub(crate) const CACHE_NONCE_INPUT: &str = "x_serverless_comfyui_nonce";
+
+/// The job's workflow with inputs uploaded and prefixes rewritten. With `cache_bypass`,
+/// every node also gets a literal [`CACHE_NONCE_INPUT`] holding the job id: ComfyUI
+/// keys its cache on every input of a node (unknown literal inputs included) and ignores
+/// unknown literals otherwise, so no node of this job matches anything cached.
 pub(crate) async fn stage(
     client: &Client,
     ports: &Ports,
     job: &Job,
     workflow: &Map<String, Value>,
     attempt: u32,
+    cache_bypass: bool,
+    staged_files: &mut Vec<comfyui::FileRef>,
 ) -> Result<Map<String, Value>, StageError> {
     let mut wf = workflow.clone();
     for (node_id, input, asset_id) in jobs::validate::asset_references(&wf) {
@@ -76,7 +86,11 @@ pub(crate) async fn stage(
             .and_then(|p| p.rsplit('/').next())
             .filter(|b| !b.is_empty())
             .unwrap_or("input");
-        let name = format!("{}_{}", asset.id, sanitize(base));
+        // Starts with the asset id (`asset_…`), a prefix the validator refuses in plain
+        // strings, so no other job can name this file; per job, so cleaning one job's
+        // files never removes another's (crate::cleanup).
+        let name = format!("{}_{}_{}", asset.id, job.id, sanitize(base));
+        debug_assert!(name.starts_with(jobs::validate::STAGED_NAME_PREFIX));
         let uploaded = client
             .upload_image(
                 &name,
@@ -87,6 +101,16 @@ pub(crate) async fn stage(
                 },
             )
             .await?;
+        let kind = if uploaded.kind.is_empty() {
+            "input"
+        } else {
+            &uploaded.kind
+        };
+        staged_files.push(comfyui::FileRef::new(
+            &uploaded.name,
+            &uploaded.subfolder,
+            kind,
+        ));
         if let Some(Value::Object(inputs)) = wf.get_mut(&node_id).and_then(|n| n.get_mut("inputs"))
         {
             inputs.insert(input, Value::String(uploaded.load_image_name()));
@@ -94,7 +118,49 @@ pub(crate) async fn stage(
     }
     let tag = format!("_{}_a{attempt}", job.id);
     comfyui::rewrite_filename_prefixes(&mut wf, |_, old| format!("{old}{tag}"));
+    if cache_bypass {
+        for node in wf.values_mut() {
+            if let Some(Value::Object(inputs)) = node.get_mut("inputs") {
+                inputs.insert(CACHE_NONCE_INPUT.into(), Value::String(job.id.to_string()));
+            }
+        }
+    }
     Ok(wf)
+}
+
+/// The job's error if its workflow has a node id or a literal file input that must not
+/// reach ComfyUI ([`jobs::validate::first_unsafe_input`]): `invalid_node_id` or
+/// `unsafe_file_input`.
+pub(crate) fn unsafe_input_error(workflow: &Map<String, Value>) -> Option<JobError> {
+    let (node_id, input, message) = jobs::validate::first_unsafe_input(workflow)?;
+    let code = if input.is_some() {
+        "unsafe_file_input"
+    } else {
+        "invalid_node_id"
+    };
+    let mut e = JobError::new(code, message);
+    e.class_type = class_of(workflow, &node_id).map(str::to_string);
+    e.node_id = Some(node_id);
+    Some(e)
+}
+
+/// Longest error message and traceback a job keeps (ComfyUI's can be long).
+const MAX_ERROR_MESSAGE_BYTES: usize = 4 * 1024;
+const MAX_TRACEBACK_BYTES: usize = 16 * 1024;
+
+/// A job error as clients may see it: no server paths ([`comfyui::scrub_paths`]) and
+/// bounded in size.
+pub(crate) fn client_safe(mut e: JobError) -> JobError {
+    use jobs::validate::clip;
+    e.message = clip(&comfyui::scrub_paths(&e.message), MAX_ERROR_MESSAGE_BYTES);
+    e.traceback = e
+        .traceback
+        .map(|t| clip(&comfyui::scrub_paths(&t), MAX_TRACEBACK_BYTES));
+    e.node_id = e
+        .node_id
+        .map(|n| clip(&n, jobs::validate::MAX_NODE_ID_BYTES));
+    e.class_type = e.class_type.map(|c| clip(&c, 256));
+    e
 }
 
 fn sanitize(name: &str) -> String {

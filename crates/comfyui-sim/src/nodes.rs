@@ -492,9 +492,37 @@ pub fn annotated_filepath<'a>(name: &'a str, env: &'a Env) -> (&'a str, &'a Path
     }
 }
 
+/// `folder_paths.get_annotated_filepath`: the name joined to its folder, as ComfyUI
+/// does it, with no containment check (`../x` and `/etc/x` leave the folder). The
+/// simulator must not guard here, or tests would prove the double, not the guard.
 fn annotated_path(name: &str, env: &Env) -> PathBuf {
     let (n, dir) = annotated_filepath(name, env);
     dir.join(n)
+}
+
+/// The most bytes the simulator reads from one input file.
+pub const MAX_INPUT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads an input file, but only a regular file of at most [`MAX_INPUT_FILE_BYTES`]:
+/// ComfyUI would read `/dev/zero` until memory ran out; the double refuses instead.
+pub fn read_input_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_INPUT_FILE_BYTES {
+        return Err(Error::new(ErrorKind::InvalidInput, "file too large"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size can change after the check: the limit holds whatever happens.
+    file.take(MAX_INPUT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INPUT_FILE_BYTES {
+        return Err(Error::new(ErrorKind::InvalidInput, "file too large"));
+    }
+    Ok(bytes)
 }
 
 /// `VALIDATE_INPUTS`: `Ok(())` or the message ComfyUI puts after `"<input> - "`.
@@ -522,7 +550,7 @@ pub fn is_changed(class: &str, inputs: &Map<String, Value>, env: &Env) -> Option
     match class {
         "LoadImage" => {
             let name = inputs.get("image").map(py_str).unwrap_or_default();
-            match std::fs::read(annotated_path(&name, env)) {
+            match read_input_file(&annotated_path(&name, env)) {
                 Ok(bytes) => {
                     let mut h = DefaultHasher::new();
                     bytes.hash(&mut h);
@@ -637,7 +665,7 @@ pub fn run(class: &str, inputs: &Inputs, ctx: &mut dyn RunCtx) -> Result<NodeOut
         "LoadImage" => {
             let name = lit_str(inputs, "image", "load_image")?;
             let path = annotated_path(&name, ctx.env());
-            let bytes = std::fs::read(&path).map_err(|_| {
+            let bytes = read_input_file(&path).map_err(|_| {
                 PyErr::new(
                     "FileNotFoundError",
                     format!("[Errno 2] No such file or directory: '{}'", path.display()),
@@ -1049,6 +1077,21 @@ fn save_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_reads_are_capped() {
+        let started = std::time::Instant::now();
+        assert!(read_input_file(Path::new("/dev/zero")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.png");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_INPUT_FILE_BYTES + 1).unwrap(); // sparse: no disk used
+        assert!(read_input_file(&big).is_err());
+        let small = dir.path().join("small.png");
+        std::fs::write(&small, b"png").unwrap();
+        assert_eq!(read_input_file(&small).unwrap(), b"png");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn paths() {

@@ -119,3 +119,91 @@ impl fmt::Display for PromptRejection {
         Ok(())
     }
 }
+
+/// What [`scrub_paths`] puts where a server path was.
+pub const PATH_PLACEHOLDER: &str = "<path>";
+
+/// ComfyUI's error text with every absolute server path replaced by [`PATH_PLACEHOLDER`]:
+/// its messages and tracebacks name files (`cannot identify image file
+/// '/opt/ComfyUI/input/x.png'`, `File "/usr/lib/python3/…", line 5`), and those must not
+/// reach clients. A path is a `/` (or `C:\`) that starts a word, up to the next space,
+/// quote or bracket, with at least one more separator in it; URLs (`http://…`) and
+/// route names (`/view`) are left alone. The one home of this rule.
+pub fn scrub_paths(text: &str) -> String {
+    const ENDS: &[char] = &[
+        ' ', '\t', '\n', '\r', '\'', '"', '(', ')', '[', ']', '<', '>', ',', ';', '`',
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let word_start = prev.is_none_or(|p| ENDS.contains(&p) || p == '=');
+        let bytes = rest.as_bytes();
+        let unix = c == '/' && bytes.get(1).is_some_and(|b| *b != b'/' && *b != b' ');
+        let windows = c.is_ascii_alphabetic()
+            && bytes.get(1) == Some(&b':')
+            && matches!(bytes.get(2), Some(b'\\') | Some(b'/'));
+        if word_start && (unix || windows) {
+            let end = rest.find(ENDS).unwrap_or(rest.len());
+            let token = &rest[..end];
+            let separators = token.matches(['/', '\\']).count();
+            if separators >= 2 || windows {
+                out.push_str(PATH_PLACEHOLDER);
+                prev = token.chars().last();
+                rest = &rest[end..];
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_paths_are_scrubbed() {
+        let cases = [
+            (
+                "cannot identify image file '/opt/ComfyUI/input/x.png'",
+                "cannot identify image file '<path>'",
+            ),
+            (
+                "[Errno 2] No such file or directory: '/etc/hostname'",
+                "[Errno 2] No such file or directory: '<path>'",
+            ),
+            (
+                "  File \"/usr/lib/python3/site.py\", line 5, in f\n",
+                "  File \"<path>\", line 5, in f\n",
+            ),
+            (
+                "open C:\\ComfyUI\\input\\a.png failed",
+                "open <path> failed",
+            ),
+            ("path=/srv/data/blobs/cas/t1/ab", "path=<path>"),
+            ("at /a/b and /c/d", "at <path> and <path>"),
+            // Not paths: URLs, single route names, relative names, fractions.
+            (
+                "cannot reach ComfyUI at http://127.0.0.1:8188/prompt",
+                "cannot reach ComfyUI at http://127.0.0.1:8188/prompt",
+            ),
+            (
+                "ComfyUI answered 404 to GET /view",
+                "ComfyUI answered 404 to GET /view",
+            ),
+            (
+                "Invalid image file: ../../x.png",
+                "Invalid image file: ../../x.png",
+            ),
+            ("step 1/2 of 3/4", "step 1/2 of 3/4"),
+            ("é /ü/ö ok", "é <path> ok"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(scrub_paths(input), want, "{input}");
+        }
+    }
+}

@@ -96,7 +96,9 @@ pub use client::{
     CancelMethod, CancelOutcome, CancelReport, Client, Leftovers, PromptRequest, PromptRun,
     RunOptions, as_event,
 };
-pub use error::{Error, NodeError, PromptError, PromptRejection, Result};
+pub use error::{
+    Error, NodeError, PATH_PLACEHOLDER, PromptError, PromptRejection, Result, scrub_paths,
+};
 pub use events::{Event, ExecutionError, Interruption, NodeProgress, Preview, PreviewMetadata};
 pub use outputs::{
     FileRef, OtherOutput, OutputFile, OutputKind, OutputText, Outputs, collect_node_output,

@@ -28,8 +28,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::assets::{
-    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, RangeRequest,
-    UploadView, parse_range, validate_meta,
+    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, MAX_TAGS,
+    RangeRequest, UploadView, parse_range, validate_meta,
 };
 use crate::auth::{Authenticator, Tenant};
 use crate::dispatch::Dispatcher;
@@ -55,6 +55,8 @@ pub struct ApiState {
     pub info: ServerInfo,
     pub events: crate::events::EventsConfig,
     pub streams: Arc<crate::events::StreamLimiter>,
+    /// Which web origins may call (see [`crate::cross_site`]).
+    pub cross_site: Arc<crate::cross_site::CrossSitePolicy>,
 }
 
 /// The largest JSON request body accepted (API Gateway's limit is 10 MB).
@@ -62,6 +64,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 pub const MAX_LIST_LIMIT: usize = 100;
+/// `metadata[k]=v` filters one list request may carry: each is a join for the store.
+pub const MAX_LIST_FILTERS: usize = 16;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -124,17 +128,24 @@ pub fn router_and_openapi(
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .split_for_parts();
-    let document = openapi.clone();
+    // Serialized once: the handler (cloned with the router's routes) holds only a
+    // shared buffer, not the whole document by value.
+    let document = Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
     let router = api
         .route(
             "/api/v2/openapi.json",
             get(move || {
                 let document = document.clone();
-                async move { Json(document) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
             }),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(envelope_errors))
+        // Outermost: a disallowed web origin is refused before anything else runs.
+        .layer(middleware::from_fn_with_state(
+            state.cross_site.clone(),
+            crate::cross_site::guard,
+        ))
         .with_state(state);
     (router, openapi)
 }
@@ -194,15 +205,45 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
-/// The raw body, with body-limit rejections mapped to 413 and others to 400.
-struct RawBody(Bytes);
+/// The raw body, with body-limit rejections mapped to 413 and others to 400. A large
+/// body is read only with a permit ([`crate::json_budget::large_body_gate`]), held
+/// while the handler runs: the permit is the second field.
+struct RawBody(Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(RawBody(bytes)),
+        use crate::json_budget::{LARGE_BODY_QUEUE_WAIT, LARGE_BODY_READ_TIMEOUT};
+        // The content type is checked on the headers, and refused before a byte of the
+        // body is read unless the body is empty: a cancel `POST` that carries nothing
+        // needs no type.
+        let declared_json = crate::cross_site::require_json(req.headers(), false);
+        let declared = axum::body::HttpBody::size_hint(req.body()).exact();
+        if let (Err(refusal), Some(1..)) = (&declared_json, declared) {
+            return Err(refusal.clone());
+        }
+        let permit = crate::json_budget::large_body_gate(declared, LARGE_BODY_QUEUE_WAIT).await?;
+        let read = Bytes::from_request(req, state);
+        let read = match &permit {
+            None => read.await,
+            Some(_) => tokio::time::timeout(LARGE_BODY_READ_TIMEOUT, read)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request body arrived too slowly",
+                    )
+                })?,
+        };
+        if let (Ok(bytes), Err(refusal)) = (&read, declared_json)
+            && !bytes.is_empty()
+        {
+            return Err(refusal);
+        }
+        match read {
+            Ok(bytes) => Ok(RawBody(bytes, permit)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -220,6 +261,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
 /// A strictly parsed JSON body of a declared type.
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::json_budget::check_value_count(bytes)?;
     let value = crate::validate::parse_json_strict(bytes)?;
     serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(
@@ -257,7 +299,7 @@ async fn submit_job(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -388,6 +430,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
             if metadata.iter().any(|(k, _): &(String, String)| k == key) {
                 return Err(bad_filter(format!("metadata[{key}] is given twice")));
             }
+            if metadata.len() == MAX_LIST_FILTERS {
+                return Err(bad_filter(format!(
+                    "at most {MAX_LIST_FILTERS} metadata filters may be given"
+                )));
+            }
             metadata.push((key.to_string(), value.into_owned()));
         } else if name == "limit" {
             limit = value
@@ -454,11 +501,14 @@ async fn list_jobs(
 
 /// Streams a blob (or the requested range of it) with the right status and headers:
 /// 200 whole, 206 partial, 416 unsatisfiable. Shared by `/content` and local signed URLs.
+/// Bytes declared as `content_type` are served as [`crate::content_policy`] says, and
+/// downloaded as `filename` when they may not be rendered.
 pub async fn blob_response(
     blobs: &dyn BlobStore,
     key: &str,
     headers: &HeaderMap,
     content_type: &str,
+    filename: &str,
 ) -> Result<Response, ApiError> {
     // Only a ranged request needs the size before reading; a whole read reports it.
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -471,14 +521,16 @@ pub async fn blob_response(
                 .ok_or_else(|| ApiError::not_found("content"))?;
             match parse_range(range_header, size) {
                 RangeRequest::Unsatisfiable => {
-                    return Ok((
+                    let mut response = (
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         [
                             (header::CONTENT_RANGE, format!("bytes */{size}")),
                             (header::ACCEPT_RANGES, "bytes".to_string()),
                         ],
                     )
-                        .into_response());
+                        .into_response();
+                    crate::content_policy::apply(response.headers_mut(), content_type, filename);
+                    return Ok(response);
                 }
                 satisfiable => satisfiable,
             }
@@ -501,9 +553,7 @@ pub async fn blob_response(
     let h = response.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if let Ok(value) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, value);
-    }
+    crate::content_policy::apply(h, content_type, filename);
     if let Some((first, last)) = wanted
         && let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size))
     {
@@ -555,6 +605,7 @@ async fn upload_asset(
     tenant: Tenant,
     request: Request,
 ) -> Result<Response, ApiError> {
+    crate::cross_site::require_multipart(request.headers())?;
     let boundary = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -568,9 +619,30 @@ async fn upload_asset(
     // multer reads its input for as long as the input is ready, so a fast client would
     // be buffered whole in memory. Pausing between chunks keeps it to one chunk.
     let body = PausingStream::new(request.into_body().into_data_stream());
-    let mut multipart = multer::Multipart::new(body, boundary);
-    let multipart_error =
-        |e: multer::Error| ApiError::invalid_request(format!("malformed multipart body: {e}"));
+    // Text parts are read whole, so each has a small limit that multer enforces as the
+    // part streams in; only `file` may be large (storage streams it).
+    let limits = UPLOAD_TEXT_FIELDS
+        .iter()
+        .fold(multer::SizeLimit::new(), |limits, name| {
+            limits.for_field(*name, MAX_TEXT_FIELD_BYTES)
+        });
+    let mut multipart = multer::Multipart::with_constraints(
+        body,
+        boundary,
+        multer::Constraints::new().size_limit(limits),
+    );
+    let multipart_error = |e: multer::Error| match e {
+        multer::Error::FieldSizeExceeded { limit, field_name } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the form field `{}` is longer than {limit} bytes",
+                field_name.as_deref().unwrap_or("?")
+            ),
+        )
+        .with_details(json!({ "field": field_name, "max_bytes": limit })),
+        e => ApiError::invalid_request(format!("malformed multipart body: {e}")),
+    };
     let mut meta = AssetMeta::default();
     let mut staged = None;
     let mut seen = std::collections::HashSet::new();
@@ -608,6 +680,14 @@ async fn upload_asset(
                 staged = Some(result?);
             }
             "content_type" | "file_path" | "expected_hash" | "tags" => {
+                // Refused at the first extra tag, as `validate_meta` would later.
+                if name == "tags" && meta.tags.len() >= MAX_TAGS {
+                    discard(&state, staged.take()).await;
+                    return Err(ApiError::unprocessable(
+                        "invalid_tags",
+                        format!("tags: at most {MAX_TAGS}"),
+                    ));
+                }
                 let text = match field.text().await {
                     Ok(text) => text,
                     Err(e) => {
@@ -651,6 +731,13 @@ async fn upload_asset(
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
     asset_response(&state, &asset, created_new)
 }
+
+/// The text parts of `POST /api/v2/assets`.
+const UPLOAD_TEXT_FIELDS: [&str; 4] = ["content_type", "file_path", "expected_hash", "tags"];
+
+/// The most bytes one text part may hold: far above any valid value (a media type is
+/// at most 255 bytes, a path 1024), far below what would cost memory.
+pub const MAX_TEXT_FIELD_BYTES: u64 = 8 * 1024;
 
 /// A stream that returns `Pending` once after every chunk (waking itself at once), so a
 /// reader that drains whatever is ready takes one chunk at a time.
@@ -707,7 +794,7 @@ async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
 async fn from_hash(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: FromHashRequest = parse_body(&body)?;
     let (asset, created) = state.assets.from_hash(&tenant.0, request).await?;
@@ -801,7 +888,15 @@ async fn get_asset_content(
     let asset = state.assets.load(&tenant.0, &id).await?;
     let blobs = state.jobs.ports().blobs.as_ref();
     if blobs.serves_content_directly() {
-        blob_response(blobs, &asset.blob_key, &headers, &asset.content_type).await
+        let filename = asset.file_path.as_deref().unwrap_or(&asset.blob_key);
+        blob_response(
+            blobs,
+            &asset.blob_key,
+            &headers,
+            &asset.content_type,
+            filename,
+        )
+        .await
     } else {
         let (url, _) = state
             .assets
@@ -822,7 +917,7 @@ async fn get_asset_content(
 async fn create_upload(
     State(state): State<Arc<ApiState>>,
     tenant: Tenant,
-    RawBody(body): RawBody,
+    RawBody(body, _permit): RawBody,
 ) -> Result<Response, ApiError> {
     let request: CreateUploadRequest = parse_body(&body)?;
     let upload = state.assets.create_upload(&tenant.0, request).await?;
@@ -838,6 +933,7 @@ async fn create_upload(
         (status = 200, description = "Deduplicated; asset minted", body = AssetView),
         (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 410, description = "`upload_expired`", body = ErrorEnvelope),
     )
 )]
 async fn complete_upload(
@@ -849,6 +945,18 @@ async fn complete_upload(
     asset_response(&state, &asset, created_new)
 }
 
+/// What health shows about ComfyUI: its URLs (which may name internal hosts) only to a
+/// caller who authenticates (on a keyless loopback server, everyone does).
+async fn comfyui_for(state: &ApiState, headers: &HeaderMap) -> Value {
+    let mut comfyui = state.info.comfyui.clone();
+    if state.auth.authenticate(headers).await.is_err()
+        && let Some(fields) = comfyui.as_object_mut()
+    {
+        fields.remove("urls");
+    }
+    comfyui
+}
+
 /// `GET /api/v2/health`: no authentication, no tenant data.
 #[utoipa::path(
     get, path = "/api/v2/health", tag = "health", security(()),
@@ -857,7 +965,7 @@ async fn complete_upload(
         (status = 503, description = "Degraded", body = Object),
     )
 )]
-async fn health(State(state): State<Arc<ApiState>>) -> Response {
+async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let ports = state.jobs.ports();
     let store_ok = ports.store.ping().await.is_ok();
     let depth = ports.queue.depth(QueueName::Work).await.ok();
@@ -888,7 +996,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             "state": if capacity_error.is_some() { "failing" } else { "ok" },
             "message": capacity_error,
         },
-        "comfyui": state.info.comfyui,
+        "comfyui": comfyui_for(&state, &headers).await,
         "auth": state.auth.describe().await,
     });
     let status = if healthy {

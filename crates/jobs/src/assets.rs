@@ -6,11 +6,21 @@
 //!
 //! 1. a declared `expected_hash` is checked (409 `hash_mismatch`, nothing minted);
 //! 2. the hash is looked up in the tenant's dedup index: a hit discards the staged
-//!    copy (200, `created_new: false`), a miss moves it to `cas/{tenant}/{hex}` (201);
+//!    copy (200, `created_new: false`), a miss moves it to `cas/{tenant}/{hex}-{ulid}`
+//!    (201);
 //! 3. an asset record is minted over the blob.
 //!
 //! The dedup index is per tenant, so `HEAD /assets/by-hash/{hash}` cannot tell one
 //! tenant whether another has some bytes.
+//!
+//! **Deleting the last asset over some bytes deletes them.** No transaction spans the
+//! asset and the dedup record, so deleting and minting follow a protocol instead: the
+//! deleter removes the dedup record *before* its final check for other assets (and puts
+//! it back if one appeared), and a minter checks, *after* writing its asset, that the
+//! record it minted from still stands (and withdraws its asset if not). Whichever way
+//! the two interleave, no asset is left over deleted bytes. Each new blob gets a key of
+//! its own (the ULID), so a signed URL of deleted bytes never serves a later upload of
+//! the same bytes.
 
 use std::sync::{Arc, Mutex};
 
@@ -157,8 +167,11 @@ pub fn parse_hash(raw: &str) -> Result<String, ApiError> {
     Ok(format!("blake3:{}", hex.to_ascii_lowercase()))
 }
 
+/// The most tags an asset may carry.
+pub const MAX_TAGS: usize = 16;
+
 fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
-    if tags.len() > 16 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+    if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
         return Err(ApiError::unprocessable(
             "invalid_tags",
             "tags: at most 16, each 1 to 64 bytes",
@@ -272,6 +285,17 @@ pub struct Staged {
     pub size: u64,
 }
 
+/// How many times a mint retries when concurrent deletes keep retiring its blob.
+const MINT_ROUNDS: usize = 3;
+
+fn blob_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "blob_not_found",
+        "no blob with this hash that you may mint from; upload the bytes instead",
+    )
+}
+
 pub struct AssetService {
     ports: Ports,
     config: AssetsConfig,
@@ -279,12 +303,18 @@ pub struct AssetService {
     /// How long a content URL is valid: the jobs' setting, since every output is an
     /// asset and both hand out the same URLs.
     url_ttl: Duration,
+    quotas: crate::quota::QuotaBook,
 }
 
 impl AssetService {
     /// URLs follow the jobs' settings: their path prefix and their lifetime.
     pub fn new(ports: Ports, config: AssetsConfig, jobs: &crate::service::JobsConfig) -> Self {
         AssetService {
+            quotas: crate::quota::QuotaBook::new(
+                ports.store.clone(),
+                ports.clock.clone(),
+                jobs.default_quota,
+            ),
             ports,
             config,
             path_prefix: jobs.path_prefix.clone(),
@@ -294,6 +324,16 @@ impl AssetService {
 
     pub fn config(&self) -> &AssetsConfig {
         &self.config
+    }
+
+    /// Refuses `adding` new bytes that would take the tenant past its storage quota.
+    async fn check_storage_room(&self, tenant: &str, adding: u64) -> Result<(), ApiError> {
+        let limit = self.quotas.quota(tenant).await?.max_stored_bytes;
+        let used = self.ports.store.tenant_usage(tenant).await?.stored_bytes;
+        if used.saturating_add(adding) > limit {
+            return Err(crate::quota::storage_refusal(used, adding, limit));
+        }
+        Ok(())
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -317,7 +357,8 @@ impl AssetService {
         })
     }
 
-    /// A fresh signed GET URL for a blob, and when it expires.
+    /// A fresh signed GET URL for a blob, and when it expires. The URL carries the type
+    /// the content policy serves, never an active one.
     pub fn signed_get(
         &self,
         blob_key: &str,
@@ -328,7 +369,7 @@ impl AssetService {
             blob_key,
             SignedAccess::Get,
             expires,
-            Some(content_type),
+            Some(&crate::content_policy::served_type(content_type)),
         )?;
         Ok((url, timestamp(expires)))
     }
@@ -385,47 +426,87 @@ impl AssetService {
             ));
         }
         let now = self.now();
-        let hex = staged.hash.trim_start_matches("blake3:");
-        let (blob, created_new) = match self
+        let store = &self.ports.store;
+        // Where our own bytes are, once moved out of staging.
+        let mut ours: Option<String> = None;
+        // A round repeats only when a concurrent delete retired the blob minted from.
+        for _ in 0..MINT_ROUNDS {
+            let blob = match store.get_blob_record(tenant, &staged.hash).await? {
+                Some(existing) => existing,
+                None => {
+                    let blob_key = match &ours {
+                        Some(key) => key.clone(),
+                        None => {
+                            // New content: it must fit the tenant's storage quota.
+                            if let Err(refusal) = self.check_storage_room(tenant, staged.size).await
+                            {
+                                let _ = self.ports.blobs.delete(&staged.key).await;
+                                return Err(refusal);
+                            }
+                            let hex = staged.hash.trim_start_matches("blake3:");
+                            let key = format!(
+                                "cas/{tenant}/{hex}-{}",
+                                ulid::Ulid::new().to_string().to_ascii_lowercase()
+                            );
+                            self.ports.blobs.rename(&staged.key, &key).await?;
+                            ours = Some(key.clone());
+                            key
+                        }
+                    };
+                    let record = BlobRecord {
+                        v: SCHEMA_VERSION,
+                        tenant: tenant.to_string(),
+                        hash: staged.hash.clone(),
+                        size_bytes: staged.size,
+                        blob_key,
+                        created_at: now,
+                    };
+                    store.put_blob_record_if_absent(&record).await?.0
+                }
+            };
+            let asset = Asset {
+                v: SCHEMA_VERSION,
+                id: new_asset_id(),
+                tenant: tenant.to_string(),
+                hash: blob.hash.clone(),
+                size_bytes: blob.size_bytes,
+                content_type: meta.content_type.clone(),
+                file_path: Some(meta.file_path.clone()),
+                tags: meta.tags.clone(),
+                created_at: now,
+                blob_key: blob.blob_key.clone(),
+                job_id: None,
+            };
+            if self.mint_over(&blob, &asset).await? {
+                let our_key = ours.as_deref().unwrap_or(&staged.key);
+                let created_new = blob.blob_key == our_key;
+                if !created_new {
+                    let _ = self.ports.blobs.delete(our_key).await;
+                }
+                tracing::info!(asset_id = %asset.id, tenant, size = asset.size_bytes, created_new, "asset minted");
+                return Ok((asset, created_new));
+            }
+        }
+        let _ = self
             .ports
-            .store
-            .get_blob_record(tenant, &staged.hash)
-            .await?
-        {
-            Some(existing) => {
-                let _ = self.ports.blobs.delete(&staged.key).await;
-                (existing, false)
-            }
-            None => {
-                let blob_key = format!("cas/{tenant}/{hex}");
-                self.ports.blobs.rename(&staged.key, &blob_key).await?;
-                let record = BlobRecord {
-                    v: SCHEMA_VERSION,
-                    tenant: tenant.to_string(),
-                    hash: staged.hash.clone(),
-                    size_bytes: staged.size,
-                    blob_key,
-                    created_at: now,
-                };
-                self.ports.store.put_blob_record_if_absent(&record).await?
-            }
-        };
-        let asset = Asset {
-            v: SCHEMA_VERSION,
-            id: new_asset_id(),
-            tenant: tenant.to_string(),
-            hash: blob.hash.clone(),
-            size_bytes: blob.size_bytes,
-            content_type: meta.content_type,
-            file_path: Some(meta.file_path),
-            tags: meta.tags,
-            created_at: now,
-            blob_key: blob.blob_key,
-            job_id: None,
-        };
-        self.ports.store.put_asset(&asset).await?;
-        tracing::info!(asset_id = %asset.id, tenant, size = asset.size_bytes, created_new, "asset minted");
-        Ok((asset, created_new))
+            .blobs
+            .delete(ours.as_deref().unwrap_or(&staged.key))
+            .await;
+        Err(StoreError::Unavailable("the blob kept changing while minting; retry".into()).into())
+    }
+
+    /// Writes an asset over a blob record, then checks that the record still stands;
+    /// if a concurrent delete retired it meanwhile, withdraws the asset (false). See the
+    /// module docs for why this order makes deletes safe.
+    async fn mint_over(&self, blob: &BlobRecord, asset: &Asset) -> Result<bool, ApiError> {
+        let store = &self.ports.store;
+        store.put_asset(asset).await?;
+        let standing = store.get_blob_record(&blob.tenant, &blob.hash).await?;
+        if standing.is_some_and(|r| r.blob_key == blob.blob_key) {
+            return Ok(true);
+        }
+        store.delete_asset(&asset.id).await?;
+        Ok(false)
     }
 
     /// `POST /api/v2/assets/from-hash`.
@@ -440,11 +521,7 @@ impl AssetService {
         }
         validate_tags(&request.tags)?;
         let Some(blob) = self.ports.store.get_blob_record(tenant, &hash).await? else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "blob_not_found",
-                "no blob with this hash that you may mint from; upload the bytes instead",
-            ));
+            return Err(blob_not_found());
         };
         if let Some(existing) = self
             .ports
@@ -478,16 +555,18 @@ impl AssetService {
             v: SCHEMA_VERSION,
             id: new_asset_id(),
             tenant: tenant.to_string(),
-            hash: blob.hash,
+            hash: blob.hash.clone(),
             size_bytes: blob.size_bytes,
             content_type,
             file_path: request.file_path,
             tags: request.tags,
             created_at: self.now(),
-            blob_key: blob.blob_key,
+            blob_key: blob.blob_key.clone(),
             job_id: None,
         };
-        self.ports.store.put_asset(&asset).await?;
+        if !self.mint_over(&blob, &asset).await? {
+            return Err(blob_not_found());
+        }
         Ok((asset, true))
     }
 
@@ -512,10 +591,51 @@ impl AssetService {
         }
     }
 
+    /// Deletes an asset, and its bytes once no asset of the tenant references them.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
-        self.load(tenant, id).await?;
-        self.ports.store.delete_asset(id).await?;
+        let asset = self.load(tenant, id).await?;
+        if self.ports.store.delete_asset(id).await? {
+            self.release_bytes(&asset).await?;
+        }
         tracing::info!(asset_id = id, tenant, "asset deleted");
+        Ok(())
+    }
+
+    /// After `deleted` is gone: deletes its bytes, and the tenant's dedup record, unless
+    /// another asset still references them. See the module docs for the protocol.
+    async fn release_bytes(&self, deleted: &Asset) -> Result<(), ApiError> {
+        let store = &self.ports.store;
+        let (tenant, hash) = (deleted.tenant.as_str(), deleted.hash.as_str());
+        let record = store.get_blob_record(tenant, hash).await?;
+        if store.is_blob_referenced(tenant, hash, None).await? {
+            // Other assets share the bytes. The deleted one's key may still go if it is
+            // its own copy (a job output's key): nothing mints over such a key later.
+            let record_key = record.as_ref().map(|r| r.blob_key.as_str());
+            if record_key != Some(deleted.blob_key.as_str())
+                && !store
+                    .is_blob_referenced(tenant, hash, Some(&deleted.blob_key))
+                    .await?
+            {
+                self.ports.blobs.delete(&deleted.blob_key).await?;
+            }
+            return Ok(());
+        }
+        // The last reference: retire the record first, so nothing mints from it, then
+        // check again for an asset minted from it meanwhile.
+        store.delete_blob_record(tenant, hash).await?;
+        if store.is_blob_referenced(tenant, hash, None).await? {
+            if let Some(record) = &record {
+                store.put_blob_record_if_absent(record).await?;
+            }
+            return Ok(());
+        }
+        self.ports.blobs.delete(&deleted.blob_key).await?;
+        if let Some(record) = record
+            && record.blob_key != deleted.blob_key
+        {
+            self.ports.blobs.delete(&record.blob_key).await?;
+        }
+        tracing::info!(tenant, hash, "blob deleted: no asset references it");
         Ok(())
     }
 
@@ -540,11 +660,13 @@ impl AssetService {
                 ),
             ));
         }
+        // Refused before any byte is sent when it cannot fit; checked again on complete.
+        self.check_storage_room(tenant, request.size_bytes).await?;
         let now = self.now();
         let id = format!("upload_{}", ulid::Ulid::new());
         let upload = UploadRecord {
             v: SCHEMA_VERSION,
-            blob_key: format!("uploads/{id}"),
+            blob_key: format!("{UPLOAD_KEY_PREFIX}{id}"),
             id,
             tenant: tenant.to_string(),
             max_bytes: request.size_bytes,
@@ -583,36 +705,119 @@ impl AssetService {
             Some(upload) if upload.tenant == tenant => upload,
             _ => return Err(ApiError::not_found("upload")),
         };
-        let Some(read) = self.ports.blobs.read(&upload.blob_key, None).await? else {
+        if upload.expires_at <= self.now() {
+            return Err(upload_expired());
+        }
+        if self.ports.blobs.size(&upload.blob_key).await?.is_none() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "upload_incomplete",
                 "no bytes were uploaded yet: PUT the file to upload_url first",
             ));
-        };
-        // Hash the object as stored; never trust the client's hash.
-        let (mut stream, hasher) = hashing(read.stream);
-        let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            size += chunk
-                .map_err(|e| ApiError::from(StoreError::Unavailable(e.to_string())))?
-                .len() as u64;
         }
+        // Move the bytes out of the upload's key and end the upload before hashing: a
+        // PUT from now on is refused, and none can change the bytes being hashed.
+        let staged_key = format!("staging/{}", ulid::Ulid::new());
+        self.ports
+            .blobs
+            .rename(&upload.blob_key, &staged_key)
+            .await?;
+        self.ports.store.delete_upload(id).await?;
+        let hashed = async {
+            let read = self
+                .ports
+                .blobs
+                .read(&staged_key, None)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable("the staged upload vanished".into()))?;
+            // Hash the object as stored; never trust the client's hash.
+            let (mut stream, hasher) = hashing(read.stream);
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                size += chunk
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                    .len() as u64;
+            }
+            Ok::<_, StoreError>((finish_hash(&hasher), size))
+        }
+        .await;
+        let (hash, size) = match hashed {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                let _ = self.ports.blobs.delete(&staged_key).await;
+                return Err(e.into());
+            }
+        };
         let staged = Staged {
-            key: upload.blob_key.clone(),
-            hash: finish_hash(&hasher),
+            key: staged_key,
+            hash,
             size,
         };
         let meta = AssetMeta {
-            content_type: upload.content_type.clone(),
-            file_path: upload.file_path.clone(),
-            expected_hash: upload.expected_hash.clone(),
-            tags: upload.tags.clone(),
+            content_type: upload.content_type,
+            file_path: upload.file_path,
+            expected_hash: upload.expected_hash,
+            tags: upload.tags,
         };
-        let minted = self.mint_staged(tenant, staged, meta).await;
-        self.ports.store.delete_upload(id).await?;
-        minted
+        self.mint_staged(tenant, staged, meta).await
     }
+}
+
+/// Where an upload's bytes are PUT: `uploads/{upload id}`.
+const UPLOAD_KEY_PREFIX: &str = "uploads/";
+
+fn upload_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "upload_expired",
+        "this upload expired before it was completed; start a new one",
+    )
+}
+
+/// Whether a signed PUT to `key` may write now. Only uploads are written through signed
+/// URLs, and only while pending: once completed, expired or swept, the URL (which
+/// stays valid by its signature alone) is refused with 403.
+pub async fn check_upload_put(
+    store: &dyn crate::ports::JobStore,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let refused = |why: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{why}; create a new upload"),
+        )
+    };
+    let Some(id) = key.strip_prefix(UPLOAD_KEY_PREFIX) else {
+        return Err(refused("this key does not accept uploads"));
+    };
+    match store.get_upload(id).await? {
+        Some(upload) if upload.blob_key == key && now < upload.expires_at => Ok(()),
+        Some(upload) if upload.blob_key == key => Err(refused("this upload has expired")),
+        _ => Err(refused("this upload is completed or gone")),
+    }
+}
+
+/// How many abandoned uploads one tick removes at most.
+pub const UPLOAD_SWEEP_BATCH: usize = 100;
+
+/// Removes uploads abandoned past their expiry, at most `limit`: the staged bytes
+/// first, then the record (so a failure leaves the record for the next sweep). Returns
+/// how many were removed. The tick calls it.
+pub async fn sweep_expired_uploads(
+    ports: &Ports,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<u32, StoreError> {
+    let mut removed = 0;
+    for upload in ports.store.expired_uploads(now, limit).await? {
+        ports.blobs.delete(&upload.blob_key).await?;
+        ports.store.delete_upload(&upload.id).await?;
+        tracing::info!(upload_id = %upload.id, tenant = %upload.tenant, "abandoned upload removed");
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Checks that every `core/ASSET` reference of a workflow names an existing asset of

@@ -107,15 +107,21 @@ pub fn mint_key(tenant: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Mint
     Ok(MintedKey { secret, record })
 }
 
-/// Bearer API keys. While no key exists and the server binds loopback only, requests
-/// run as the default tenant (the `dev` convenience); once a key exists, every request
-/// needs `Authorization: Bearer <key>`.
+/// Bearer API keys. While no key was ever created and the server binds loopback only,
+/// requests run as the default tenant (the `dev` convenience); once a key exists, every
+/// request needs `Authorization: Bearer <key>`.
+///
+/// Revocation fails closed: a revoked key still counts as "a key exists", so revoking
+/// the last key leaves every request refused rather than anonymous. Only deleting the
+/// key records (`serverless-comfyui keys purge`, an explicit operator act) and a restart
+/// bring the keyless default tenant back.
 pub struct KeyAuthenticator {
     store: Arc<dyn crate::ports::JobStore>,
     clock: Arc<dyn crate::ports::Clock>,
     /// Whether "no keys yet" may mean "default tenant" (loopback `dev` only).
     allow_default_without_keys: bool,
-    /// Whether any active key exists, cached briefly: checked on every request.
+    /// Whether any key record (active or revoked) exists, cached briefly: checked on
+    /// every request. Once true it stays true for the life of the process.
     keys_exist: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, bool)>>,
 }
 
@@ -133,20 +139,16 @@ impl KeyAuthenticator {
         }
     }
 
-    async fn any_active_key(&self) -> Result<bool, ApiError> {
+    async fn any_key_record(&self) -> Result<bool, ApiError> {
         let now = self.clock.now();
         let cached = *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, exist)) = cached
-            && now - at < chrono::Duration::seconds(1)
-        {
-            return Ok(exist);
+        match cached {
+            Some((_, true)) => return Ok(true),
+            Some((at, false)) if now - at < chrono::Duration::seconds(1) => return Ok(false),
+            _ => {}
         }
-        let exist = self
-            .store
-            .list_api_keys()
-            .await?
-            .iter()
-            .any(|k| k.revoked_at.is_none());
+        // Revoked keys count: revoking the last key must not reopen the server.
+        let exist = !self.store.list_api_keys().await?.is_empty();
         *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, exist));
         Ok(exist)
     }
@@ -178,8 +180,18 @@ impl Authenticator for KeyAuthenticator {
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
         if self.allow_default_without_keys
             && headers.get(axum::http::header::AUTHORIZATION).is_none()
-            && !self.any_active_key().await?
+            && !self.any_key_record().await?
         {
+            // A DNS-rebound name reaches a loopback server from a web page: the keyless
+            // tenant is only for requests addressed to loopback.
+            if !crate::cross_site::host_is_loopback(headers) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "host_not_allowed",
+                    "without API keys this server answers only requests addressed to a \
+                     loopback name (127.0.0.1, ::1 or localhost); create a key to serve others",
+                ));
+            }
             return Ok(Tenant(DEFAULT_TENANT.to_string()));
         }
         let token = bearer(headers)?;
@@ -201,7 +213,7 @@ impl Authenticator for KeyAuthenticator {
     }
 
     async fn describe(&self) -> Value {
-        let keys = self.any_active_key().await.ok();
+        let keys = self.any_key_record().await.ok();
         let default_tenant = self.allow_default_without_keys && keys == Some(false);
         json!({
             "required": !default_tenant,

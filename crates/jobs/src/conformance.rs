@@ -13,6 +13,7 @@
 //!   is lost, and processing with deletes drains the queue;
 //! - [`lease_protocol`]: several simulated runners working through jobs concurrently
 //!   over the store and the queue; every job must finish exactly once;
+//! - [`asset_records`]: blob references, dedup records and expired uploads;
 //! - [`blob_store`]: whole and streamed writes, overwrites, ranges, sizes, renames and
 //!   deletes, for blobs small (a workflow) and large (an image), since an adapter may
 //!   keep the two apart.
@@ -72,6 +73,187 @@ async fn create(store: &dyn JobStore, job: &Job) {
             .await
             .unwrap(),
         "the position reported at creation is the queue position"
+    );
+}
+
+/// Per-tenant quotas: limits set and read back; the active-job and submit-rate limits
+/// held in the write that records a job (a refused job leaves nothing behind); usage
+/// that follows jobs ending and blob records coming and going.
+pub async fn tenant_quotas(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
+    use crate::quota::{QuotaRefusal, TenantQuota};
+    let store = store.as_ref();
+    let now = clock.now();
+
+    assert_eq!(store.get_tenant_quota("q1").await.unwrap(), None);
+    let tight = TenantQuota {
+        max_active_jobs: 2,
+        submits_per_second: 100,
+        max_stored_bytes: 1_000,
+    };
+    store.put_tenant_quota("q1", &tight).await.unwrap();
+    assert_eq!(store.get_tenant_quota("q1").await.unwrap(), Some(tight));
+    assert_eq!(
+        store.get_tenant_quota("q2").await.unwrap(),
+        None,
+        "per tenant"
+    );
+
+    // Active jobs: the third is refused and not written.
+    let mut first = sample_job("q1", now, &[]);
+    for job in [&first, &sample_job("q1", now, &[])] {
+        assert!(matches!(
+            store
+                .create_job_within_quota(job, None, now, &tight)
+                .await
+                .unwrap(),
+            CreateOutcome::Created { .. }
+        ));
+    }
+    let third = sample_job("q1", now, &[]);
+    assert_eq!(
+        store
+            .create_job_within_quota(&third, None, now, &tight)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(QuotaRefusal::ActiveJobs { limit: 2 })
+    );
+    assert_eq!(
+        store.get_job(&third.id).await.unwrap(),
+        None,
+        "a refused job is not written"
+    );
+    let refused_key = IdempotencyRecord {
+        v: SCHEMA_VERSION,
+        tenant: "q1".into(),
+        key: "refused".into(),
+        fingerprint: "f".into(),
+        job_id: third.id.clone(),
+        created_at: now,
+        expires_at: now + Duration::hours(24),
+    };
+    assert!(matches!(
+        store
+            .create_job_within_quota(&third, Some(&refused_key), now, &tight)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(_)
+    ));
+    assert_eq!(
+        store.get_idempotency("q1", "refused").await.unwrap(),
+        None,
+        "a refused job leaves its key free for the retry"
+    );
+    assert_eq!(store.tenant_usage("q1").await.unwrap().active_jobs, 2);
+    // Another tenant is not held to q1's count.
+    assert!(matches!(
+        store
+            .create_job_within_quota(&sample_job("q2", now, &[]), None, now, &tight)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { .. }
+    ));
+
+    // A replay of a recorded key is answered, not refused, even at the limit.
+    let keyed = IdempotencyRecord {
+        v: SCHEMA_VERSION,
+        tenant: "q2".into(),
+        key: "quota-key".into(),
+        fingerprint: "f".into(),
+        job_id: JobId::generate(),
+        created_at: now,
+        expires_at: now + Duration::hours(24),
+    };
+    let one_active = TenantQuota {
+        max_active_jobs: 2,
+        ..tight
+    };
+    let keyed_job = Job {
+        id: keyed.job_id.clone(),
+        ..sample_job("q2", now, &[])
+    };
+    assert!(matches!(
+        store
+            .create_job_within_quota(&keyed_job, Some(&keyed), now, &one_active)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { .. }
+    ));
+    assert_eq!(
+        store
+            .create_job_within_quota(&sample_job("q2", now, &[]), Some(&keyed), now, &one_active)
+            .await
+            .unwrap(),
+        CreateOutcome::KeyTaken(keyed.clone())
+    );
+
+    // A job that ends frees its slot.
+    first.status = JobStatus::Succeeded;
+    first.rev += 1;
+    store.put_job(&first, first.rev - 1).await.unwrap();
+    assert_eq!(store.tenant_usage("q1").await.unwrap().active_jobs, 1);
+    assert!(matches!(
+        store
+            .create_job_within_quota(&third, None, now, &tight)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { .. }
+    ));
+
+    // The submit rate: a one-second window.
+    let rate = TenantQuota {
+        max_active_jobs: 1_000,
+        submits_per_second: 2,
+        ..tight
+    };
+    let second = now + Duration::seconds(10);
+    for _ in 0..2 {
+        assert!(matches!(
+            store
+                .create_job_within_quota(&sample_job("q3", second, &[]), None, second, &rate)
+                .await
+                .unwrap(),
+            CreateOutcome::Created { .. }
+        ));
+    }
+    let fast = sample_job("q3", second, &[]);
+    assert_eq!(
+        store
+            .create_job_within_quota(&fast, None, second, &rate)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(QuotaRefusal::SubmitRate { limit: 2 })
+    );
+    let next_second = second + Duration::seconds(1);
+    assert!(matches!(
+        store
+            .create_job_within_quota(&fast, None, next_second, &rate)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { .. }
+    ));
+
+    // Stored bytes follow the tenant's blob records.
+    let blob = crate::model::BlobRecord {
+        v: SCHEMA_VERSION,
+        tenant: "q1".into(),
+        hash: format!("blake3:{}", "ab".repeat(32)),
+        size_bytes: 700,
+        blob_key: "cas/q1/quota".into(),
+        created_at: now,
+    };
+    store.put_blob_record_if_absent(&blob).await.unwrap();
+    store.put_blob_record_if_absent(&blob).await.unwrap();
+    assert_eq!(
+        store.tenant_usage("q1").await.unwrap().stored_bytes,
+        700,
+        "counted once"
+    );
+    assert_eq!(store.tenant_usage("q2").await.unwrap().stored_bytes, 0);
+    assert!(store.delete_blob_record("q1", &blob.hash).await.unwrap());
+    assert_eq!(store.tenant_usage("q1").await.unwrap().stored_bytes, 0);
+    assert_eq!(
+        store.tenant_usage("nobody").await.unwrap(),
+        crate::quota::TenantUsage::default()
     );
 }
 
@@ -860,6 +1042,143 @@ pub async fn stalled_runner_is_fenced(store: Arc<dyn JobStore>, clock: Arc<Manua
     let stored = store.get_job(&b.id).await.unwrap().unwrap();
     assert_eq!(stored.status, JobStatus::Running);
     assert_eq!(stored.lease_owner.as_deref(), Some("b"));
+}
+
+/// The asset and upload records' promises: reference checks over `(tenant, hash)` and
+/// blob key, the dedup record's delete, and expired uploads listed oldest first, bounded.
+pub async fn asset_records(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
+    use crate::model::{Asset, BlobRecord, UploadRecord};
+    let store = store.as_ref();
+    let now = clock.now();
+    let hash = format!("blake3:{}", "ab".repeat(32));
+    let asset = |id: &str, tenant: &str, key: &str| Asset {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        tenant: tenant.into(),
+        hash: hash.clone(),
+        size_bytes: 3,
+        content_type: "image/png".into(),
+        file_path: Some("a.png".into()),
+        tags: vec![],
+        created_at: now,
+        blob_key: key.into(),
+        job_id: None,
+    };
+    let referenced = |tenant: &'static str, key: Option<&'static str>| {
+        let hash = hash.clone();
+        async move { store.is_blob_referenced(tenant, &hash, key).await.unwrap() }
+    };
+    assert!(!referenced("t1", None).await, "no asset yet");
+    store
+        .put_asset(&asset("asset_a", "t1", "cas/t1/x"))
+        .await
+        .unwrap();
+    store
+        .put_asset(&asset("asset_b", "t1", "outputs/j/1/o.png"))
+        .await
+        .unwrap();
+    assert!(referenced("t1", None).await);
+    assert!(referenced("t1", Some("cas/t1/x")).await);
+    assert!(referenced("t1", Some("outputs/j/1/o.png")).await);
+    assert!(!referenced("t1", Some("cas/t1/other")).await, "by key");
+    assert!(
+        !referenced("t2", None).await,
+        "another tenant's asset is no reference"
+    );
+    assert!(store.delete_asset("asset_b").await.unwrap());
+    assert!(
+        !referenced("t1", Some("outputs/j/1/o.png")).await,
+        "deleted"
+    );
+    assert!(referenced("t1", None).await, "asset_a remains");
+    assert!(store.delete_asset("asset_a").await.unwrap());
+    assert!(!referenced("t1", None).await, "none left");
+
+    let record = BlobRecord {
+        v: SCHEMA_VERSION,
+        tenant: "t1".into(),
+        hash: hash.clone(),
+        size_bytes: 3,
+        blob_key: "cas/t1/x".into(),
+        created_at: now,
+    };
+    store.put_blob_record_if_absent(&record).await.unwrap();
+    let other_tenant = BlobRecord {
+        tenant: "t2".into(),
+        ..record.clone()
+    };
+    store
+        .put_blob_record_if_absent(&other_tenant)
+        .await
+        .unwrap();
+    assert!(store.delete_blob_record("t1", &hash).await.unwrap());
+    assert!(
+        !store.delete_blob_record("t1", &hash).await.unwrap(),
+        "gone"
+    );
+    assert_eq!(store.get_blob_record("t1", &hash).await.unwrap(), None);
+    assert_eq!(
+        store.get_blob_record("t2", &hash).await.unwrap(),
+        Some(other_tenant),
+        "only the tenant's record goes"
+    );
+    let (again, created) = store.put_blob_record_if_absent(&record).await.unwrap();
+    assert!(
+        created && again == record,
+        "a deleted record can be written again"
+    );
+
+    let upload = |n: u32, expires_at: DateTime<Utc>| UploadRecord {
+        v: SCHEMA_VERSION,
+        id: format!("upload_{n:02}"),
+        tenant: "t1".into(),
+        blob_key: format!("uploads/upload_{n:02}"),
+        max_bytes: 10,
+        content_type: "image/png".into(),
+        file_path: "a.png".into(),
+        expected_hash: None,
+        tags: vec![],
+        created_at: now,
+        expires_at,
+    };
+    // Sub-second expiries, so an adapter that compares timestamps as text is caught.
+    let ms = Duration::milliseconds;
+    store.put_upload(&upload(1, now - ms(1500))).await.unwrap();
+    store.put_upload(&upload(2, now)).await.unwrap();
+    store.put_upload(&upload(3, now + ms(1))).await.unwrap();
+    store
+        .put_upload(&upload(4, now - Duration::hours(2)))
+        .await
+        .unwrap();
+    store.put_upload(&upload(5, now + ms(500))).await.unwrap();
+    let ids = |uploads: Vec<UploadRecord>| uploads.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.expired_uploads(now, 10).await.unwrap()),
+        ["upload_01", "upload_02", "upload_04"],
+        "expired at or before now, in id order"
+    );
+    assert_eq!(
+        ids(store.expired_uploads(now, 2).await.unwrap()),
+        ["upload_01", "upload_02"],
+        "bounded"
+    );
+    clock.advance(ms(600));
+    assert_eq!(
+        ids(store.expired_uploads(clock.now(), 10).await.unwrap()),
+        [
+            "upload_01",
+            "upload_02",
+            "upload_03",
+            "upload_04",
+            "upload_05"
+        ]
+    );
+    store.delete_upload("upload_01").await.unwrap();
+    assert_eq!(store.get_upload("upload_01").await.unwrap(), None);
+    assert_eq!(
+        store.expired_uploads(clock.now(), 10).await.unwrap().len(),
+        4
+    );
 }
 
 /// Reads a whole blob, or a range of it, through [`BlobStore::read`].

@@ -12,8 +12,8 @@
 //!
 //! **The tick is the safety net**, run every minute: it re-enqueues jobs recorded but
 //! never enqueued, expires jobs queued past their deadline, finalises or re-offers jobs
-//! whose lease expired, drains the dead-letter queues into `failed`, and scales in case
-//! a wake-up was lost.
+//! whose lease expired, drains the dead-letter queues into `failed`, removes abandoned
+//! uploads, and scales in case a wake-up was lost.
 
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ pub struct TickReport {
     pub expired: u32,
     pub reaped: u32,
     pub dead_lettered: u32,
+    /// Abandoned large-file uploads removed past their expiry.
+    pub uploads_swept: u32,
     pub scale: Option<ScaleReport>,
 }
 
@@ -151,6 +153,21 @@ impl Dispatcher {
             }
         }
         Ok(live)
+    }
+
+    /// Removes every worker record, for a launcher whose workers cannot outlive the
+    /// process that launched them (`dev`'s runner subprocesses die with it): at
+    /// start, a record left by the previous process names a runner that is gone, and
+    /// would otherwise count as live capacity until it goes stale (minutes with no
+    /// runner started). A runner that is somehow alive registers again at its next
+    /// heartbeat. Returns how many were removed.
+    pub async fn forget_workers(&self) -> Result<usize, StoreError> {
+        let workers = store(&self.jobs).list_workers().await?;
+        for worker in &workers {
+            tracing::info!(worker = %worker.id, phase = ?worker.phase, "forgetting a worker of the previous process");
+            store(&self.jobs).delete_worker(&worker.id).await?;
+        }
+        Ok(workers.len())
     }
 
     /// The fleet as it stands.
@@ -294,6 +311,12 @@ impl Dispatcher {
         }
         if let Err(e) = self.drain_dead_letters(&mut report).await {
             tracing::error!(error = %e, "tick: dead letters");
+        }
+        let now = self.clock().now();
+        let batch = crate::assets::UPLOAD_SWEEP_BATCH;
+        match crate::assets::sweep_expired_uploads(self.jobs.ports(), now, batch).await {
+            Ok(n) => report.uploads_swept = n,
+            Err(e) => tracing::error!(error = %e, "tick: abandoned uploads"),
         }
         match self.scale().await {
             Ok(scale) => report.scale = Some(scale),

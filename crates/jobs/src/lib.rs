@@ -12,6 +12,7 @@
 //! | [`service`] | submit, get, list, cancel, get-workflow over the ports |
 //! | [`dispatch`] | the scaling decision and the tick (the safety net) |
 //! | [`api`] | the Comfy API v2 router (axum) and its error envelope |
+//! | [`content_policy`] | which stored bytes a browser may render, and the headers blobs carry |
 //! | [`conformance`] | the shared test suite every adapter must pass |
 //!
 //! A newcomer should start with [`lifecycle`]: its module docs draw the state diagram
@@ -22,13 +23,17 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod conformance;
+pub mod content_policy;
+pub mod cross_site;
 pub mod cursor;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod json_budget;
 pub mod lifecycle;
 pub mod model;
 pub mod ports;
+pub mod quota;
 pub mod service;
 pub mod validate;
 pub mod views;

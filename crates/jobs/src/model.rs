@@ -307,6 +307,10 @@ pub struct JobInput {
     pub workflow: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Run every node afresh, never from ComfyUI's (shared) cache: submitted as
+    /// `"x-serverless-comfyui": {"cache": "bypass"}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_bypass: bool,
 }
 
 /// The body of a message on the work queue.

@@ -53,6 +53,15 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// What [`JobStore::list_jobs_page`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedJobs {
+    pub jobs: Vec<Job>,
+    /// Set when the store stopped at its read budget before the page was full: the
+    /// listing goes on below this id (the last one examined).
+    pub resume_before: Option<JobId>,
+}
+
 /// Queue positions are counted up to here ("100+"): exact beyond is O(depth) per read.
 pub const QUEUE_POSITION_CAP: u64 = 100;
 
@@ -67,6 +76,8 @@ pub enum CreateOutcome {
     Created { queue_position: u64 },
     /// The idempotency key is taken by an unexpired record; here it is.
     KeyTaken(IdempotencyRecord),
+    /// A limit of the tenant's quota refused it; nothing was written.
+    OverQuota(crate::quota::QuotaRefusal),
 }
 
 /// The scaling state, one item, updated with an optimistic lock (`rev`).
@@ -119,7 +130,40 @@ pub trait JobStore: Send + Sync + 'static {
         job: &Job,
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome> {
+        self.create_job_within_quota(job, idempotency, now, &crate::quota::TenantQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`JobStore::create_job`], in the same write holding the tenant to its quota: the
+    /// tenant's jobs `queued`, `running` or `canceling` stay within `max_active_jobs`,
+    /// and the jobs it records within one second (`now`'s) within `submits_per_second`.
+    /// The idempotency check comes first: a replay is answered, never refused. DynamoDB
+    /// does it with a per-tenant usage item updated under a condition in the job's
+    /// `TransactWriteItems` (and decremented by the write that ends a job).
+    async fn create_job_within_quota(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyRecord>,
+        now: DateTime<Utc>,
+        quota: &crate::quota::TenantQuota,
     ) -> StoreResult<CreateOutcome>;
+
+    /// The quota set for a tenant, if any (else the default applies).
+    async fn get_tenant_quota(
+        &self,
+        tenant: &str,
+    ) -> StoreResult<Option<crate::quota::TenantQuota>>;
+
+    /// Sets a tenant's quota, replacing any.
+    async fn put_tenant_quota(
+        &self,
+        tenant: &str,
+        quota: &crate::quota::TenantQuota,
+    ) -> StoreResult<()>;
+
+    /// What a tenant uses now: active jobs, and bytes of its blob records.
+    async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::quota::TenantUsage>;
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 
@@ -135,6 +179,16 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// A tenant's jobs, newest first.
     async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>>;
+
+    /// A page of [`Self::list_jobs`] within a read budget: a store may stop after
+    /// examining a bounded number of rows (a filter that matches few of many jobs),
+    /// returning fewer jobs and where to go on. The default never stops early.
+    async fn list_jobs_page(&self, query: &ListQuery) -> StoreResult<ListedJobs> {
+        Ok(ListedJobs {
+            jobs: self.list_jobs(query).await?,
+            resume_before: None,
+        })
+    }
 
     /// Jobs in a status, oldest first, for the tick.
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>>;
@@ -218,6 +272,18 @@ pub trait JobStore: Send + Sync + 'static {
         record: &BlobRecord,
     ) -> StoreResult<(BlobRecord, bool)>;
 
+    /// Whether any asset of the tenant is over `hash` and, when `blob_key` is given,
+    /// stored at that key: what decides that a deleted asset's bytes may go.
+    async fn is_blob_referenced(
+        &self,
+        tenant: &str,
+        hash: &str,
+        blob_key: Option<&str>,
+    ) -> StoreResult<bool>;
+
+    /// Removes the tenant's dedup record for `hash`; true if it existed.
+    async fn delete_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<bool>;
+
     /// Creates or replaces an API key record (revoking writes `revoked_at`).
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
 
@@ -225,11 +291,22 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
 
+    /// Deletes every API key record, revoked ones too (the operator's explicit way
+    /// back to a keyless server); returns how many there were.
+    async fn delete_all_api_keys(&self) -> StoreResult<usize>;
+
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()>;
 
     async fn get_upload(&self, id: &str) -> StoreResult<Option<UploadRecord>>;
 
     async fn delete_upload(&self, id: &str) -> StoreResult<()>;
+
+    /// Uploads whose `expires_at` is at or before `now`, oldest first, at most `limit`.
+    async fn expired_uploads(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<UploadRecord>>;
 
     /// A cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;

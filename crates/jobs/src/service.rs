@@ -66,6 +66,8 @@ pub struct JobsConfig {
     /// runners absorb duplicates. Off for a Lambda, which may be frozen before a
     /// background write runs; on for `dev`, where it takes one wait off every submit.
     pub record_enqueue_in_background: bool,
+    /// The quota of a tenant that has none of its own (see [`crate::quota`]).
+    pub default_quota: crate::quota::TenantQuota,
 }
 
 impl Default for JobsConfig {
@@ -80,6 +82,7 @@ impl Default for JobsConfig {
             url_ttl: Duration::hours(1),
             wake_coalesce: std::time::Duration::ZERO,
             record_enqueue_in_background: false,
+            default_quota: crate::quota::TenantQuota::default(),
         }
     }
 }
@@ -128,6 +131,7 @@ pub struct JobService {
     /// The fleet item changes rarely and is advisory here (a capacity message for queued
     /// jobs), so reads share one copy for a second.
     fleet_cache: Mutex<Option<(DateTime<Utc>, Fleet)>>,
+    quotas: crate::quota::QuotaBook,
 }
 
 fn conflict_exhausted() -> ApiError {
@@ -151,6 +155,11 @@ async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, ApiE
 impl JobService {
     pub fn new(ports: Ports, config: JobsConfig, cursor_key: Vec<u8>) -> Self {
         JobService {
+            quotas: crate::quota::QuotaBook::new(
+                ports.store.clone(),
+                ports.clock.clone(),
+                config.default_quota,
+            ),
             ports,
             config,
             cursors: CursorCodec::new(cursor_key),
@@ -208,6 +217,7 @@ impl JobService {
         body: &[u8],
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
+        crate::json_budget::check_value_count(body)?;
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
         crate::assets::check_references(self.ports.store.as_ref(), tenant, &submission.workflow)
             .await?;
@@ -221,12 +231,20 @@ impl JobService {
         }
 
         let job = self.new_job(tenant, &submission, now);
-        let input = JobInput {
-            v: SCHEMA_VERSION,
-            workflow: submission.workflow,
-            extra_data: submission.extra_data,
+        // Serialized into a buffer sized from the body (no doubling on the way), and
+        // the parsed tree dropped before the blob is written: the two together are
+        // most of a large submit's peak memory.
+        let input_bytes = {
+            let input = JobInput {
+                v: SCHEMA_VERSION,
+                workflow: submission.workflow,
+                extra_data: submission.extra_data,
+                cache_bypass: submission.cache_bypass,
+            };
+            let mut buffer = Vec::with_capacity(body.len() + 64);
+            serde_json::to_writer(&mut buffer, &input).map_err(|_| ApiError::unavailable())?;
+            buffer
         };
-        let input_bytes = serde_json::to_vec(&input).map_err(|_| ApiError::unavailable())?;
         self.ports
             .blobs
             .put(&job.input_key, Bytes::from(input_bytes), "application/json")
@@ -241,13 +259,20 @@ impl JobService {
             created_at: now,
             expires_at: now + self.config.idempotency_ttl,
         });
+        let quota = self.quotas.quota(tenant).await?;
         let queue_position = match self
             .ports
             .store
-            .create_job(&job, record.as_ref(), now)
+            .create_job_within_quota(&job, record.as_ref(), now, &quota)
             .await?
         {
             CreateOutcome::Created { queue_position } => queue_position,
+            CreateOutcome::OverQuota(refusal) => {
+                // Nothing was recorded: the workflow blob is an orphan, and the client
+                // retries after Retry-After.
+                let _ = self.ports.blobs.delete(&job.input_key).await;
+                return Err(refusal.into());
+            }
             CreateOutcome::KeyTaken(existing) => {
                 // A replay, or a concurrent request with the same key that won the
                 // race. Our blob is an orphan; remove it (best effort: an orphan is
@@ -448,13 +473,18 @@ impl JobService {
             before,
             limit: limit + 1,
         };
-        let mut jobs = self.ports.store.list_jobs(&query).await?;
+        let listed = self.ports.store.list_jobs_page(&query).await?;
+        let mut jobs = listed.jobs;
         let next_cursor = if jobs.len() > limit {
             jobs.truncate(limit);
             jobs.last()
                 .map(|last| self.cursors.encode(tenant, &metadata, &last.id))
         } else {
-            None
+            // The store stopped at its read budget: a short (even empty) page, and a
+            // cursor that goes on where it stopped.
+            listed
+                .resume_before
+                .map(|id| self.cursors.encode(tenant, &metadata, &id))
         };
         let mut views = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -494,7 +524,7 @@ impl JobService {
                         &o.blob_key,
                         SignedAccess::Get,
                         expires,
-                        Some(&o.content_type),
+                        Some(&crate::content_policy::served_type(&o.content_type)),
                     )
                     .unwrap_or_else(|_| {
                         format!(

@@ -7,7 +7,12 @@
 //! - [`validate_workflow`] checks an API-format graph the way ComfyUI reads it: an
 //!   object of nodes, each `{class_type, inputs}`, where any array input is a link
 //!   `[source node id, output index]`. It does not know node classes; ComfyUI does,
-//!   and its own validation errors come back through the runner.
+//!   and its own validation errors come back through the runner. It does know two
+//!   things ComfyUI gets wrong for a shared server: node ids ([`check_node_id`]) and
+//!   inputs that name files on the server ([`FILE_INPUTS`], [`check_file_input`]).
+//! - Every error it returns is bounded: at most [`MAX_REPORTED_ERRORS`] entries in
+//!   `details.node_errors` (the rest counted in `details.omitted_errors`), each message
+//!   at most [`MAX_MESSAGE_BYTES`], and a cycle is named once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,7 +25,44 @@ use crate::error::ApiError;
 pub const MAX_METADATA_PAIRS: usize = 16;
 pub const MAX_METADATA_KEY_BYTES: usize = 64;
 pub const MAX_METADATA_VALUE_BYTES: usize = 512;
+/// The most nodes a workflow may have (ComfyUI graphs of a few thousand nodes are
+/// already large). More is 422 `workflow_too_large`.
 pub const MAX_NODES: usize = 10_000;
+/// Node ids: at most this many bytes of `[A-Za-z0-9_.:-]`, and not `.` or `..`
+/// (ComfyUI's own are `"3"`, and `"12:5"` for flattened subgraphs).
+pub const MAX_NODE_ID_BYTES: usize = 64;
+/// At most this many problems are listed in `details.node_errors`.
+pub const MAX_REPORTED_ERRORS: usize = 50;
+/// Each problem's message (and quoted names) is cut to this many bytes.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+/// A cycle's message shows at most this many of its node ids.
+const MAX_CYCLE_IDS_SHOWN: usize = 16;
+/// The longest bare file name a file input may carry.
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// The `(class_type, input)` pairs that ComfyUI resolves as a path under its input
+/// directory (`folder_paths.get_annotated_filepath` and friends), joining the value to
+/// the folder with no containment check: `../../etc/hostname`, `/etc/hostname` or
+/// `x.png [output]` reach any file the server can read. The one home of this list; the
+/// runner checks the same pairs again before `POST /prompt`.
+pub const FILE_INPUTS: &[(&str, &str)] = &[
+    ("LoadImage", "image"),
+    ("LoadImageMask", "image"),
+    ("LoadImageOutput", "image"),
+    ("LoadLatent", "latent"),
+    ("LoadAudio", "audio"),
+    ("LoadVideo", "file"),
+    ("Load3D", "model_file"),
+    ("Load3DAnimation", "model_file"),
+];
+
+/// The runner stages every `core/ASSET` upload under a name starting with this (the
+/// asset id, `asset_…`). A plain string may not name one: uploads only enter a job
+/// through `core/ASSET`, so no job can name another job's staged file.
+pub const STAGED_NAME_PREFIX: &str = "asset_";
+
+/// ComfyUI's folder annotations: a value ending in one is read from that folder.
+const ANNOTATIONS: [&str; 3] = ["[input]", "[output]", "[temp]"];
 
 /// A JSON value whose objects never had duplicate keys.
 struct StrictValue(Value);
@@ -111,11 +153,16 @@ pub struct Submission {
     pub workflow: Map<String, Value>,
     pub metadata: BTreeMap<String, String>,
     pub extra_data: Option<Map<String, Value>>,
+    /// `"x-serverless-comfyui": {"cache": "bypass"}`: run every node of this job afresh,
+    /// never from ComfyUI's cache (which is shared by every job on that ComfyUI).
+    pub cache_bypass: bool,
 }
 
 /// Fields v2 reserves for later and rejects today.
 const RESERVED_FIELDS: [&str; 2] = ["webhook_url", "inputs"];
-const KNOWN_FIELDS: [&str; 3] = ["workflow", "metadata", "extra_data"];
+/// Our additive extension of the job body: `{"cache": "bypass"}`.
+pub const EXTENSION_FIELD: &str = "x-serverless-comfyui";
+const KNOWN_FIELDS: [&str; 4] = ["workflow", "metadata", "extra_data", EXTENSION_FIELD];
 
 /// Validates a submission body (already parsed as JSON).
 pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
@@ -138,10 +185,11 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
         return Err(ApiError::unprocessable(
             "unknown_field",
             format!(
-                "unknown field `{unknown}`; a job body has `workflow`, and optionally `metadata` and `extra_data`"
+                "unknown field `{}`; a job body has `workflow`, and optionally `metadata`, `extra_data` and `{EXTENSION_FIELD}`",
+                clip(unknown, MAX_METADATA_KEY_BYTES)
             ),
         )
-        .with_details(json!({ "field": unknown })));
+        .with_details(json!({ "field": clip(unknown, MAX_METADATA_KEY_BYTES) })));
     }
     let workflow = match body.remove("workflow") {
         Some(workflow) => validate_workflow(workflow)?,
@@ -172,11 +220,47 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
             ));
         }
     };
+    let cache_bypass = match body.remove(EXTENSION_FIELD) {
+        None | Some(Value::Null) => false,
+        Some(extension) => parse_extension(extension)?,
+    };
     Ok(Submission {
         workflow,
         metadata,
         extra_data,
+        cache_bypass,
     })
+}
+
+/// `"x-serverless-comfyui": {"cache": "bypass" | "shared"}`; returns whether to bypass.
+fn parse_extension(extension: Value) -> Result<bool, ApiError> {
+    let fail = |message: &str| {
+        ApiError::unprocessable("invalid_extension", message.to_string())
+            .with_details(json!({ "field": EXTENSION_FIELD }))
+    };
+    let Value::Object(extension) = extension else {
+        return Err(fail(
+            "`x-serverless-comfyui` must be an object, e.g. {\"cache\": \"bypass\"}",
+        ));
+    };
+    let mut bypass = false;
+    for (key, value) in extension {
+        match (key.as_str(), value.as_str()) {
+            ("cache", Some("bypass")) => bypass = true,
+            ("cache", Some("shared")) => bypass = false,
+            ("cache", _) => {
+                return Err(fail(
+                    "`x-serverless-comfyui.cache` must be \"bypass\" or \"shared\"",
+                ));
+            }
+            _ => {
+                return Err(fail(
+                    "`x-serverless-comfyui` has one field, `cache` (\"bypass\" or \"shared\")",
+                ));
+            }
+        }
+    }
+    Ok(bypass)
 }
 
 /// Validates metadata labels: at most 16 string pairs with bounded keys and values.
@@ -242,18 +326,183 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Per-node problems, collected so the client sees all of them at once.
+/// Per-node problems, collected so the client sees them at once, but bounded: the
+/// first [`MAX_REPORTED_ERRORS`] are listed, the rest only counted.
 #[derive(Default)]
-struct NodeErrors(BTreeMap<String, Vec<Value>>);
+struct NodeErrors {
+    listed: BTreeMap<String, Vec<Value>>,
+    first: Option<String>,
+    reported: usize,
+    omitted: usize,
+}
 
 impl NodeErrors {
     fn add(&mut self, node: &str, field: Option<&str>, reason: &str, message: String) {
-        self.0.entry(node.to_string()).or_default().push(json!({
-            "field": field,
-            "reason": reason,
-            "message": message,
-        }));
+        let message = clip(&message, MAX_MESSAGE_BYTES);
+        if self.first.is_none() {
+            self.first = Some(message.clone());
+        }
+        if self.reported >= MAX_REPORTED_ERRORS {
+            self.omitted += 1;
+            return;
+        }
+        self.reported += 1;
+        self.listed
+            .entry(clip(node, MAX_NODE_ID_BYTES))
+            .or_default()
+            .push(json!({
+                "field": field.map(|f| clip(f, MAX_NODE_ID_BYTES)),
+                "reason": reason,
+                "message": message,
+            }));
     }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a char boundary), with `…` when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Checks a node id: 1–64 bytes of ASCII letters, digits, `_`, `-`, `:` and `.`, and
+/// not `.` or `..`. Node ids become parts of storage keys (`outputs/{job}/{attempt}/{node}/…`).
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    let shown = clip(id, 32);
+    if id.is_empty() {
+        return Err("a node id is empty".into());
+    }
+    if id.len() > MAX_NODE_ID_BYTES {
+        return Err(format!(
+            "node id {shown:?} is {} bytes; at most {MAX_NODE_ID_BYTES} are allowed",
+            id.len()
+        ));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("node id {id:?} is not allowed"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
+    {
+        return Err(format!(
+            "node id {shown:?} may only contain ASCII letters, digits, `_`, `-`, `:` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a plain-string file name is refused, or `None` for a bare file name.
+///
+/// ComfyUI joins these names to its input folder without a containment check, so only a
+/// bare name is safe: never absolute, no `..`, no `/` or `\`, no NUL, no
+/// `[input]`/`[output]`/`[temp]` annotation, and not a name the runner staged for a job
+/// ([`STAGED_NAME_PREFIX`]). That leaves the files the runner's image ships in its input
+/// folder. (Issue 15 will also check the name against the image's catalogue; until then
+/// this bare-name rule is the guard.) Uploaded files enter only through `core/ASSET`.
+pub fn unsafe_file_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('\0') {
+        Some("contains a NUL character")
+    } else if has_annotation(name) {
+        Some("carries an [input]/[output]/[temp] annotation")
+    } else if name.starts_with('/')
+        || name.starts_with('\\')
+        || name.as_bytes().get(1) == Some(&b':')
+    {
+        Some("is an absolute path")
+    } else if name.contains("..") {
+        Some("contains `..`")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("contains a path separator")
+    } else if name.len() > MAX_FILE_NAME_BYTES {
+        Some("is longer than 255 bytes")
+    } else if name.starts_with(STAGED_NAME_PREFIX) {
+        Some("names a file staged for a job; send uploads as core/ASSET references")
+    } else {
+        None
+    }
+}
+
+fn has_annotation(value: &str) -> bool {
+    // ComfyUI tests `name.endswith("[output]")`, with or without the space.
+    ANNOTATIONS.iter().any(|a| value.ends_with(a))
+}
+
+/// Checks one literal input: a file input ([`FILE_INPUTS`]) must be a bare file name
+/// ([`unsafe_file_name`]), and no input may carry a folder annotation (custom nodes
+/// resolve those too). `Err`: the message, naming node and input.
+pub fn check_file_input(
+    node_id: &str,
+    class: Option<&str>,
+    input: &str,
+    value: &Value,
+) -> Result<(), String> {
+    let is_file_input = class.is_some_and(|c| FILE_INPUTS.contains(&(c, input)));
+    let is_asset = value.get("__type").and_then(Value::as_str) == Some("core/ASSET");
+    if is_file_input && (value.is_array() || (value.is_object() && !is_asset)) {
+        // A link (or a wrapped value) is only known at run time, where nothing checks it:
+        // a custom node with a `*` output could hand LoadImage any path.
+        return Err(format!(
+            "node {} input `{}` is a file input: give it a bare file name or a core/ASSET \
+             reference, not a link or another object (its value could not be checked)",
+            clip(node_id, MAX_NODE_ID_BYTES),
+            clip(input, MAX_NODE_ID_BYTES),
+        ));
+    }
+    let Value::String(name) = value else {
+        return Ok(());
+    };
+    let why = if is_file_input {
+        unsafe_file_name(name)
+    } else if has_annotation(name) {
+        Some("carries an [input]/[output]/[temp] annotation")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "node {} input `{}`: the file name {:?} {why}; a file input takes a bare file name, \
+             and uploads go in as core/ASSET references",
+            clip(node_id, MAX_NODE_ID_BYTES),
+            clip(input, MAX_NODE_ID_BYTES),
+            clip(name, 64),
+        )),
+    }
+}
+
+/// The first node id or literal file input of a workflow that must not reach ComfyUI:
+/// `(node id, input, message)`. The runner's check before `POST /prompt`, for a job that
+/// did not come through [`validate_workflow`].
+pub fn first_unsafe_input(
+    workflow: &Map<String, Value>,
+) -> Option<(String, Option<String>, String)> {
+    for (id, node) in workflow {
+        if let Err(message) = check_node_id(id) {
+            return Some((clip(id, MAX_NODE_ID_BYTES), None, message));
+        }
+        let class = node.get("class_type").and_then(Value::as_str);
+        let Some(Value::Object(inputs)) = node.get("inputs") else {
+            continue;
+        };
+        for (input, value) in inputs {
+            if let Err(message) = check_file_input(id, class, input, value) {
+                return Some((id.clone(), Some(clip(input, MAX_NODE_ID_BYTES)), message));
+            }
+        }
+    }
+    None
 }
 
 /// The message for a workflow in the editor's UI format.
@@ -308,18 +557,22 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
     }
     if graph.len() > MAX_NODES {
         return Err(ApiError::unprocessable(
-            "invalid_workflow",
+            "workflow_too_large",
             format!(
                 "the workflow has {} nodes; at most {MAX_NODES} are allowed",
                 graph.len()
             ),
-        ));
+        )
+        .with_details(json!({ "nodes": graph.len(), "max_nodes": MAX_NODES })));
     }
 
     let mut errors = NodeErrors::default();
     // Edges for the cycle check: node → the nodes it reads from.
     let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
     for (id, node) in &graph {
+        if let Err(message) = check_node_id(id) {
+            errors.add(id, None, "invalid_node_id", message);
+        }
         let Value::Object(node) = node else {
             errors.add(
                 id,
@@ -332,6 +585,7 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
             );
             continue;
         };
+        let class = node.get("class_type").and_then(Value::as_str);
         match node.get("class_type") {
             Some(Value::String(class)) if !class.trim().is_empty() => {}
             Some(Value::String(_)) => errors.add(
@@ -382,6 +636,9 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
         };
         let sources = edges.entry(id.as_str()).or_default();
         for (name, value) in inputs {
+            if let Err(message) = check_file_input(id, class, name, value) {
+                errors.add(id, Some(name), "unsafe_file_input", message);
+            }
             let Value::Array(link) = value else { continue };
             // ComfyUI reads every array input as a link.
             match link.as_slice() {
@@ -409,42 +666,48 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
             }
         }
     }
-    if errors.0.is_empty()
+    if errors.is_empty()
         && let Some(cycle) = find_cycle(&edges)
     {
-        {
-            for node in &cycle {
-                errors.add(
-                    node,
-                    None,
-                    "cycle",
-                    format!("node {node} is part of a cycle: {}", cycle.join(" → ")),
-                );
-            }
+        // Named once, on its first node: listing the whole cycle on each of its nodes
+        // made a 10,000-node ring a 1.3 GB answer.
+        let len = cycle.len() - 1;
+        let mut shown = cycle
+            .iter()
+            .take(MAX_CYCLE_IDS_SHOWN)
+            .map(|n| clip(n, MAX_NODE_ID_BYTES))
+            .collect::<Vec<_>>()
+            .join(" → ");
+        if cycle.len() > MAX_CYCLE_IDS_SHOWN {
+            shown.push_str(" → …");
         }
+        errors.add(
+            cycle[0],
+            None,
+            "cycle",
+            format!(
+                "node {} is part of a cycle of {len} node(s): {shown}",
+                cycle[0]
+            ),
+        );
     }
-    if errors.0.is_empty() {
+    let Some(first) = errors.first.take() else {
         return Ok(graph);
-    }
-    let count = errors.0.len();
-    let first = errors
-        .0
-        .values()
-        .next()
-        .and_then(|e| e.first())
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let message = if count == 1 {
+    };
+    let total = errors.reported + errors.omitted;
+    let message = if total == 1 {
         format!("invalid workflow: {first}")
     } else {
         format!(
-            "invalid workflow: {first} (and problems in {} more node(s))",
-            count - 1
+            "invalid workflow: {first} (and {} more problem(s))",
+            total - 1
         )
     };
-    Err(ApiError::unprocessable("invalid_workflow", message)
-        .with_details(json!({ "node_errors": errors.0 })))
+    let mut details = json!({ "node_errors": errors.listed });
+    if errors.omitted > 0 {
+        details["omitted_errors"] = json!(errors.omitted);
+    }
+    Err(ApiError::unprocessable("invalid_workflow", message).with_details(details))
 }
 
 /// Finds one cycle in the graph, iteratively (no recursion, so no stack overflow on a
@@ -537,6 +800,206 @@ mod tests {
         let e = validate_workflow(Value::Object(graph)).unwrap_err();
         assert_eq!(e.code, "invalid_workflow");
         assert!(e.message.contains("cycle"));
+    }
+
+    fn ring(n: usize) -> Value {
+        let mut graph = Map::new();
+        for i in 0..n {
+            graph.insert(
+                i.to_string(),
+                json!({"class_type": "X", "inputs": {"x": [((i + 1) % n).to_string(), 0]}}),
+            );
+        }
+        Value::Object(graph)
+    }
+
+    /// The size of the error as a client receives it.
+    fn body_len(e: &ApiError) -> usize {
+        serde_json::to_vec(
+            &json!({"error": {"code": e.code, "message": e.message, "details": e.details}}),
+        )
+        .unwrap()
+        .len()
+    }
+
+    #[test]
+    fn a_ring_of_10000_nodes_is_named_once_in_a_small_answer() {
+        let started = std::time::Instant::now();
+        let e = validate_workflow(ring(MAX_NODES)).unwrap_err();
+        assert_eq!(e.code, "invalid_workflow");
+        assert_eq!(e.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let details = e.details.as_deref().unwrap();
+        let node_errors = details["node_errors"].as_object().unwrap();
+        assert_eq!(node_errors.len(), 1, "one entry names the cycle: {details}");
+        let message = node_errors.values().next().unwrap()[0]["message"]
+            .as_str()
+            .unwrap();
+        assert!(message.contains("cycle of 10000 node(s)"), "{message}");
+        assert!(body_len(&e) < 4 * 1024, "{} bytes", body_len(&e));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn more_than_max_nodes_is_workflow_too_large() {
+        let mut graph = Map::new();
+        for i in 0..=MAX_NODES {
+            graph.insert(i.to_string(), json!({"class_type": "X", "inputs": {}}));
+        }
+        let e = validate_workflow(Value::Object(graph)).unwrap_err();
+        assert_eq!(e.code, "workflow_too_large");
+        assert_eq!(e.details.as_deref().unwrap()["max_nodes"], MAX_NODES);
+    }
+
+    #[test]
+    fn many_errors_are_listed_up_to_the_cap_and_counted() {
+        let mut graph = Map::new();
+        let long = "y".repeat(100_000);
+        for i in 0..MAX_NODES {
+            // Two problems per node, one quoting a 100 KB link source.
+            graph.insert(i.to_string(), json!({"inputs": {"x": [long.clone(), 0]}}));
+        }
+        let e = validate_workflow(Value::Object(graph)).unwrap_err();
+        let details = e.details.as_deref().unwrap();
+        let listed: usize = details["node_errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_array().unwrap().len())
+            .sum();
+        assert_eq!(listed, MAX_REPORTED_ERRORS);
+        assert_eq!(
+            details["omitted_errors"],
+            2 * MAX_NODES - MAX_REPORTED_ERRORS,
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("19999 more problem(s)"), "{}", e.message);
+        assert!(body_len(&e) < 64 * 1024, "{} bytes", body_len(&e));
+    }
+
+    fn load_image(value: Value) -> Value {
+        json!({
+            "10": {"class_type": "LoadImage", "inputs": {"image": value}},
+            "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+        })
+    }
+
+    #[test]
+    fn file_inputs_take_only_bare_names() {
+        for bad in [
+            "../../etc/hostname",
+            "/etc/hostname",
+            "x.png [output]",
+            "x.png[temp]",
+            "a\\b",
+            "sub/x.png",
+            "..",
+            "a\0b",
+            "C:\\Windows\\win.ini",
+            "asset_01JD0000000000000000000000_photo.png",
+            "",
+        ] {
+            let e = validate_workflow(load_image(json!(bad))).unwrap_err();
+            assert_eq!(e.code, "invalid_workflow", "{bad:?}");
+            let entry = &e.details.as_deref().unwrap()["node_errors"]["10"][0];
+            assert_eq!(entry["field"], "image", "{bad:?}: {entry}");
+            assert_eq!(entry["reason"], "unsafe_file_input", "{bad:?}: {entry}");
+            assert!(e.message.contains("node 10 input `image`"), "{}", e.message);
+        }
+        for good in ["example.png", "photo 1 (2).png", "a.b.png"] {
+            validate_workflow(load_image(json!(good))).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+        // Uploads (core/ASSET) and other classes' plain strings are untouched...
+        validate_workflow(load_image(
+            json!({"__type": "core/ASSET", "info": {"id": "asset_1"}}),
+        ))
+        .unwrap();
+        let text = json!({"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a/b/../c"}}});
+        validate_workflow(text).unwrap();
+        // ...but an annotation is refused on any input: custom nodes resolve them too.
+        let custom = json!({"1": {"class_type": "MyLoader", "inputs": {"path": "x.png [output]"}}});
+        let e = validate_workflow(custom).unwrap_err();
+        assert_eq!(
+            e.details.as_deref().unwrap()["node_errors"]["1"][0]["field"],
+            "path"
+        );
+        // A file input's value must be known at submit: no link, no other object.
+        let linked = json!({
+            "1": {"class_type": "MyPathNode", "inputs": {}},
+            "10": {"class_type": "LoadImage", "inputs": {"image": ["1", 0]}},
+        });
+        let e = validate_workflow(linked).unwrap_err();
+        assert_eq!(
+            e.details.as_deref().unwrap()["node_errors"]["10"][0]["reason"],
+            "unsafe_file_input"
+        );
+        assert!(validate_workflow(load_image(json!({"__value__": "/etc/hostname"}))).is_err());
+        // LoadImageMask is a file input too.
+        let mask = json!({"1": {"class_type": "LoadImageMask", "inputs": {"image": "/etc/passwd", "channel": "alpha"}}});
+        assert!(validate_workflow(mask).is_err());
+    }
+
+    #[test]
+    fn the_runner_check_finds_the_same_inputs() {
+        let Value::Object(bad) = load_image(json!("../main.py")) else {
+            unreachable!()
+        };
+        let (node, input, message) = first_unsafe_input(&bad).unwrap();
+        assert_eq!((node.as_str(), input.as_deref()), ("10", Some("image")));
+        assert!(message.contains("`..`"), "{message}");
+        let Value::Object(good) = load_image(json!("example.png")) else {
+            unreachable!()
+        };
+        assert_eq!(first_unsafe_input(&good), None);
+        let Value::Object(dots) = json!({"..": {"class_type": "SaveImage", "inputs": {}}}) else {
+            unreachable!()
+        };
+        assert_eq!(first_unsafe_input(&dots).unwrap().0, "..");
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        for bad in ["..", ".", "a/b", "a b", "", &"9".repeat(65), "é"] {
+            let wf = json!({ bad: {"class_type": "SaveImage", "inputs": {}} });
+            let e = validate_workflow(wf).unwrap_err();
+            let errors = e.details.as_deref().unwrap()["node_errors"]
+                .as_object()
+                .unwrap();
+            let entry = &errors.values().next().unwrap()[0];
+            assert_eq!(entry["reason"], "invalid_node_id", "{bad:?}: {entry}");
+            assert!(errors.keys().all(|k| k.len() <= MAX_NODE_ID_BYTES + 3));
+        }
+        for good in ["3", "12:5", "load_image-1.a", &"9".repeat(64)] {
+            let wf = json!({ good: {"class_type": "SaveImage", "inputs": {}} });
+            validate_workflow(wf).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn the_cache_extension_is_parsed() {
+        let wf = json!({"1": {"class_type": "A", "inputs": {}}});
+        let s = parse_submission(json!({"workflow": wf})).unwrap();
+        assert!(!s.cache_bypass);
+        let s =
+            parse_submission(json!({"workflow": wf, "x-serverless-comfyui": {"cache": "bypass"}}))
+                .unwrap();
+        assert!(s.cache_bypass);
+        for bad in [
+            json!("bypass"),
+            json!({"cache": "off"}),
+            json!({"other": 1}),
+        ] {
+            let e =
+                parse_submission(json!({"workflow": wf, "x-serverless-comfyui": bad})).unwrap_err();
+            assert_eq!(e.code, "invalid_extension");
+        }
+    }
+
+    #[test]
+    fn clip_cuts_on_a_char_boundary() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("ééé", 5), "é…");
+        assert!(clip(&"x".repeat(1000), 10).len() <= 10);
     }
 
     #[test]

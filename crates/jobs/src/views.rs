@@ -92,6 +92,11 @@ pub struct SubmitRequest {
     /// Passed to ComfyUI (e.g. `api_key_comfy_org`); stored apart, never returned or logged.
     #[schema(value_type = Option<Object>)]
     pub extra_data: Option<serde_json::Value>,
+    /// Our extension: `{"cache": "bypass"}` runs every node of this job afresh instead of
+    /// from ComfyUI's cache, which every job on a ComfyUI shares (default `"shared"`).
+    #[serde(rename = "x-serverless-comfyui")]
+    #[schema(value_type = Option<Object>)]
+    pub x_serverless_comfyui: Option<serde_json::Value>,
 }
 
 /// The v2 error envelope.

@@ -23,6 +23,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,7 +31,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use jobs::ports::{
-    BlobRead, BlobStore, BlobWriteError, ByteStream, SignedAccess, StoreError, StoreResult,
+    BlobRead, BlobStore, BlobWriteError, ByteStream, JobStore, SignedAccess, StoreError,
+    StoreResult,
 };
 use rusqlite::OptionalExtension;
 use sha2::Sha256;
@@ -145,6 +147,9 @@ pub struct FileBlobStore {
     signer: UrlSigner,
     /// Absolute origin signed URLs start with, e.g. `http://127.0.0.1:8787`.
     public_base: String,
+    /// Where the server that honours signed PUTs checks that an upload is still
+    /// pending ([`jobs::assets::check_upload_put`]); without it, PUTs are refused.
+    upload_records: Option<Arc<dyn JobStore>>,
 }
 
 impl FileBlobStore {
@@ -156,14 +161,25 @@ impl FileBlobStore {
         signer: UrlSigner,
         public_base: &str,
     ) -> StoreResult<Self> {
-        std::fs::create_dir_all(root)
+        crate::private::create_dir_all(root)
             .map_err(|e| StoreError::Unavailable(format!("blob dir {}: {e}", root.display())))?;
         Ok(FileBlobStore {
             root: root.to_path_buf(),
             small: Db::open(small_db, MIGRATIONS)?,
             signer,
             public_base: public_base.trim_end_matches('/').to_string(),
+            upload_records: None,
         })
+    }
+
+    /// The store whose upload records decide whether a signed PUT may still write.
+    pub fn with_upload_records(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.upload_records = Some(store);
+        self
+    }
+
+    pub fn upload_records(&self) -> Option<&dyn JobStore> {
+        self.upload_records.as_deref()
     }
 
     /// The signer of this store's URLs.
@@ -228,12 +244,13 @@ async fn remove_if_present(path: &Path) -> StoreResult<()> {
 }
 
 async fn create_with_parents(path: &Path) -> std::io::Result<tokio::fs::File> {
-    match tokio::fs::File::create(path).await {
+    let options = tokio::fs::OpenOptions::from(crate::private::create_options());
+    match options.open(path).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
+                crate::private::create_dir_all_async(parent).await?;
             }
-            tokio::fs::File::create(path).await
+            options.open(path).await
         }
         other => other,
     }
@@ -262,10 +279,10 @@ impl BlobStore for FileBlobStore {
         // so no reader can see a partial file, and a crash leaves only an orphan no
         // record names. A temporary file and a rename would double the directory
         // updates.
-        match std::fs::write(&path, &bytes) {
+        match crate::private::write(&path, &bytes) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                std::fs::create_dir_all(path.parent().unwrap_or(&self.root)).map_err(io)?;
-                std::fs::write(&path, &bytes).map_err(io)?;
+                crate::private::create_dir_all(path.parent().unwrap_or(&self.root)).map_err(io)?;
+                crate::private::write(&path, &bytes).map_err(io)?;
             }
             other => other.map_err(io)?,
         }
@@ -398,7 +415,9 @@ impl BlobStore for FileBlobStore {
             return remove_if_present(&to_path).await;
         }
         if let Some(parent) = to_path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+            crate::private::create_dir_all_async(parent)
+                .await
+                .map_err(io)?;
         }
         tokio::fs::rename(from_path, to_path).await.map_err(io)
     }

@@ -20,7 +20,10 @@
 //! sub-journal), and failures are rare, so the common case does without them. No
 //! caller hears "done" before its write is committed.
 //!
-//! Reads are short (microseconds) and run on the calling task.
+//! Point reads are short (microseconds) and run on the calling task. Reads that may
+//! examine many rows (filtered listings) go through [`Db::scan`]: on a blocking
+//! thread, with connections of their own, so they never hold up the async workers or
+//! the point reads.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -33,6 +36,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 const READERS: usize = 4;
+/// Connections for [`Db::scan`]; more scans at once wait for one.
+const SCANNERS: usize = 2;
 /// How often the checkpointer copies committed WAL frames into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// The WAL size (in pages, ~80 MB) at which the writer checkpoints after a commit.
@@ -121,15 +126,22 @@ pub(crate) struct Db {
     _checkpointer: mpsc::Sender<()>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    scanners: std::sync::Arc<Vec<Mutex<Connection>>>,
 }
 
 impl Db {
     /// Opens (creating if needed) the database and applies the migrations not yet
     /// applied, tracked in `PRAGMA user_version`.
     pub(crate) fn open(path: &Path, migrations: &[&str]) -> Result<Db, StoreError> {
+        crate::private::prepare_database(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut conn = open_connection(path).map_err(unavailable)?;
         migrate(&mut conn, path, migrations)?;
         let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(unavailable)?;
+        let scanners = (0..SCANNERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(unavailable)?;
@@ -145,6 +157,7 @@ impl Db {
             _checkpointer: checkpointer,
             readers,
             next_reader: AtomicUsize::new(0),
+            scanners: std::sync::Arc::new(scanners),
         })
     }
 
@@ -200,6 +213,29 @@ impl Db {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         f(&conn)
+    }
+}
+
+impl Db {
+    /// Runs a read that may take a while on a blocking thread, on one of the scan
+    /// connections, so the async runtime and the point readers stay free.
+    pub(crate) async fn scan<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let scanners = self.scanners.clone();
+        tokio::task::spawn_blocking(move || {
+            for slot in scanners.iter() {
+                if let Ok(conn) = slot.try_lock() {
+                    return f(&conn);
+                }
+            }
+            let conn = scanners[0].lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite scan stopped: {e}")))?
     }
 }
 
@@ -418,6 +454,38 @@ mod tests {
         assert_eq!(
             count(&db, "SELECT count(*) FROM items WHERE name LIKE 'ok-%'"),
             10
+        );
+    }
+
+    /// A long read does not stop the async runtime: on a single-threaded runtime,
+    /// another task keeps running while a scan takes its time.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scan_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite"), TABLE).unwrap();
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let n: i64 = db
+            .scan(|conn| {
+                std::thread::sleep(Duration::from_millis(300));
+                conn.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                    .map_err(unavailable)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        ticker.abort();
+        assert!(
+            ticks.load(Ordering::Relaxed) >= 10,
+            "the runtime was blocked during the scan"
         );
     }
 

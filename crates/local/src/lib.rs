@@ -45,11 +45,19 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory if needed.
+    /// Creates the directory if needed, readable by this user alone (0700): it holds
+    /// every tenant's jobs, blobs and the MAC secret. A data dir an older build left
+    /// open is tightened too; a directory that holds none of our files is left as it is.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(root).map_err(|e| {
+        let existed = root.is_dir();
+        private::create_dir_all(root).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", root.display()))
         })?;
+        if existed && root.join("jobs.sqlite").is_file() {
+            private::restrict_dir(root).map_err(|e| {
+                StoreError::Unavailable(format!("cannot restrict {}: {e}", root.display()))
+            })?;
+        }
         Ok(DataDir {
             root: root.to_path_buf(),
         })
@@ -125,17 +133,21 @@ impl DataDir {
         clock: Arc<dyn Clock>,
         public_base: &str,
     ) -> Result<(Ports, Arc<FileBlobStore>), StoreError> {
-        let store = SqliteJobStore::open(&self.jobs_db())?;
+        let store: Arc<dyn jobs::ports::JobStore> =
+            Arc::new(SqliteJobStore::open(&self.jobs_db())?);
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let blobs = Arc::new(FileBlobStore::open(
-            &self.blobs(),
-            &self.small_blobs_db(),
-            self.signer()?,
-            public_base,
-        )?);
+        let blobs = Arc::new(
+            FileBlobStore::open(
+                &self.blobs(),
+                &self.small_blobs_db(),
+                self.signer()?,
+                public_base,
+            )?
+            .with_upload_records(store.clone()),
+        );
         let ports = Ports {
-            store: Arc::new(store),
+            store,
             blobs: blobs.clone(),
             queue: Arc::new(queue),
             clock,
@@ -144,13 +156,131 @@ impl DataDir {
     }
 }
 
-#[cfg(unix)]
-fn restrict_permissions(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+use private::restrict_file as restrict_permissions;
+
+/// Files and directories only this user may read: directories 0700, files 0600,
+/// whatever the umask (on Unix; elsewhere the platform's defaults).
+pub(crate) mod private {
+    use std::path::Path;
+
+    /// `create_dir_all`, new directories 0700.
+    pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(path)
+    }
+
+    /// Async [`create_dir_all`].
+    pub async fn create_dir_all_async(path: &Path) -> std::io::Result<()> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || create_dir_all(&path))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    pub fn restrict_dir(path: &Path) -> std::io::Result<()> {
+        set_mode(path, 0o700)
+    }
+
+    pub fn restrict_file(path: &Path) -> std::io::Result<()> {
+        set_mode(path, 0o600)
+    }
+
+    #[cfg(unix)]
+    fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    #[cfg(not(unix))]
+    fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Options that create a file 0600 (truncating one that exists).
+    pub fn create_options() -> std::fs::OpenOptions {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+    }
+
+    /// `std::fs::write`, a new file 0600.
+    pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        create_options().open(path)?.write_all(bytes)
+    }
+
+    /// Makes sure a database file exists and is 0600 before SQLite opens it: SQLite
+    /// creates its `-wal` and `-shm` files with the database file's permissions.
+    pub fn prepare_database(path: &Path) -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)?;
+        restrict_file(path)
+    }
 }
 
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &Path) -> std::io::Result<()> {
-    Ok(())
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use bytes::Bytes;
+    use jobs::ports::SystemClock;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Nothing in a data dir is readable by other users, whatever the umask: the
+    /// directory is 0700, the databases (with their WAL and shared-memory files) and
+    /// blob files 0600.
+    #[tokio::test]
+    async fn the_data_dir_and_its_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nested").join("data");
+        let data = DataDir::open(&root).unwrap();
+        let ports = data
+            .ports(Arc::new(SystemClock), "http://127.0.0.1")
+            .unwrap();
+        ports
+            .blobs
+            .put("a/b/large", Bytes::from(vec![7u8; INLINE_MAX + 1]), "x")
+            .await
+            .unwrap();
+        ports.store.ping().await.unwrap();
+        assert_eq!(mode(&root), 0o700, "the data dir");
+        assert_eq!(mode(&root.join("secret.key")), 0o600);
+        for db in ["jobs.sqlite", "queue.sqlite", "blobs.sqlite"] {
+            assert_eq!(mode(&root.join(db)), 0o600, "{db}");
+            let wal = root.join(format!("{db}-wal"));
+            if wal.exists() {
+                assert_eq!(mode(&wal), 0o600, "{db}-wal");
+            }
+        }
+        assert_eq!(mode(&root.join("blobs")), 0o700);
+        assert_eq!(mode(&root.join("blobs/a/b/large")), 0o600);
+
+        // A data dir an older build left world-readable is tightened on open.
+        drop(ports);
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            root.join("jobs.sqlite"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let data = DataDir::open(&root).unwrap();
+        let _ports = data
+            .ports(Arc::new(SystemClock), "http://127.0.0.1")
+            .unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("jobs.sqlite")), 0o600);
+    }
 }

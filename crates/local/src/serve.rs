@@ -1,7 +1,8 @@
 //! The HTTP side of local blob storage: `dev` serves signed URLs as S3 would.
 //!
 //! - `GET /_blobs/{key}?expires&max&sig`: the bytes, with `Range` (206, 416);
-//! - `PUT /_blobs/{key}?…`: a streamed upload, refused past the signed size limit.
+//! - `PUT /_blobs/{key}?…`: a streamed upload, refused past the signed size limit, and
+//!   refused once its upload is completed or expired.
 //!
 //! Every request is checked against its signature and expiry; a bad one is 403 in the
 //! v2 envelope. Nothing here logs the query string.
@@ -57,8 +58,10 @@ async fn get_blob(
             server.clock.now(),
         )
         .map_err(forbidden)?;
+    // The signed type, too, goes through the content policy (in `blob_response`): a
+    // URL signed before the policy, or for a type it refuses, never renders inline.
     let content_type = signed_type.unwrap_or_else(|| content_type_for(&key));
-    jobs::api::blob_response(server.blobs.as_ref(), &key, &headers, &content_type).await
+    jobs::api::blob_response(server.blobs.as_ref(), &key, &headers, &content_type, &key).await
 }
 
 /// The media type to serve a blob with, from its key's extension.
@@ -100,17 +103,31 @@ async fn put_blob(
     if max == 0 {
         return Err(forbidden("this URL does not allow uploads"));
     }
+    // A signature outlives its upload: the upload itself must still be pending.
+    let Some(uploads) = server.blobs.upload_records() else {
+        return Err(forbidden("this server does not accept uploads"));
+    };
+    jobs::assets::check_upload_put(uploads, &key, server.clock.now()).await?;
     let body = request
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
     match server.blobs.put_stream(&key, Box::pin(body), max).await {
-        Ok(size) => Ok((
-            StatusCode::OK,
-            [(header::ETAG, format!("\"{size}\""))],
-            Body::empty(),
-        )
-            .into_response()),
+        Ok(size) => {
+            // Completed or swept while the bytes streamed in: nothing would ever
+            // collect them, so they go now.
+            if let Err(e) = jobs::assets::check_upload_put(uploads, &key, server.clock.now()).await
+            {
+                let _ = server.blobs.delete(&key).await;
+                return Err(e);
+            }
+            Ok((
+                StatusCode::OK,
+                [(header::ETAG, format!("\"{size}\""))],
+                Body::empty(),
+            )
+                .into_response())
+        }
         Err(BlobWriteError::TooLarge { max_bytes }) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",

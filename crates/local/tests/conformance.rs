@@ -23,6 +23,20 @@ async fn job_store_conformance() {
 }
 
 #[tokio::test]
+async fn tenant_quotas_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::tenant_quotas(store, manual_clock()).await;
+}
+
+#[tokio::test]
+async fn asset_records_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::asset_records(store, manual_clock()).await;
+}
+
+#[tokio::test]
 async fn stalled_runner_is_fenced_through_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());

@@ -94,7 +94,7 @@ export function ConnectionProvider({ children }: { children: ReactNode }) {
   }, [state, client, refreshHealth]);
 
   const connect = useCallback((c: Connection) => {
-    const norm = { baseUrl: normaliseBaseUrl(c.baseUrl), apiKey: c.apiKey.trim() };
+    const norm = { baseUrl: normaliseBaseUrl(c.baseUrl), apiKey: c.apiKey.trim(), remember: c.remember === true };
     saveConnection(norm);
     setConnection(norm);
     setAuto(false);

@@ -1,7 +1,14 @@
-// What the browser keeps: the API address and key (local storage, this device only), and the theme.
+// What the browser keeps: the API address and key, and the theme.
+//
+// The connection (with its API key) lives in session storage: it is gone when the tab
+// closes, and a page that ever ran script on this origin could not read it from another
+// tab later. Keeping it across restarts is an explicit opt-in (`remember`), which puts it
+// in local storage, where any script that ever runs on this origin can read it.
 export interface Connection {
   baseUrl: string;
   apiKey: string;
+  /** Keep the connection on this device (local storage) rather than for this tab only. */
+  remember?: boolean;
 }
 
 const CONN_KEY = "scui.connection.v1";
@@ -9,23 +16,43 @@ const THEME_KEY = "scui.theme.v1";
 
 export type ThemePref = "light" | "dark" | "system";
 
-export function loadConnection(): Connection | null {
+function parseConnection(raw: string | null): Connection | null {
+  if (!raw) return null;
   try {
-    const raw = localStorage.getItem(CONN_KEY);
-    if (!raw) return null;
     const v = JSON.parse(raw) as Partial<Connection>;
     if (typeof v.baseUrl !== "string" || !v.baseUrl) return null;
-    return { baseUrl: v.baseUrl, apiKey: typeof v.apiKey === "string" ? v.apiKey : "" };
+    return { baseUrl: v.baseUrl, apiKey: typeof v.apiKey === "string" ? v.apiKey : "", remember: v.remember === true };
+  } catch {
+    return null;
+  }
+}
+
+export function loadConnection(): Connection | null {
+  try {
+    const session = parseConnection(sessionStorage.getItem(CONN_KEY));
+    if (session) return session;
+    const stored = parseConnection(localStorage.getItem(CONN_KEY));
+    if (stored && !stored.remember) {
+      // Written by an older version, which kept every key in local storage without
+      // asking: move it to this tab's session and drop the lasting copy.
+      localStorage.removeItem(CONN_KEY);
+      sessionStorage.setItem(CONN_KEY, JSON.stringify(stored));
+    }
+    return stored;
   } catch {
     return null;
   }
 }
 
 export function saveConnection(c: Connection): void {
-  localStorage.setItem(CONN_KEY, JSON.stringify(c));
+  const value = JSON.stringify({ baseUrl: c.baseUrl, apiKey: c.apiKey, remember: c.remember === true });
+  sessionStorage.setItem(CONN_KEY, value);
+  if (c.remember) localStorage.setItem(CONN_KEY, value);
+  else localStorage.removeItem(CONN_KEY);
 }
 
 export function clearConnection(): void {
+  sessionStorage.removeItem(CONN_KEY);
   localStorage.removeItem(CONN_KEY);
 }
 

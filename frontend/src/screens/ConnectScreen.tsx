@@ -5,6 +5,7 @@ import {
   Button,
   Callout,
   Card,
+  Checkbox,
   Code,
   DataList,
   Flex,
@@ -30,6 +31,9 @@ export function ConnectScreen() {
   // The key field starts empty unless this browser already stored one: nothing is ever prefilled.
   const [apiKey, setApiKey] = useState(() => conn.connection?.apiKey ?? "");
   const [showKey, setShowKey] = useState(false);
+  // Off unless this browser was already told to remember: a key kept on the device is
+  // readable by any script that ever runs on this origin.
+  const [remember, setRemember] = useState(() => conn.connection?.remember === true);
   const [health, setHealth] = useState<Health | null>(conn.health);
   const [healthErr, setHealthErr] = useState<unknown>(null);
   const [checking, setChecking] = useState(false);
@@ -63,7 +67,7 @@ export function ConnectScreen() {
       const c = new ApiClient({ baseUrl, apiKey, maxRetries: 1 });
       // A list call proves both reachability and that the key is accepted.
       await c.listJobs({ limit: 1 });
-      conn.connect({ baseUrl, apiKey });
+      conn.connect({ baseUrl, apiKey, remember });
       navigate("#/new");
     } catch (e) {
       setVerifyErr(e);
@@ -140,7 +144,18 @@ export function ConnectScreen() {
                   </TextField.Slot>
                 </TextField.Root>
                 <Text size="1" color="gray">
-                  Kept in this browser's local storage only, and sent only to this API as <Code variant="ghost">Authorization: Bearer</Code>.
+                  Sent only to this API as <Code variant="ghost">Authorization: Bearer</Code>. Kept for this tab only (session storage) unless you tick the box below.
+                </Text>
+                <Text as="label" size="2" mt="1">
+                  <Flex gap="2" align="start">
+                    <Checkbox id="remember-key" name="remember-key" checked={remember} onCheckedChange={(v) => setRemember(v === true)} />
+                    <span>
+                      Remember on this device
+                      <Text as="span" size="1" color="gray" style={{ display: "block" }}>
+                        Keeps the key in this browser's local storage across restarts. Anyone who uses this browser profile, and any script that ever runs on this page's origin, can read it. Leave it off on shared machines.
+                      </Text>
+                    </span>
+                  </Flex>
                 </Text>
               </Flex>
               <ErrorCallout error={verifyErr} title="Could not connect" />

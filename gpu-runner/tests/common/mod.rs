@@ -54,7 +54,11 @@ impl Env {
             .unwrap();
         let jobs = Arc::new(JobService::new(
             ports.clone(),
-            JobsConfig::default(),
+            JobsConfig {
+                // These suites load the runner, not the API's quotas.
+                default_quota: jobs::quota::TenantQuota::UNLIMITED,
+                ..JobsConfig::default()
+            },
             b"0123456789abcdef0123456789abcdef".to_vec(),
         ));
         Env { dir, ports, jobs }
