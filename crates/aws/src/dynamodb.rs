@@ -1,6 +1,7 @@
 //! The `JobStore` on DynamoDB: the design (issue 13), and [`DynamoJobStore`], which
-//! implements it and passes `jobs::conformance::job_store`,
-//! `stalled_runner_is_fenced` and `lease_protocol` on moto, like the SQLite store.
+//! implements it and passes `jobs::conformance::job_store`, `tenant_quotas`,
+//! `asset_records`, `stalled_runner_is_fenced` and `lease_protocol` on moto, like the
+//! SQLite store.
 //!
 //! # One table, on demand
 //!
@@ -13,7 +14,8 @@
 //!   never indexed), the asset-by-hash lookup, and the API key list.
 //! - `gsi2` (`gsi2pk`, `gsi2sk`): the **sparse index of active jobs**. Only a job that
 //!   is `queued`, `running` or `canceling` carries `gsi2pk`; the write that makes it
-//!   terminal `REMOVE`s it, so the index holds the working set, not history.
+//!   terminal `REMOVE`s it, so the index holds the working set, not history. Pending
+//!   uploads share it under `UPLOADS` (deleted when done, so it stays small).
 //!
 //! # Items
 //!
@@ -28,10 +30,12 @@
 //! | idempotency | `IDEM#{len}:{tenant}#{key}` | `IDEM` | `body`, `expires` (ms), `ttl` | — |
 //! | fleet | `FLEET` | `FLEET` | `body`, `rev` | — |
 //! | worker | `WORKERS` | `W#{id}` | `body` | — |
-//! | asset | `ASSET#{id}` | `ASSET` | `body`, `file_path` | `gsi1pk = AHASH#{len}:{tenant}#{hash}`, `gsi1sk = {created ms}#{id}` |
+//! | asset | `ASSET#{id}` | `ASSET` | `body`, `file_path`, `blob_key` | `gsi1pk = AHASH#{len}:{tenant}#{hash}`, `gsi1sk = {created ms}#{id}` |
 //! | blob record | `BLOB#{len}:{tenant}#{hash}` | `BLOB` | `body` | — |
 //! | API key | `KEY#{sha256}` | `KEY` | `body` | `gsi1pk = KEYS`, `gsi1sk = {key id}` |
-//! | upload | `UPLOAD#{id}` | `UPLOAD` | `body`, `ttl` | — |
+//! | upload | `UPLOAD#{id}` | `UPLOAD` | `body`, `expires` (ms), `ttl` (a day after `expires`) | `gsi2pk = UPLOADS`, `gsi2sk = {id}` |
+//! | tenant quota | `TENANT#{tenant}` | `QUOTA` | `body` | — |
+//! | tenant usage | `TENANT#{tenant}` | `USAGE` | `active`, `stored` (bytes), `window` (epoch second), `in_window` | — |
 //!
 //! (`{len}:` is the tenant's length: with it, no tenant and key pair can spell another's
 //! partition key, whatever `#` they contain.)
@@ -48,12 +52,14 @@
 //!
 //! | port method | DynamoDB |
 //! |---|---|
-//! | `create_job` | `TransactWriteItems`: `Put` job if `attribute_not_exists(pk)`; `Put` idempotency record if `attribute_not_exists(pk) OR expires <= :now`, with `ReturnValuesOnConditionCheckFailure = ALL_OLD`. A cancellation on the record → `KeyTaken(old record)` from the cancellation reason; on the job → `Conflict`. Then the queue position (below). |
+//! | `create_job_within_quota` (and `create_job`, unlimited) | `TransactWriteItems`: `Put` job if `attribute_not_exists(pk)`; `Put` idempotency record if `attribute_not_exists(pk) OR expires <= :now`; `Update` of the tenant's `USAGE` item: `ADD active :1` if `active < :max`, and for the submit rate (a fixed one-second window) either `ADD in_window :1` if `window = :w AND in_window < :rate` (the window read is this second or later) or `SET window = :second, in_window = 1` if `window = :w` (it was older; `attribute_not_exists` if none). Each with `ReturnValuesOnConditionCheckFailure = ALL_OLD`. The window is read first (`GetItem`, eventually consistent: the condition pins what was read) only when the rate is limited. Refusals, from the cancellation reasons: the record's → `KeyTaken(old record)` (a replay is answered before any quota); the job's → `Conflict`; the usage item's → `OverQuota(ActiveJobs)` or `OverQuota(SubmitRate)` as its old item shows, or, when it shows room, a lost race on the window, retried (bounded) on that item. A `TransactionConflict` (another transaction on the usage item) is retried with backoff, bounded. Then the queue position (below). |
+//! | `get_tenant_quota` / `put_tenant_quota` | `GetItem` / `PutItem` `TENANT#{t}` `QUOTA` |
+//! | `tenant_usage` | `GetItem` `TENANT#{t}` `USAGE` (consistent; counters clamped at 0) |
 //! | `get_job` | one `Query pk = JOB#{id}` (strongly consistent): the job and its outputs |
 //! | `load_snapshot` | the same `Query` (job, progress, outputs), plus the position count while queued |
-//! | `put_job` | the finishing attempt's outputs first (`BatchWriteItem` of `OUT#{attempt}#{n}`: harmless if the move then loses, since reads take only `out_count` items of the attempt the job names), then one `UpdateItem` of `META`: `SET body, status, rev, attempt, out_count, labels, reserved_until, gsi2*` (or `REMOVE gsi2pk, gsi2sk` when terminal) `IF rev = :expected`. `enqueued` is never named, so no copy read before `mark_enqueued` can clear it. The revision is bumped by every move, so one condition on it covers status, owner and attempt; a refused condition is `ConditionalCheckFailed` → `StoreError::Conflict`, never an SDK error. |
+//! | `put_job` | the finishing attempt's outputs first (`BatchWriteItem` of `OUT#{attempt}#{n}`: harmless if the move then loses, since reads take only `out_count` items of the attempt the job names), then the move of `META`: `SET body, status, rev, attempt, out_count, labels, reserved_until, gsi2*` (or `REMOVE gsi2pk, gsi2sk` when terminal) `IF rev = :expected AND attribute_exists(gsi2pk)` (the stored job is active). Within a class (active to active) that is one `UpdateItem`; from active to terminal it is a `TransactWriteItems` with `ADD active :-1` on the tenant's `USAGE` item. If the stored job was terminal after all (`ALL_OLD` shows the expected `rev` without `gsi2pk`), the move is made again conditioned on `attribute_not_exists(gsi2pk)` (one `UpdateItem`, or with `ADD active :1` when it becomes active again). `enqueued` is never named, so no copy read before `mark_enqueued` can clear it. The revision is bumped by every move, so one condition on it covers status, owner and attempt; a refused condition (another `rev`) → `StoreError::Conflict`, never an SDK error. |
 //! | `mark_enqueued` | `UpdateItem SET enqueued = true IF attribute_exists(pk)`; a refusal (unknown job) is Ok |
-//! | `list_jobs` | `Query gsi1 TENANT#{tenant}`, `gsi1sk < :before`, newest first, label filters as a `FilterExpression` on `labels.#k = :v`. A filter is applied after `Limit`, so the adapter pages until the page is full or a read budget (10 pages) is spent; the API's cursor (MAC'd, as today) carries the last id returned |
+//! | `list_jobs` / `list_jobs_page` | `Query gsi1 TENANT#{tenant}`, `gsi1sk < :before`, newest first, label filters as a `FilterExpression` on `labels.#k = :v`. A filter is applied after `Limit`, so a filtered listing reads pages of 100 rows until the page is full or a read budget ([`LIST_READ_BUDGET`] rows examined, by `ScannedCount`) is spent; then it answers with a short page and `resume_before` = the `gsi1sk` of `LastEvaluatedKey`, which the API's cursor (MAC'd, as today) carries |
 //! | `jobs_in_status` | `Query gsi2 ACTIVE#{status}`, oldest first, `Limit`. Terminal statuses are not indexed: asking for one is an error (`Unavailable`), never a Scan |
 //! | `queue_position` | `Query gsi2 ACTIVE#queued`, `gsi2sk < :id`, `Select = COUNT`, `Limit = cap` (ids grow with time: older means ahead) |
 //! | `count_unclaimed_queued` | the same partition with `FilterExpression attribute_not_exists(reserved_until) OR reserved_until <= :now`, paged until `cap` or the end |
@@ -61,9 +67,11 @@
 //! | `get_fleet` / `put_fleet` | `GetItem` / `PutItem IF rev = :expected` (`attribute_not_exists(pk)` for 0) |
 //! | workers | `PutItem` / `DeleteItem` / `Query pk = WORKERS` |
 //! | assets | `PutItem` / `GetItem` / `DeleteItem ReturnValues=ALL_OLD`; `find_asset`: `Query gsi1 AHASH#…`, newest first, the first with that `file_path` |
-//! | blob records | `PutItem IF attribute_not_exists(pk)`; `ALL_OLD` on refusal gives the record that stands |
-//! | API keys | `PutItem` / `GetItem KEY#{hash}` / `Query gsi1 KEYS` |
-//! | uploads | `PutItem` / `GetItem` / `DeleteItem` |
+//! | `is_blob_referenced` | `Query gsi1 AHASH#{tenant}#{hash}`, `Select = COUNT`: `Limit 1` without a key, else `FilterExpression blob_key = :key`, paged until one is found (past a large read budget: answered "referenced", so bytes are kept, never lost) |
+//! | `put_blob_record_if_absent` | `TransactWriteItems`: `Put BLOB` if `attribute_not_exists(pk)` (`ALL_OLD` on refusal gives the record that stands) and `ADD stored :size` on the tenant's `USAGE` item |
+//! | `delete_blob_record` | `GetItem BLOB` (for its size; a transaction returns nothing), then `TransactWriteItems`: `Delete BLOB` if `body = :read` and `ADD stored :-size`; a record changed meanwhile is read again (bounded) |
+//! | API keys | `PutItem` / `GetItem KEY#{hash}` / `Query gsi1 KEYS`; `delete_all_api_keys`: that `Query`, then `BatchWriteItem` deletes, again until none is listed (each key counted once) |
+//! | uploads | `PutItem` / `GetItem` / `DeleteItem`; `expired_uploads`: `Query gsi2 UPLOADS`, by id (ULIDs: creation order), `FilterExpression expires <= :now`, until `limit` or a read budget of 10 pages |
 //! | `ping` | `GetItem FLEET` (half a read unit; `DescribeTable` has a low rate limit) |
 //!
 //! # Expiry
@@ -77,9 +85,18 @@
 //!
 //! - The progress and worker items carry no `ttl` yet (progress does not know its
 //!   job's retention; workers need a heartbeat grace to be chosen).
-//! - The stream and quota counters that must hold across Lambda instances (one
-//!   `UpdateItem ADD` per counter item, conditioned on the cap), and
+//! - The stream counters that must hold across Lambda instances, and
 //!   `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
+//! - One tenant's writes that change its usage (job creates, job ends, blob records)
+//!   all touch its `USAGE` item: DynamoDB takes about 1,000 write units a second per
+//!   item, and a transactional write costs two, so a tenant tops out near 500 of them
+//!   a second (concurrent ones meet as `TransactionConflict`, retried with backoff).
+//!   Sharding the counter would lift that; the default quota (1,000 submits a second)
+//!   is above it.
+//! - `is_blob_referenced` reads the tenant index, which lags: an asset recorded a
+//!   fraction of a second before a delete's second check may be missed, and its
+//!   bytes deleted (the SQLite store decides in one transaction). Closing it needs a
+//!   reference count on the `BLOB` item, moved with each asset write.
 //! - A listed job that has outputs costs one more `Query` (its collection): fine for
 //!   pages of 20–100, worth projecting a short output summary into `META` later.
 //! - A real GSI lags its table by a fraction of a second (moto's does not): a job
@@ -96,10 +113,10 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, PutRequest, ReturnValue,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, DeleteRequest, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, PutRequest, ReturnValue,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TimeToLiveSpecification,
-    TransactWriteItem, WriteRequest,
+    TransactWriteItem, Update, WriteRequest,
 };
 use chrono::{DateTime, Utc};
 use jobs::model::{
@@ -107,9 +124,10 @@ use jobs::model::{
     ProgressRecord, UploadRecord,
 };
 use jobs::ports::{
-    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, QUEUE_POSITION_CAP, StoreError,
-    StoreResult, WorkerRecord,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
+    StoreError, StoreResult, WorkerRecord,
 };
+use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -121,6 +139,15 @@ pub const GSI1: &str = "gsi1";
 pub const GSI2: &str = "gsi2";
 /// Pages a filtered read may spend before answering with what it has.
 const READ_BUDGET_PAGES: usize = 10;
+/// Rows a label-filtered tenant listing examines before it answers with a short page
+/// and where to go on (`ListedJobs::resume_before`), like the SQLite store's budget.
+pub const LIST_READ_BUDGET: usize = 5_000;
+/// Rows one filtered listing page asks for (a filter is applied after `Limit`).
+const LIST_PAGE_ROWS: usize = 100;
+/// Tries of a transaction cancelled because another transaction held one of its items
+/// (`TransactionConflict`: per-tenant usage items are shared by a tenant's writes), and
+/// of an admission or blob-record delete that lost a race on what it read.
+const TRANSACTION_TRIES: u32 = 5;
 
 /// The `JobStore` on one DynamoDB table.
 #[derive(Clone)]
@@ -128,6 +155,34 @@ pub struct DynamoJobStore {
     client: Client,
     table: String,
     clock: Arc<dyn Clock>,
+    list_read_budget: usize,
+}
+
+/// One item's part in a transaction that a condition refused, in request order.
+struct Reason {
+    /// This item's condition failed.
+    failed: bool,
+    /// The item as it was (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+    old: Option<Item>,
+}
+
+/// How a `TransactWriteItems` ended, when it reached DynamoDB.
+enum Transacted {
+    Done,
+    Refused(Vec<Reason>),
+}
+
+impl Transacted {
+    /// The refused item at `index`, with what it held.
+    fn refused_at(&self, index: usize) -> Option<Option<&Item>> {
+        match self {
+            Transacted::Refused(reasons) => reasons
+                .get(index)
+                .filter(|r| r.failed)
+                .map(|r| r.old.as_ref()),
+            Transacted::Done => None,
+        }
+    }
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -177,6 +232,36 @@ fn number(item: &Item, name: &str) -> Option<u64> {
     }
 }
 
+/// A signed counter (usage items are adjusted by `ADD`, so they may dip below zero
+/// around a lost item; readers clamp).
+fn signed(item: &Item, name: &str) -> i64 {
+    match item.get(name) {
+        Some(AttributeValue::N(raw)) => raw.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A tenant's partition: its quota and usage items (the key's rest is the whole
+/// tenant, so no tenant spells another's).
+fn tenant_pk(tenant: &str) -> String {
+    format!("TENANT#{tenant}")
+}
+
+fn blob_pk(tenant: &str, hash: &str) -> String {
+    format!("BLOB#{}", pair(tenant, hash))
+}
+
+/// A short randomized pause before retrying a conflicted transaction.
+async fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let jitter = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % 10;
+    let ms = (10u64 << attempt.min(5)) + jitter;
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 fn sort_key(item: &Item) -> &str {
     match item.get("sk") {
         Some(AttributeValue::S(sk)) => sk,
@@ -195,7 +280,14 @@ impl DynamoJobStore {
             client,
             table: table.into(),
             clock,
+            list_read_budget: LIST_READ_BUDGET,
         }
+    }
+
+    /// Sets the rows a label-filtered listing examines per page (tests use a small one).
+    pub fn with_list_read_budget(mut self, rows: usize) -> Self {
+        self.list_read_budget = rows.max(1);
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -296,30 +388,7 @@ impl DynamoJobStore {
                 .map_err(|e| self.unavailable("BatchWriteItem outputs", &e))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
-        for chunk in requests.chunks(25) {
-            let mut pending = HashMap::from([(self.table.clone(), chunk.to_vec())]);
-            // Unprocessed items (throttling) are retried a bounded number of times.
-            for _ in 0..5 {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(pending))
-                    .send()
-                    .await
-                    .map_err(|e| self.unavailable("BatchWriteItem outputs", &e))?;
-                pending = out.unprocessed_items.unwrap_or_default();
-                if pending.values().all(Vec::is_empty) {
-                    break;
-                }
-            }
-            if !pending.values().all(Vec::is_empty) {
-                return Err(StoreError::Unavailable(format!(
-                    "BatchWriteItem outputs on {}: throttled",
-                    self.table
-                )));
-            }
-        }
-        Ok(())
+        self.batch_write("BatchWriteItem outputs", requests).await
     }
 
     /// Queued jobs older than `below` (or all), unclaimed at `unclaimed_at` if given,
@@ -457,6 +526,305 @@ impl DynamoJobStore {
         }
         Ok(items)
     }
+
+    /// Sends a transaction. One that another transaction held an item of
+    /// (`TransactionConflict`) is retried a bounded number of times; one that a
+    /// condition refused is answered with each item's reason, never as an error.
+    async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> StoreResult<Transacted> {
+        for attempt in 0..TRANSACTION_TRIES {
+            let err = match self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(Transacted::Done),
+                Err(e) => e,
+            };
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
+                err.as_service_error()
+            {
+                let reasons = cancel.cancellation_reasons();
+                if reasons.iter().any(|r| is_condition_failure(r.code())) {
+                    return Ok(Transacted::Refused(
+                        reasons
+                            .iter()
+                            .map(|r| Reason {
+                                failed: is_condition_failure(r.code()),
+                                old: r.item().cloned(),
+                            })
+                            .collect(),
+                    ));
+                }
+                if reasons
+                    .iter()
+                    .any(|r| r.code() == Some("TransactionConflict"))
+                    && attempt + 1 < TRANSACTION_TRIES
+                {
+                    backoff(attempt).await;
+                    continue;
+                }
+            }
+            return Err(self.unavailable(op, &err));
+        }
+        unreachable!("the last try returns")
+    }
+
+    /// `BatchWriteItem` in chunks of 25; unprocessed items (throttling) are retried a
+    /// bounded number of times.
+    async fn batch_write(&self, op: &str, requests: Vec<WriteRequest>) -> StoreResult<()> {
+        for chunk in requests.chunks(25) {
+            let mut pending = HashMap::from([(self.table.clone(), chunk.to_vec())]);
+            for _ in 0..5 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| self.unavailable(op, &e))?;
+                pending = out.unprocessed_items.unwrap_or_default();
+                if pending.values().all(Vec::is_empty) {
+                    break;
+                }
+            }
+            if !pending.values().all(Vec::is_empty) {
+                return Err(StoreError::Unavailable(format!(
+                    "{op} on {}: throttled",
+                    self.table
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ADD {counter} :delta` on the tenant's usage item, unconditioned: the part of a
+    /// transaction that keeps the counter in step with the write beside it.
+    fn usage_delta(
+        &self,
+        tenant: &str,
+        counter: &str,
+        delta: i64,
+    ) -> StoreResult<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), "USAGE")))
+            .update_expression("ADD #c :d")
+            .expression_attribute_names("#c", counter)
+            .expression_attribute_values(":d", n(delta))
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems usage", &e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The admission of one more active job: `ADD active 1` on the tenant's usage item,
+    /// conditioned on the quota. The submit rate is a fixed one-second window kept in
+    /// the same item (`window`, the epoch second; `in_window`, jobs recorded in it);
+    /// an update cannot branch, so the branch is chosen on `seen` (the item as last
+    /// read) and the condition pins the window it saw: a lost race is refused and
+    /// retried on the item the refusal returns. A window ahead of `now` (another
+    /// instance's clock) is taken as the current one, so windows never go back.
+    fn admission(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+        quota: &TenantQuota,
+        seen: Option<&Item>,
+    ) -> StoreResult<TransactWriteItem> {
+        let mut adds = vec!["#active :one"];
+        let mut sets = Vec::new();
+        let mut conditions = Vec::new();
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), "USAGE")))
+            .expression_attribute_names("#active", "active")
+            .expression_attribute_values(":one", n(1))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if quota.max_active_jobs != u32::MAX {
+            conditions.push("(attribute_not_exists(#active) OR #active < :max)");
+            update = update.expression_attribute_values(":max", n(quota.max_active_jobs));
+        }
+        if quota.submits_per_second != u32::MAX {
+            let second = now.timestamp();
+            update = update
+                .expression_attribute_names("#window", "window")
+                .expression_attribute_names("#in_window", "in_window");
+            let window = seen
+                .and_then(|item| item.get("window"))
+                .and_then(|w| match w {
+                    AttributeValue::N(raw) => raw.parse::<i64>().ok(),
+                    _ => None,
+                });
+            match window {
+                Some(w) if w >= second => {
+                    adds.push("#in_window :one");
+                    conditions.push("#window = :w AND #in_window < :rate");
+                    update = update
+                        .expression_attribute_values(":w", n(w))
+                        .expression_attribute_values(":rate", n(quota.submits_per_second));
+                }
+                Some(w) => {
+                    sets.push("#window = :second, #in_window = :one");
+                    conditions.push("#window = :w");
+                    update = update
+                        .expression_attribute_values(":w", n(w))
+                        .expression_attribute_values(":second", n(second));
+                }
+                None => {
+                    sets.push("#window = :second, #in_window = :one");
+                    conditions.push("attribute_not_exists(#window)");
+                    update = update.expression_attribute_values(":second", n(second));
+                }
+            }
+        }
+        let mut expression = String::new();
+        if !sets.is_empty() {
+            expression.push_str(&format!("SET {} ", sets.join(", ")));
+        }
+        expression.push_str(&format!("ADD {}", adds.join(", ")));
+        let update = update
+            .update_expression(expression)
+            .set_condition_expression((!conditions.is_empty()).then(|| conditions.join(" AND ")))
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems admission", &e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// One move of a job: `META` replaced if its `rev` is `expected_rev` and its class
+    /// (active: it carries `gsi2pk`) is `was_active`; when the class changes, the
+    /// tenant's `active` count moves in the same `TransactWriteItems`, else it is one
+    /// `UpdateItem`. Ok(false): the revision matched but the class did not (the caller
+    /// guessed wrong); a revision that moved is `Conflict`.
+    async fn move_job(&self, job: &Job, expected_rev: u64, was_active: bool) -> StoreResult<bool> {
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        for (name, value) in job_attributes(job)? {
+            names.insert(format!("#{name}"), name.to_string());
+            match value {
+                Some(value) => {
+                    sets.push(format!("#{name} = :{name}"));
+                    values.insert(format!(":{name}"), value);
+                }
+                None => removes.push(format!("#{name}")),
+            }
+        }
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        values.insert(":expected".into(), n(expected_rev));
+        let condition = if was_active {
+            "#rev = :expected AND attribute_exists(#gsi2pk)"
+        } else {
+            "#rev = :expected AND attribute_not_exists(#gsi2pk)"
+        };
+        let is_active = !job.status.is_terminal();
+        // The stored job at `expected_rev` (so the move is not lost) in the other class.
+        let other_class = |old: Option<&Item>| match old {
+            Some(old) if number(old, "rev") == Some(expected_rev) => Ok(false),
+            _ => Err(StoreError::Conflict),
+        };
+        if is_active == was_active {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(job_pk(&job.id), "META")))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            return match result {
+                Ok(_) => Ok(true),
+                Err(e) => match e.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(ccf)) => {
+                        other_class(ccf.item())
+                    }
+                    _ => Err(self.unavailable("UpdateItem job", &e)),
+                },
+            };
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&job.id), "META")))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems job", &e))?;
+        let delta = if is_active { 1 } else { -1 };
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.usage_delta(&job.tenant, "active", delta)?,
+        ];
+        match self.transact("TransactWriteItems job", items).await? {
+            Transacted::Done => Ok(true),
+            refused => match refused.refused_at(0) {
+                Some(old) => other_class(old),
+                None => Err(StoreError::Unavailable(format!(
+                    "TransactWriteItems job on {}: refused without a reason",
+                    self.table
+                ))),
+            },
+        }
+    }
+
+    /// The quota limit that `usage` (the tenant's usage item as a refusal returned it)
+    /// leaves no room under, if any; None means the refusal was a lost race.
+    fn refusal(usage: &Item, now: DateTime<Utc>, quota: &TenantQuota) -> Option<QuotaRefusal> {
+        if quota.max_active_jobs != u32::MAX
+            && signed(usage, "active") >= i64::from(quota.max_active_jobs)
+        {
+            return Some(QuotaRefusal::ActiveJobs {
+                limit: quota.max_active_jobs,
+            });
+        }
+        if quota.submits_per_second != u32::MAX
+            && usage.contains_key("window")
+            && signed(usage, "window") >= now.timestamp()
+            && signed(usage, "in_window") >= i64::from(quota.submits_per_second)
+        {
+            return Some(QuotaRefusal::SubmitRate {
+                limit: quota.submits_per_second,
+            });
+        }
+        None
+    }
+
+    /// The idempotency record's `Put`, if its key is free (or its record expired).
+    fn idempotency_put(
+        &self,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<TransactWriteItem> {
+        let mut item = key(
+            format!("IDEM#{}", pair(&record.tenant, &record.key)),
+            "IDEM",
+        );
+        item.insert("body".into(), s(to_json(record)?));
+        item.insert("expires".into(), n(record.expires_at.timestamp_millis()));
+        item.insert("ttl".into(), n(record.expires_at.timestamp()));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+            .expression_attribute_names("#expires", "expires")
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems", &e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
 }
 
 /// Every attribute a job write sets (`None`: removed), `enqueued` excepted.
@@ -557,11 +925,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dy
 #[async_trait]
 impl JobStore for DynamoJobStore {
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, job = %job.id.as_str()))]
-    async fn create_job(
+    async fn create_job_within_quota(
         &self,
         job: &Job,
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
+        quota: &TenantQuota,
     ) -> StoreResult<CreateOutcome> {
         let job_put = Put::builder()
             .table_name(&self.table)
@@ -569,58 +938,97 @@ impl JobStore for DynamoJobStore {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(|e| self.unavailable("TransactWriteItems", &e))?;
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(job_put).build());
-        if let Some(record) = idempotency {
-            let mut item = key(
-                format!("IDEM#{}", pair(&record.tenant, &record.key)),
-                "IDEM",
-            );
-            item.insert("body".into(), s(to_json(record)?));
-            item.insert("expires".into(), n(record.expires_at.timestamp_millis()));
-            item.insert("ttl".into(), n(record.expires_at.timestamp()));
-            let put = Put::builder()
+        let counts = !job.status.is_terminal();
+        // The rate window's branch is chosen on the usage item as read (eventually
+        // consistent is enough: the condition pins what was read).
+        let mut seen = if counts && quota.submits_per_second != u32::MAX {
+            self.client
+                .get_item()
                 .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
-                .expression_attribute_names("#expires", "expires")
-                .expression_attribute_values(":now", n(now.timestamp_millis()))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
-                .build()
-                .map_err(|e| self.unavailable("TransactWriteItems", &e))?;
-            request = request.transact_items(TransactWriteItem::builder().put(put).build());
-        }
-        if let Err(e) = request.send().await {
-            if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
-                e.as_service_error()
-            {
-                let reasons = cancel.cancellation_reasons();
-                if let Some(taken) = reasons.get(1)
-                    && is_condition_failure(taken.code())
-                    && let Some(old) = taken.item()
-                {
-                    return Ok(CreateOutcome::KeyTaken(body_of(old)?));
-                }
-                if reasons
-                    .first()
-                    .is_some_and(|r| is_condition_failure(r.code()))
-                {
-                    return Err(StoreError::Conflict);
-                }
-            }
-            return Err(self.unavailable("TransactWriteItems", &e));
-        }
-        let queue_position = if job.status == JobStatus::Queued {
-            self.count_queued(Some(&job.id), None, QUEUE_POSITION_CAP)
-                .await?
+                .set_key(Some(key(tenant_pk(&job.tenant), "USAGE")))
+                .send()
+                .await
+                .map_err(|e| self.unavailable("GetItem usage", &e))?
+                .item
         } else {
-            0
+            None
         };
-        Ok(CreateOutcome::Created { queue_position })
+        for _ in 0..TRANSACTION_TRIES {
+            let mut items = vec![TransactWriteItem::builder().put(job_put.clone()).build()];
+            if let Some(record) = idempotency {
+                items.push(self.idempotency_put(record, now)?);
+            }
+            if counts {
+                items.push(self.admission(&job.tenant, now, quota, seen.as_ref())?);
+            }
+            let usage_at = items.len() - 1;
+            let refused = match self.transact("TransactWriteItems create", items).await? {
+                Transacted::Done => {
+                    let queue_position = if job.status == JobStatus::Queued {
+                        self.count_queued(Some(&job.id), None, QUEUE_POSITION_CAP)
+                            .await?
+                    } else {
+                        0
+                    };
+                    return Ok(CreateOutcome::Created { queue_position });
+                }
+                refused => refused,
+            };
+            // The replay is answered first: it names a job that exists.
+            if idempotency.is_some()
+                && let Some(Some(old)) = refused.refused_at(1)
+            {
+                return Ok(CreateOutcome::KeyTaken(body_of(old)?));
+            }
+            if refused.refused_at(0).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            let usage = match refused.refused_at(usage_at) {
+                Some(old) if counts => old.cloned().unwrap_or_default(),
+                _ => {
+                    return Err(StoreError::Unavailable(format!(
+                        "TransactWriteItems create on {}: refused without a reason",
+                        self.table
+                    )));
+                }
+            };
+            if let Some(refusal) = Self::refusal(&usage, now, quota) {
+                // Whatever reasons DynamoDB listed, a replay still wins.
+                if let Some(record) = idempotency
+                    && let Some(taken) = self.get_idempotency(&record.tenant, &record.key).await?
+                    && taken.expires_at > now
+                {
+                    return Ok(CreateOutcome::KeyTaken(taken));
+                }
+                return Ok(CreateOutcome::OverQuota(refusal));
+            }
+            // Lost a race on the window: go again on the item as the refusal returned it.
+            seen = Some(usage);
+        }
+        Err(StoreError::Unavailable(format!(
+            "create job on {}: the tenant's usage item kept changing",
+            self.table
+        )))
+    }
+
+    async fn get_tenant_quota(&self, tenant: &str) -> StoreResult<Option<TenantQuota>> {
+        self.get_body(tenant_pk(tenant), "QUOTA").await
+    }
+
+    async fn put_tenant_quota(&self, tenant: &str, quota: &TenantQuota) -> StoreResult<()> {
+        self.put_body(tenant_pk(tenant), "QUOTA", quota, vec![])
+            .await
+    }
+
+    async fn tenant_usage(&self, tenant: &str) -> StoreResult<TenantUsage> {
+        let item = self
+            .get_item(tenant_pk(tenant), "USAGE")
+            .await?
+            .unwrap_or_default();
+        Ok(TenantUsage {
+            active_jobs: signed(&item, "active").max(0) as u64,
+            stored_bytes: signed(&item, "stored").max(0) as u64,
+        })
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
@@ -630,49 +1038,15 @@ impl JobStore for DynamoJobStore {
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, job = %job.id.as_str()))]
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()> {
         self.write_outputs(job).await?;
-        let mut sets = Vec::new();
-        let mut removes = Vec::new();
-        let mut names = HashMap::new();
-        let mut values = HashMap::new();
-        for (i, (name, value)) in job_attributes(job)?.into_iter().enumerate() {
-            names.insert(format!("#a{i}"), name.to_string());
-            match value {
-                Some(value) => {
-                    sets.push(format!("#a{i} = :v{i}"));
-                    values.insert(format!(":v{i}"), value);
-                }
-                None => removes.push(format!("#a{i}")),
-            }
+        // Guess that the stored job is active: every job starts so, and a terminal
+        // one is seldom written again. A wrong guess costs one refused write.
+        if self.move_job(job, expected_rev, true).await?
+            || self.move_job(job, expected_rev, false).await?
+        {
+            return Ok(());
         }
-        let mut update = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            update.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        names.insert("#rev".into(), "rev".into());
-        values.insert(":expected".into(), n(expected_rev));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(&job.id), "META")))
-            .update_expression(update)
-            .condition_expression("#rev = :expected")
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(self.unavailable("UpdateItem job", &e)),
-        }
+        // Same revision yet neither class: it moved between the two writes.
+        Err(StoreError::Conflict)
     }
 
     async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()> {
@@ -703,6 +1077,10 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn list_jobs(&self, query: &ListQuery) -> StoreResult<Vec<Job>> {
+        Ok(self.list_jobs_page(query).await?.jobs)
+    }
+
+    async fn list_jobs_page(&self, query: &ListQuery) -> StoreResult<ListedJobs> {
         let mut condition = "gsi1pk = :t".to_string();
         let mut values = HashMap::from([(":t".to_string(), s(format!("TENANT#{}", query.tenant)))]);
         if let Some(before) = &query.before {
@@ -721,7 +1099,14 @@ impl JobStore for DynamoJobStore {
         }
         let mut jobs = Vec::new();
         let mut start = None;
-        for _ in 0..READ_BUDGET_PAGES {
+        let mut examined = 0usize;
+        loop {
+            // A filter applies after `Limit`: filtered pages read wider, within the budget.
+            let rows = if filters.is_empty() {
+                query.limit.saturating_sub(jobs.len())
+            } else {
+                LIST_PAGE_ROWS.min(self.list_read_budget.saturating_sub(examined))
+            };
             let out = self
                 .client
                 .query()
@@ -732,11 +1117,12 @@ impl JobStore for DynamoJobStore {
                 .set_expression_attribute_names((!names.is_empty()).then(|| names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
                 .scan_index_forward(false)
-                .limit(query.limit.clamp(1, 1000) as i32)
+                .limit(rows.clamp(1, 1000) as i32)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| self.unavailable("Query tenant jobs", &e))?;
+            examined += out.scanned_count.max(0) as usize;
             for item in out.items.unwrap_or_default() {
                 if jobs.len() < query.limit
                     && let Some(job) = self.attach_outputs(&item).await?
@@ -745,11 +1131,26 @@ impl JobStore for DynamoJobStore {
                 }
             }
             start = out.last_evaluated_key;
-            if jobs.len() >= query.limit || start.is_none() {
+            let Some(last) = &start else { break };
+            if jobs.len() >= query.limit {
                 break;
             }
+            if examined >= self.list_read_budget {
+                // A short page; the listing goes on below the last row examined.
+                let resume_before = match last.get("gsi1sk") {
+                    Some(AttributeValue::S(id)) => JobId::parse(id),
+                    _ => None,
+                };
+                return Ok(ListedJobs {
+                    jobs,
+                    resume_before,
+                });
+            }
         }
-        Ok(jobs)
+        Ok(ListedJobs {
+            jobs,
+            resume_before: None,
+        })
     }
 
     async fn jobs_in_status(&self, status: JobStatus, limit: usize) -> StoreResult<Vec<Job>> {
@@ -951,6 +1352,8 @@ impl JobStore for DynamoJobStore {
                 )),
             ),
         ];
+        // Its own attribute, so `is_blob_referenced` filters on it server-side.
+        extra.push(("blob_key", s(asset.blob_key.clone())));
         if let Some(path) = &asset.file_path {
             extra.push(("file_path", s(path.clone())));
         }
@@ -990,38 +1393,115 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn get_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<Option<BlobRecord>> {
-        self.get_body(format!("BLOB#{}", pair(tenant, hash)), "BLOB")
-            .await
+        self.get_body(blob_pk(tenant, hash), "BLOB").await
     }
 
     async fn put_blob_record_if_absent(
         &self,
         record: &BlobRecord,
     ) -> StoreResult<(BlobRecord, bool)> {
-        let mut item = key(
-            format!("BLOB#{}", pair(&record.tenant, &record.hash)),
-            "BLOB",
-        );
+        let mut item = key(blob_pk(&record.tenant, &record.hash), "BLOB");
         item.insert("body".into(), s(to_json(record)?));
-        let result = self
-            .client
-            .put_item()
+        let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok((record.clone(), true)),
-            Err(e) => match e.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(ccf)) => match ccf.item() {
-                    Some(old) => Ok((body_of(old)?, false)),
-                    None => Err(StoreError::Conflict),
-                },
-                _ => Err(self.unavailable("PutItem blob record", &e)),
-            },
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems blob record", &e))?;
+        // The record and the tenant's stored bytes move together.
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            self.usage_delta(&record.tenant, "stored", record.size_bytes as i64)?,
+        ];
+        let refused = match self
+            .transact("TransactWriteItems blob record", items)
+            .await?
+        {
+            Transacted::Done => return Ok((record.clone(), true)),
+            refused => refused,
+        };
+        match refused.refused_at(0) {
+            Some(Some(old)) => Ok((body_of(old)?, false)),
+            _ => Err(StoreError::Conflict),
         }
+    }
+
+    async fn is_blob_referenced(
+        &self,
+        tenant: &str,
+        hash: &str,
+        blob_key: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut start = None;
+        for _ in 0..READ_BUDGET_PAGES * 10 {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .select(Select::Count)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(format!("AHASH#{}", pair(tenant, hash))))
+                .set_exclusive_start_key(start);
+            query = match blob_key {
+                Some(blob_key) => query
+                    .filter_expression("#blob_key = :blob_key")
+                    .expression_attribute_names("#blob_key", "blob_key")
+                    .expression_attribute_values(":blob_key", s(blob_key)),
+                None => query.limit(1),
+            };
+            let out = query
+                .send()
+                .await
+                .map_err(|e| self.unavailable("Query assets by hash", &e))?;
+            if out.count > 0 {
+                return Ok(true);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(false);
+            }
+        }
+        // Too many assets over one hash to look through: keep the bytes (at worst a
+        // leak, never a lost blob).
+        tracing::warn!(table = %self.table, tenant, hash, "is_blob_referenced: read budget spent; answering referenced");
+        Ok(true)
+    }
+
+    async fn delete_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<bool> {
+        // A transaction returns nothing on success: read the record for its size, then
+        // delete it only as read, with its bytes, in one transaction.
+        for _ in 0..TRANSACTION_TRIES {
+            let Some(item) = self.get_item(blob_pk(tenant, hash), "BLOB").await? else {
+                return Ok(false);
+            };
+            let record: BlobRecord = body_of(&item)?;
+            let body = item.get("body").cloned().unwrap_or_else(|| s(""));
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(blob_pk(tenant, hash), "BLOB")))
+                .condition_expression("#body = :body")
+                .expression_attribute_names("#body", "body")
+                .expression_attribute_values(":body", body)
+                .build()
+                .map_err(|e| self.unavailable("TransactWriteItems blob record", &e))?;
+            let items = vec![
+                TransactWriteItem::builder().delete(delete).build(),
+                self.usage_delta(tenant, "stored", -(record.size_bytes as i64))?,
+            ];
+            if let Transacted::Done = self
+                .transact("TransactWriteItems blob record", items)
+                .await?
+            {
+                return Ok(true);
+            }
+            // Replaced or deleted meanwhile: read again.
+        }
+        Err(StoreError::Unavailable(format!(
+            "delete blob record on {}: the record kept changing",
+            self.table
+        )))
     }
 
     async fn put_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
@@ -1045,12 +1525,60 @@ impl JobStore for DynamoJobStore {
         items.iter().map(body_of).collect()
     }
 
+    async fn delete_all_api_keys(&self) -> StoreResult<usize> {
+        // The index lags its table: a key deleted in one round may be listed again in
+        // the next, so each key is counted once, by its table key.
+        let mut deleted = std::collections::HashSet::new();
+        for _ in 0..READ_BUDGET_PAGES {
+            let items = self
+                .query_index(GSI1, "gsi1pk", "KEYS".into(), false)
+                .await?;
+            let fresh: Vec<Item> = items
+                .into_iter()
+                .filter(|item| match item.get("pk") {
+                    Some(AttributeValue::S(pk)) => !deleted.contains(pk),
+                    _ => false,
+                })
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let mut requests = Vec::new();
+            for item in &fresh {
+                let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
+                    (item.get("pk"), item.get("sk"))
+                else {
+                    continue;
+                };
+                let delete = DeleteRequest::builder()
+                    .set_key(Some(key(pk.clone(), sk)))
+                    .build()
+                    .map_err(|e| self.unavailable("BatchWriteItem keys", &e))?;
+                requests.push(WriteRequest::builder().delete_request(delete).build());
+                deleted.insert(pk.clone());
+            }
+            self.batch_write("BatchWriteItem keys", requests).await?;
+        }
+        Ok(deleted.len())
+    }
+
     async fn put_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
+        // In the sparse index under `UPLOADS`, by id (ULIDs: creation order), for the
+        // sweep. TTL a day after expiry: the sweep deletes the staged bytes first, TTL
+        // is only the backstop for a record the sweep never reached.
         self.put_body(
             format!("UPLOAD#{}", upload.id),
             "UPLOAD",
             upload,
-            vec![("ttl", n(upload.expires_at.timestamp()))],
+            vec![
+                ("expires", n(upload.expires_at.timestamp_millis())),
+                ("gsi2pk", s("UPLOADS")),
+                ("gsi2sk", s(upload.id.clone())),
+                (
+                    "ttl",
+                    n((upload.expires_at + chrono::Duration::days(1)).timestamp()),
+                ),
+            ],
         )
         .await
     }
@@ -1062,6 +1590,41 @@ impl JobStore for DynamoJobStore {
     async fn delete_upload(&self, id: &str) -> StoreResult<()> {
         self.delete_item(format!("UPLOAD#{id}"), "UPLOAD").await?;
         Ok(())
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<UploadRecord>> {
+        let mut uploads = Vec::new();
+        let mut start = None;
+        for _ in 0..READ_BUDGET_PAGES {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI2)
+                .key_condition_expression("gsi2pk = :u")
+                .filter_expression("#expires <= :now")
+                .expression_attribute_names("#expires", "expires")
+                .expression_attribute_values(":u", s("UPLOADS"))
+                .expression_attribute_values(":now", n(now.timestamp_millis()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| self.unavailable("Query uploads", &e))?;
+            for item in out.items.unwrap_or_default() {
+                if uploads.len() < limit {
+                    uploads.push(body_of(&item)?);
+                }
+            }
+            start = out.last_evaluated_key;
+            if uploads.len() >= limit || start.is_none() {
+                break;
+            }
+        }
+        Ok(uploads)
     }
 
     async fn ping(&self) -> StoreResult<()> {

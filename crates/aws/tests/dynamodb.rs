@@ -231,3 +231,241 @@ async fn terminal_jobs_leave_the_active_index_and_are_never_scanned_for() {
         JobStatus::Canceled
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_quotas_conformance() {
+    let clock = manual_clock();
+    let store = Arc::new(fresh_store(clock.clone()).await);
+    conformance::tenant_quotas(store, clock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_records_conformance() {
+    let clock = manual_clock();
+    let store = Arc::new(fresh_store(clock.clone()).await);
+    conformance::asset_records(store, clock).await;
+}
+
+/// Another instance records a job of the tenant between this one's read of the usage
+/// item and its transaction (the race on the rate window). The interceptor plays that
+/// instance: just before the first `TransactWriteItems` goes out, it admits a job in
+/// the same second over a separate client. The admission is refused on the window it
+/// read, retried on the item the refusal returned, and the limit holds exactly.
+///
+/// moto is no judge of truly concurrent submits: its DynamoDB backend takes no lock
+/// and its server is threaded, so two conditional writes to one item can both pass
+/// (seen here: 4 of 16 concurrent submits admitted under a rate of 3). DynamoDB
+/// evaluates a condition and applies the write atomically per item; this test pins
+/// the interleaving instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_that_loses_the_rate_window_race_retries_and_the_limit_holds() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+    use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+    use aws_sdk_dynamodb::error::BoxError;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use jobs::ports::CreateOutcome;
+    use jobs::quota::{QuotaRefusal, TenantQuota};
+
+    #[derive(Debug)]
+    struct OtherInstanceFirst {
+        fired: AtomicBool,
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+        second: i64,
+    }
+    impl Intercept for OtherInstanceFirst {
+        fn name(&self) -> &'static str {
+            "OtherInstanceFirst"
+        }
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _: &RuntimeComponents,
+            _: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            let transaction = context
+                .request()
+                .headers()
+                .get("x-amz-target")
+                .is_some_and(|t| t.ends_with("TransactWriteItems"));
+            if !transaction || self.fired.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+            let (client, table, second) = (self.client.clone(), self.table.clone(), self.second);
+            // Interceptors are synchronous: the other instance's write runs to its end
+            // on a thread of its own before this request goes out.
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    client
+                        .update_item()
+                        .table_name(table)
+                        .key("pk", AttributeValue::S("TENANT#r".into()))
+                        .key("sk", AttributeValue::S("USAGE".into()))
+                        .update_expression("SET #w = :s ADD #n :one, #a :one")
+                        .expression_attribute_names("#w", "window")
+                        .expression_attribute_names("#n", "in_window")
+                        .expression_attribute_names("#a", "active")
+                        .expression_attribute_values(":s", AttributeValue::N(second.to_string()))
+                        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                        .send()
+                        .await
+                        .expect("the other instance's admission")
+                })
+            })
+            .join()
+            .map_err(|_| "the other instance panicked")?;
+            Ok(())
+        }
+    }
+
+    let clock = manual_clock();
+    let now = clock.now();
+    let plain = common::clients().await.dynamodb;
+    let table = common::unique("t");
+    create_table(&plain, &table).await.expect("create table");
+    let racing = aws_sdk_dynamodb::Client::from_conf(
+        plain
+            .config()
+            .to_builder()
+            .interceptor(OtherInstanceFirst {
+                fired: AtomicBool::new(false),
+                client: plain.clone(),
+                table: table.clone(),
+                second: now.timestamp(),
+            })
+            .build(),
+    );
+    let store = DynamoJobStore::new(racing, table, clock.clone());
+    let rate = TenantQuota {
+        submits_per_second: 2,
+        ..TenantQuota::UNLIMITED
+    };
+    let job = conformance::sample_job("r", now, &[]);
+    assert!(matches!(
+        store
+            .create_job_within_quota(&job, None, now, &rate)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { .. }
+    ));
+    assert!(store.get_job(&job.id).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .create_job_within_quota(&conformance::sample_job("r", now, &[]), None, now, &rate)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(QuotaRefusal::SubmitRate { limit: 2 }),
+        "the other instance's job and this one fill the second"
+    );
+    assert_eq!(store.tenant_usage("r").await.unwrap().active_jobs, 2);
+
+    // An instance whose clock is behind takes the window ahead as the current one.
+    let behind = now - Duration::seconds(1);
+    assert_eq!(
+        store
+            .create_job_within_quota(
+                &conformance::sample_job("r", behind, &[]),
+                None,
+                behind,
+                &rate
+            )
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(QuotaRefusal::SubmitRate { limit: 2 })
+    );
+}
+
+/// Every write that moves a job between an active and a terminal status moves the
+/// tenant's count, whichever way and whatever the store guessed; one within a class
+/// leaves it alone; a stale revision moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_class_changes_move_the_active_count() {
+    use jobs::model::JobStatus;
+    use jobs::ports::StoreError;
+    let clock = manual_clock();
+    let store = fresh_store(clock.clone()).await;
+    let active = || async { store.tenant_usage("t").await.unwrap().active_jobs };
+    let mut job = conformance::sample_job("t", clock.now(), &[]);
+    store.create_job(&job, None, clock.now()).await.unwrap();
+    assert_eq!(active().await, 1);
+    for (status, expected) in [
+        (JobStatus::Running, 1),
+        (JobStatus::Canceling, 1),
+        (JobStatus::Canceled, 0),
+        // terminal to terminal (the guess "active" is wrong here), then back.
+        (JobStatus::Expired, 0),
+        (JobStatus::Queued, 1),
+        (JobStatus::Failed, 0),
+    ] {
+        job.status = status;
+        job.rev += 1;
+        store.put_job(&job, job.rev - 1).await.unwrap();
+        assert_eq!(active().await, expected, "after {status}");
+        assert_eq!(
+            store.get_job(&job.id).await.unwrap().unwrap().status,
+            status
+        );
+    }
+    let mut stale = job.clone();
+    stale.status = JobStatus::Queued;
+    assert!(matches!(
+        store.put_job(&stale, job.rev - 1).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(active().await, 0, "a refused move moves no count");
+}
+
+/// A label filter that matches few of many jobs: each page stops at the read budget
+/// with where to go on, and following those answers finds every match, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_list_stops_at_the_read_budget_and_continues_correctly() {
+    use jobs::ports::ListQuery;
+    let clock = manual_clock();
+    let store = fresh_store(clock.clone()).await.with_list_read_budget(30);
+    let now = clock.now();
+    let mut wanted = Vec::new();
+    for i in 0..100 {
+        let labels: &[(&str, &str)] = if i % 25 == 0 {
+            &[("x", "1")]
+        } else {
+            &[("x", "0")]
+        };
+        let job = conformance::sample_job("t", now, labels);
+        store.create_job(&job, None, now).await.unwrap();
+        if i % 25 == 0 {
+            wanted.push(job.id);
+        }
+    }
+    wanted.reverse();
+    let mut found = Vec::new();
+    let mut before = None;
+    let mut short_pages = 0;
+    for _ in 0..50 {
+        let page = store
+            .list_jobs_page(&ListQuery {
+                tenant: "t".into(),
+                metadata: vec![("x".into(), "1".into())],
+                before: before.clone(),
+                limit: 3,
+            })
+            .await
+            .unwrap();
+        found.extend(page.jobs.iter().map(|j| j.id.clone()));
+        before = match (page.jobs.len(), page.resume_before) {
+            (3, _) => page.jobs.last().map(|j| j.id.clone()),
+            (_, Some(resume)) => {
+                short_pages += 1;
+                Some(resume)
+            }
+            (_, None) => break,
+        };
+    }
+    assert_eq!(found, wanted);
+    assert!(short_pages >= 2, "the budget stopped some pages");
+}
