@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, the Rust suites, and the Python
-# suite that drives `serverless-comfyui dev` with the official comfy-sdk.
+# Runs every test of the project: formatting, lints, the Rust suites, the Python
+# suite that drives `serverless-comfyui dev` with the official comfy-sdk, and a
+# Schemathesis run of dev's OpenAPI document.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 .venv/bin/python -m pytest -q tests/sdk
+
+step "Schemathesis: the OpenAPI document against dev, with and without a key"
+tests/schemathesis/run.sh
 
 step "frontend: type-check, unit tests, build, then the browser suite against dev"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -135,6 +135,32 @@ async fn bad_file_paths_and_forms_are_422() {
     );
 }
 
+/// Unknown parts are ignored, as v2 leaves room for additive fields, however often
+/// they come; a known part may still come once only.
+#[tokio::test]
+async fn unknown_form_parts_are_ignored_even_repeated() {
+    let t = TestApp::new();
+    let form = |extra: &[(&'static str, Option<&'static str>, &'static [u8])]| {
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![
+            ("file", Some("x.png"), b"bytes"),
+            ("content_type", None, b"image/png"),
+            ("file_path", None, b"x.png"),
+        ];
+        parts.extend_from_slice(extra);
+        let (content_type, body) = multipart(&parts);
+        Request::post("/api/v2/assets")
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let reply = t
+        .send(form(&[("future", None, b"1"), ("future", None, b"2")]))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let reply = t.send(form(&[("file_path", None, b"y.png")])).await;
+    assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+}
+
 #[tokio::test]
 async fn from_hash_and_by_hash() {
     let t = TestApp::new();
@@ -543,6 +569,7 @@ async fn openapi_covers_every_route() {
         ("post", "/api/v2/x-serverless-comfyui/uploads"),
         ("post", "/api/v2/x-serverless-comfyui/uploads/{id}/complete"),
         ("get", "/api/v2/health"),
+        ("get", "/api/v2/openapi.json"),
     ];
     let mut documented = Vec::new();
     for (path, item) in paths {
@@ -581,4 +608,77 @@ async fn openapi_covers_every_route() {
     }
     assert!(doc.body["components"]["schemas"]["JobView"].is_object());
     assert!(doc.body["components"]["securitySchemes"]["bearerAuth"].is_object());
+}
+
+/// The document says what this server asks for now: no key while a loopback `dev` has
+/// none (a bearer requirement would be untrue there), a bearer key once one exists;
+/// health and the document itself never need one.
+#[tokio::test]
+async fn openapi_security_follows_keys() {
+    let t = TestApp::new();
+    let keyless = t.get("/api/v2/openapi.json").await;
+    assert_eq!(keyless.status, StatusCode::OK);
+    assert_eq!(keyless.body["security"], json!([{}]));
+
+    let (_key, _) = t.create_key("team").await;
+    let keyed = t.get("/api/v2/openapi.json").await;
+    assert_eq!(keyed.status, StatusCode::OK, "the document needs no key");
+    assert_eq!(keyed.body["security"], json!([{"bearerAuth": []}]));
+    for path in ["/api/v2/health", "/api/v2/openapi.json"] {
+        assert_eq!(
+            keyed.body["paths"][path]["get"]["security"],
+            json!([{}]),
+            "{path} needs no key"
+        );
+    }
+    // Every route that takes a key lists what a refused key gets.
+    let paths = keyed.body["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security") != Some(&json!([{}])) {
+                assert!(
+                    operation["responses"]["401"].is_object(),
+                    "{method} {path} lists 401"
+                );
+            }
+            assert!(
+                operation["responses"]["403"].is_object(),
+                "{method} {path} lists 403 (origin_not_allowed)"
+            );
+        }
+    }
+}
+
+/// The request schemas carry the rules the handlers enforce (spot checks; the
+/// Schemathesis run in tests/schemathesis checks them all against a live server).
+#[tokio::test]
+async fn openapi_request_schemas_carry_the_handlers_rules() {
+    let t = TestApp::new();
+    let doc = t.get("/api/v2/openapi.json").await.body;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["WorkflowGraph"]["minProperties"], 1);
+    assert_eq!(schemas["SubmitRequest"]["additionalProperties"], false);
+    assert_eq!(
+        schemas["SubmitRequest"]["properties"]["extra_data"]["minProperties"],
+        1
+    );
+    assert_eq!(
+        schemas["CreateUploadRequest"]["properties"]["size_bytes"]["minimum"],
+        1
+    );
+    assert_eq!(
+        schemas["AssetUploadForm"]["properties"]["file_path"]["maxLength"],
+        1024
+    );
+    let limit = doc["paths"]["/api/v2/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 100);
+    // A bad limit is refused as documented.
+    let reply = t.get("/api/v2/jobs?limit=0").await;
+    assert_envelope(&reply, StatusCode::BAD_REQUEST, "invalid_request");
 }

@@ -8,7 +8,9 @@
 //!
 //! Routes are registered through `utoipa_axum`'s `OpenApiRouter`: a route and its
 //! OpenAPI entry are one declaration, so `/api/v2/openapi.json` cannot drift from what
-//! the router serves.
+//! the router serves. Request schemas need JSON Schema that utoipa's derive cannot
+//! spell; they are written next to their validators and set in [`served_document`].
+//! `tests/schemathesis/run.sh` fuzzes a live `dev` against the document.
 
 use std::sync::Arc;
 
@@ -17,7 +19,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, Stat
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use futures::SinkExt;
 use serde::Serialize;
@@ -37,7 +38,9 @@ use crate::error::ApiError;
 use crate::ports::{BlobStore, QueueName};
 use crate::service::JobService;
 use crate::validate::validate_label_key;
-use crate::views::{ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView};
+use crate::views::{
+    ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView, submit_request_schemas,
+};
 
 /// What the server tells about itself in health.
 #[derive(Debug, Clone)]
@@ -67,13 +70,26 @@ pub const MAX_LIST_LIMIT: usize = 100;
 /// `metadata[k]=v` filters one list request may carry: each is a join for the store.
 pub const MAX_LIST_FILTERS: usize = 16;
 
+/// Response descriptions shared by the routes that can give them.
+const UNAUTHORIZED: &str = "`unauthorized`: no API key, or an unknown or revoked one";
+const FORBIDDEN: &str = "`origin_not_allowed`: sent by a web page of another site; or \
+                         `host_not_allowed`: without keys, a request not addressed to a loopback name";
+const ORIGIN_NOT_ALLOWED: &str = "`origin_not_allowed`: sent by a web page of another site";
+const UNAVAILABLE: &str = "`unavailable`: storage failed; retry after Retry-After";
+const UNSUPPORTED_JSON: &str = "`unsupported_media_type`: send `Content-Type: application/json`";
+const BAD_PATH: &str = "`invalid_request`: a path segment that is not UTF-8";
+const CONTENT_SERVED: &str = "The content: as its own type when that is a passive image, audio, \
+                              video or text/plain type, otherwise as `application/octet-stream`, an attachment";
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "serverless-comfyui: Comfy API v2",
         description = "Comfy API v2 (Comfy Cloud's contract) plus additive extensions under \
                        `/api/v2/x-serverless-comfyui/`. Every error is the envelope \
-                       `{\"error\": {code, message, details}}`."
+                       `{\"error\": {code, message, details}}`. Integers are JSON numbers \
+                       without a fraction (`2`, not `2.0`); length limits count bytes of UTF-8 \
+                       (the schemas' `maxLength` counts characters, so it says the same for ASCII)."
     ),
     tags(
         (name = "jobs", description = "One execution of a workflow: durable, pollable, cancelable."),
@@ -92,7 +108,15 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearerAuth",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <api key>`. A `dev` on loopback without keys \
+                         needs none: its document then says `security: [{}]`.",
+                    ))
+                    .build(),
+            ),
         );
         openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
             "bearerAuth",
@@ -101,14 +125,13 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The v2 router over the given state, and its OpenAPI document.
-pub fn router_and_openapi(
-    state: Arc<ApiState>,
-    max_body_bytes: usize,
-) -> (Router, utoipa::openapi::OpenApi) {
+/// The v2 router over the given state, and its OpenAPI document (as served when keys
+/// are required).
+pub fn router_and_openapi(state: Arc<ApiState>, max_body_bytes: usize) -> (Router, Value) {
     let max_upload = usize::try_from(state.assets.config().max_upload_bytes).unwrap_or(usize::MAX);
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(openapi_document))
         .routes(routes!(submit_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(get_workflow))
@@ -128,17 +151,11 @@ pub fn router_and_openapi(
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .split_for_parts();
-    // Serialized once: the handler (cloned with the router's routes) holds only a
-    // shared buffer, not the whole document by value.
-    let document = Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
+    // Built once and shared (an `Arc`), so cloning the router per connection copies no
+    // document.
+    let document = served_document(&openapi, state.assets.config());
     let router = api
-        .route(
-            "/api/v2/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
-            }),
-        )
+        .layer(axum::Extension(Arc::new(document.clone())))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(envelope_errors))
         // Outermost: a disallowed web origin is refused before anything else runs.
@@ -147,7 +164,45 @@ pub fn router_and_openapi(
             crate::cross_site::guard,
         ))
         .with_state(state);
-    (router, openapi)
+    (router, document)
+}
+
+/// The document utoipa generates from the route declarations, with the request
+/// schemas its derive cannot spell (see [`submit_request_schemas`] and
+/// [`crate::assets::request_schemas`]).
+fn served_document(
+    openapi: &utoipa::openapi::OpenApi,
+    assets: &crate::assets::AssetsConfig,
+) -> Value {
+    let mut document = serde_json::to_value(openapi).unwrap_or_default();
+    let schemas = &mut document["components"]["schemas"];
+    for (name, schema) in submit_request_schemas()
+        .into_iter()
+        .chain(crate::assets::request_schemas(assets))
+    {
+        schemas[name] = schema;
+    }
+    // `metadata[key]=value` filters: keys as in labels, one filter per key.
+    if let Some(parameters) = document
+        .pointer_mut("/paths/~1api~1v2~1jobs/get/parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            if parameter["name"] == "metadata" {
+                parameter["schema"] = json!({
+                    "type": "object",
+                    "maxProperties": crate::api::MAX_LIST_FILTERS,
+                    "propertyNames": {
+                        "minLength": 1,
+                        "maxLength": crate::validate::MAX_METADATA_KEY_BYTES,
+                        "pattern": crate::views::NO_CONTROL_PATTERN,
+                    },
+                    "additionalProperties": {"type": "string"},
+                });
+            }
+        }
+    }
+    document
 }
 
 /// The v2 router over the given state; anything else is a 404 envelope.
@@ -285,14 +340,20 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
 #[utoipa::path(
     post, path = "/api/v2/jobs", tag = "jobs",
     request_body = SubmitRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe semantics; keys last 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Stripe semantics: 1 to 255 visible ASCII characters (a UUID is recommended); keys last 24 h")),
     responses(
         (status = 201, description = "Job created and queued (or replayed: `Idempotency-Replayed: true`)", body = JobView),
-        (status = 400, description = "`invalid_request`: malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
-        (status = 409, description = "`idempotency_conflict`, with Retry-After", body = ErrorEnvelope),
-        (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
-        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `idempotency_key_reuse`, `reserved_field`", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request`: an empty body, not UTF-8, not JSON, a duplicate key, or a malformed `Idempotency-Key`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: a large body arrived too slowly", body = ErrorEnvelope),
+        (status = 409, description = "`idempotency_conflict`: the same key is in flight; retry after Retry-After", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`: too many bytes, or more than a million JSON values", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `invalid_extra_data`, `idempotency_key_reuse`, `reserved_field`, `unknown_field`, `invalid_request` (not an object)", body = ErrorEnvelope),
+        (status = 429, description = "`quota_active_jobs` or `quota_submit_rate`: the tenant's quota; nothing was recorded, retry after Retry-After with the same Idempotency-Key", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn submit_job(
@@ -325,8 +386,11 @@ async fn submit_job(
     params(("id" = String, Path, description = "job_<ULID>")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 401, description = "`unauthorized`", body = ErrorEnvelope),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_job(
@@ -346,7 +410,11 @@ async fn get_job(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The workflow behind the job", body = WorkflowView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_workflow(
@@ -366,7 +434,11 @@ async fn get_workflow(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The job as it now is: canceled, canceling, or already terminal", body = JobView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn cancel_job(
@@ -386,8 +458,12 @@ async fn cancel_job(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "SSE: `status`, `progress`, `output` and `log` events; ends after the terminal status or after about 20 s (reconnect)", content_type = "text/event-stream"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 429, description = "`too_many_streams`", body = ErrorEnvelope),
+        (status = 429, description = "`too_many_streams`: too many open streams for the tenant", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn job_events(
@@ -466,13 +542,18 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListParams, ApiError> {
 #[utoipa::path(
     get, path = "/api/v2/jobs", tag = "jobs",
     params(
-        ("metadata[key]" = Option<String>, Query, description = "Filter: label `key` equals the value; repeatable with different keys"),
-        ("limit" = Option<usize>, Query, description = "1 to 100, default 20"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        // Its schema is set in `served_document`: keys have rules utoipa cannot spell.
+        ("metadata" = Option<Object>, Query, style = DeepObject, explode,
+            description = "Filters `metadata[key]=value`: the job's label `key` equals the value; one per key"),
+        ("limit" = Option<u8>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page of the same query; anything else is 400 `invalid_cursor`"),
     ),
     responses(
         (status = 200, description = "A page of the tenant's jobs, newest first", body = JobListView),
-        (status = 400, description = "`invalid_request`, `invalid_cursor`, `invalid_metadata_filter`", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (an unknown parameter, a bad `limit`), `invalid_cursor`, `invalid_metadata_filter`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn list_jobs(
@@ -595,9 +676,14 @@ struct AssetUploadForm {
     responses(
         (status = 201, description = "New blob stored; asset minted", body = AssetView),
         (status = 200, description = "Bytes deduplicated to an existing blob; asset minted over it", body = AssetView),
+        (status = 400, description = "`invalid_request` (a malformed or interrupted form), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 409, description = "`hash_mismatch`: nothing minted", body = ErrorEnvelope),
-        (status = 413, description = "`payload_too_large`: use the upload extension", body = ErrorEnvelope),
-        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, a missing field", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`: the file (use the upload extension) or a text part; `quota_storage`: the tenant's storage quota", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`: send `multipart/form-data`", body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_request` (a missing or repeated part)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn upload_asset(
@@ -648,7 +734,10 @@ async fn upload_asset(
     let mut seen = std::collections::HashSet::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
-        if !seen.insert(name.clone()) && name != "tags" {
+        // Unknown parts are ignored however often they come; a known one but `tags` once.
+        let single =
+            name == "file" || (name != "tags" && UPLOAD_TEXT_FIELDS.contains(&name.as_str()));
+        if single && !seen.insert(name.clone()) {
             discard(&state, staged.take()).await;
             return Err(ApiError::unprocessable(
                 "invalid_request",
@@ -788,7 +877,15 @@ async fn discard(state: &ApiState, staged: Option<crate::assets::Staged>) {
     responses(
         (status = 201, description = "Asset minted over the existing blob", body = AssetView),
         (status = 200, description = "An identical reference already existed", body = AssetView),
-        (status = 404, description = "`blob_not_found`", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (not JSON), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 404, description = "`blob_not_found`: no blob with this hash that you may mint from", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: a large body arrived too slowly", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_request` (the body does not match)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn from_hash(
@@ -813,7 +910,11 @@ async fn from_hash(
     params(("hash" = String, Path, description = "blake3:<hex>")),
     responses(
         (status = 200, description = "You may mint from this blob"),
-        (status = 404, description = "No blob you may mint from"),
+        (status = 400, description = BAD_PATH),
+        (status = 401, description = UNAUTHORIZED),
+        (status = 403, description = FORBIDDEN),
+        (status = 404, description = "No blob you may mint from (or not a hash)"),
+        (status = 503, description = UNAVAILABLE),
     )
 )]
 async fn head_by_hash(
@@ -834,7 +935,11 @@ async fn head_by_hash(
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The asset, with a fresh signed url", body = AssetView),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_asset(
@@ -855,7 +960,11 @@ async fn get_asset(
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn delete_asset(
@@ -872,11 +981,15 @@ async fn delete_asset(
     get, path = "/api/v2/assets/{id}/content", tag = "assets",
     params(("id" = String, Path), ("Range" = Option<String>, Header, description = "bytes=first-last")),
     responses(
-        (status = 200, description = "The content", content_type = "application/octet-stream"),
-        (status = 206, description = "Partial content", content_type = "application/octet-stream"),
+        (status = 200, description = CONTENT_SERVED, content_type = "*/*"),
+        (status = 206, description = "Partial content, as for 200", content_type = "*/*"),
         (status = 302, description = "Redirect to a fresh signed URL (object storage)"),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 416, description = "Range not satisfiable"),
+        (status = 416, description = "Range not satisfiable: `Content-Range: bytes */<size>`, no body"),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn get_asset_content(
@@ -911,7 +1024,14 @@ async fn get_asset_content(
     request_body = CreateUploadRequest,
     responses(
         (status = 201, description = "PUT the bytes to upload_url, then POST complete_url", body = UploadView),
-        (status = 422, description = "`invalid_file_path`, `invalid_size`, ...", body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request` (not JSON), `invalid_hash`", body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: a large body arrived too slowly", body = ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`; `quota_storage`: the upload cannot fit the tenant's storage quota", body = ErrorEnvelope),
+        (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
+        (status = 422, description = "`invalid_file_path`, `invalid_content_type`, `invalid_tags`, `invalid_size`, `invalid_request` (the body does not match)", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn create_upload(
@@ -931,9 +1051,14 @@ async fn create_upload(
     responses(
         (status = 201, description = "New blob; asset minted", body = AssetView),
         (status = 200, description = "Deduplicated; asset minted", body = AssetView),
-        (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
+        (status = 400, description = BAD_PATH, body = ErrorEnvelope),
+        (status = 401, description = UNAUTHORIZED, body = ErrorEnvelope),
+        (status = 403, description = FORBIDDEN, body = ErrorEnvelope),
         (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 409, description = "`hash_mismatch` or `upload_incomplete`", body = ErrorEnvelope),
         (status = 410, description = "`upload_expired`", body = ErrorEnvelope),
+        (status = 413, description = "`quota_storage`: the tenant's storage quota", body = ErrorEnvelope),
+        (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )
 )]
 async fn complete_upload(
@@ -957,11 +1082,37 @@ async fn comfyui_for(state: &ApiState, headers: &HeaderMap) -> Value {
     comfyui
 }
 
+/// `GET /api/v2/openapi.json`: no authentication.
+#[utoipa::path(
+    get, path = "/api/v2/openapi.json", tag = "health", security(()),
+    responses(
+        (status = 200, description = "This document. Its `security` is what this server asks now: \
+                                      `[{}]` (none) while a loopback `dev` has no keys", body = Object),
+        (status = 403, description = ORIGIN_NOT_ALLOWED, body = ErrorEnvelope),
+    )
+)]
+async fn openapi_document(
+    State(state): State<Arc<ApiState>>,
+    axum::Extension(document): axum::Extension<Arc<Value>>,
+) -> Response {
+    let required = state.auth.describe().await["required"]
+        .as_bool()
+        .unwrap_or(true);
+    if required {
+        return Json(document.as_ref()).into_response();
+    }
+    // The keyless default tenant: asking for a key would be untrue.
+    let mut document = document.as_ref().clone();
+    document["security"] = json!([{}]);
+    Json(document).into_response()
+}
+
 /// `GET /api/v2/health`: no authentication, no tenant data.
 #[utoipa::path(
     get, path = "/api/v2/health", tag = "health", security(()),
     responses(
         (status = 200, description = "Version, store, queue depth, workers, capacity", body = Object),
+        (status = 403, description = ORIGIN_NOT_ALLOWED, body = ErrorEnvelope),
         (status = 503, description = "Degraded", body = Object),
     )
 )]

@@ -206,6 +206,113 @@ pub fn validate_meta(meta: &AssetMeta) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// [`validate_file_path`] as a pattern: `/`-separated segments, none empty or `..`,
+/// without NUL or backslash (no lookaround, so every regex engine reads it alike).
+pub const FILE_PATH_PATTERN: &str = r"^(?:[^/\\\x00.][^/\\\x00]*|\.|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)(?:/(?:[^/\\\x00.][^/\\\x00]*|\.|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+))*$";
+
+/// [`parse_hash`] as a pattern.
+pub const HASH_PATTERN: &str = "^blake3:[0-9a-fA-F]{64}$";
+
+/// The document's schemas of what clients say about bytes, to the letter of
+/// [`validate_meta`]: `(schema name, JSON Schema)` for the request bodies of
+/// `POST /api/v2/assets`, `/assets/from-hash` and `/x-serverless-comfyui/uploads`.
+/// Lengths are in characters here and in bytes of UTF-8 on the server: the
+/// descriptions say so.
+pub fn request_schemas(config: &AssetsConfig) -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let file_path = json!({
+        "type": "string",
+        "maxLength": 1024,
+        "pattern": FILE_PATH_PATTERN,
+        "description": "Placement path / filename: relative, `/`-separated, at most 1024 bytes of \
+                        UTF-8, no empty or `..` segment, no NUL, no backslash (422 `invalid_file_path`).",
+        "example": "photo.png",
+    });
+    let content_type = json!({
+        "type": "string",
+        "maxLength": 255,
+        "pattern": "^[ -~]*/[ -~]*$",
+        "description": "A media type such as `image/png`: printable ASCII with a `/`, at most 255 \
+                        bytes (422 `invalid_content_type`).",
+        "example": "image/png",
+    });
+    let hash = json!({
+        "type": "string",
+        "pattern": HASH_PATTERN,
+        "description": "`blake3:<64 hex digits>` (400 `invalid_hash`).",
+    });
+    let tags = json!({
+        "type": "array",
+        "maxItems": MAX_TAGS,
+        "items": {"type": "string", "minLength": 1, "maxLength": 64},
+        "description": format!("At most {MAX_TAGS} tags, each 1 to 64 bytes of UTF-8 (422 `invalid_tags`)."),
+    });
+    let nullable = |schema: &serde_json::Value| {
+        let mut schema = schema.clone();
+        schema["type"] = json!(["string", "null"]);
+        schema
+    };
+    vec![
+        (
+            "AssetUploadForm",
+            json!({
+                "type": "object",
+                "description": "Parts other than these are ignored; each part but `tags` at most once \
+                                (422). Text parts are at most 8 KiB each (413).",
+                "required": ["file", "content_type", "file_path"],
+                // A part's name is a header parameter: no control characters but tab
+                // (encoders percent-encode CR and LF, as browsers do).
+                "propertyNames": {"pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"},
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "content_type": content_type,
+                    "file_path": file_path,
+                    "expected_hash": {
+                        "allOf": [hash],
+                        "description": "Verified against the bytes received: 409 `hash_mismatch` and nothing stored when they differ.",
+                    },
+                    "tags": tags,
+                },
+            }),
+        ),
+        (
+            "FromHashRequest",
+            json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["hash"],
+                "properties": {
+                    "hash": hash,
+                    "file_path": nullable(&file_path),
+                    "tags": tags,
+                    // Not in v2; accepted so a client may say what the bytes are.
+                    "content_type": nullable(&content_type),
+                },
+            }),
+        ),
+        (
+            "CreateUploadRequest",
+            json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["file_path", "content_type", "size_bytes"],
+                "properties": {
+                    "file_path": file_path,
+                    "content_type": content_type,
+                    "size_bytes": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": config.max_large_upload_bytes,
+                        "description": "The exact or maximum size of the file; the signed URL refuses more (422 `invalid_size`).",
+                    },
+                    "expected_hash": nullable(&hash),
+                    "tags": tags,
+                },
+            }),
+        ),
+    ]
+}
+
 /// Which part of a blob a `Range` header asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeRequest {

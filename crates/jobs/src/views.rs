@@ -80,7 +80,8 @@ pub struct WorkflowView {
     pub format: String,
 }
 
-/// The body of `POST /api/v2/jobs`.
+/// The body of `POST /api/v2/jobs`. Its schema in the document is
+/// [`submit_request_schemas`]: the validator's rules are more than this type says.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SubmitRequest {
     /// API-format workflow graph (node id → {class_type, inputs}), verbatim. A saved
@@ -112,4 +113,151 @@ pub struct ErrorBody {
     pub message: String,
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
+}
+
+/// A string with at least one character that is not whitespace, as `str::trim` sees it
+/// (Unicode `White_Space`), spelled out so every regex engine agrees.
+pub const NOT_BLANK_PATTERN: &str =
+    r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
+/// A string without control characters (`char::is_control`: Unicode `Cc`).
+pub const NO_CONTROL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The request schemas of `POST /api/v2/jobs`, written to the letter of
+/// [`crate::validate::parse_submission`] (JSON Schema that utoipa's derive cannot
+/// spell: `anyOf`, `not`, `propertyNames`, `prefixItems`). Lengths are in characters
+/// here and in bytes of UTF-8 on the server: the descriptions say so.
+pub fn submit_request_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    use crate::validate::{
+        MAX_METADATA_KEY_BYTES, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NODES,
+    };
+    use serde_json::json;
+    let graph = json!({"$ref": "#/components/schemas/WorkflowGraph"});
+    vec![
+        (
+            "SubmitRequest",
+            json!({
+                "type": "object",
+                "required": ["workflow"],
+                "additionalProperties": false,
+                "description": "`webhook_url` and `inputs` are reserved by v2 (422 `reserved_field`); \
+                                any other unknown field is 422 `unknown_field`.",
+                "properties": {
+                    "workflow": {
+                        "description": "API-format workflow graph (node id → {class_type, inputs}), \
+                                        verbatim. A saved `/prompt` body (`{\"prompt\": {...}}`) is unwrapped.",
+                        "anyOf": [graph, {"$ref": "#/components/schemas/SavedPromptBody"}],
+                    },
+                    "metadata": {
+                        "type": ["object", "null"],
+                        "description": format!(
+                            "Up to {MAX_METADATA_PAIRS} string labels, filterable in the list. Keys are 1 to \
+                             {MAX_METADATA_KEY_BYTES} bytes of UTF-8 without control characters, values \
+                             at most {MAX_METADATA_VALUE_BYTES} bytes."
+                        ),
+                        "maxProperties": MAX_METADATA_PAIRS,
+                        "propertyNames": {
+                            "minLength": 1,
+                            "maxLength": MAX_METADATA_KEY_BYTES,
+                            "pattern": NO_CONTROL_PATTERN,
+                        },
+                        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_BYTES},
+                    },
+                    "extra_data": {
+                        "type": ["object", "null"],
+                        "minProperties": 1,
+                        "description": "Passed to ComfyUI (e.g. `api_key_comfy_org`); stored apart, \
+                                        never returned or logged. Omit it rather than send `{}`.",
+                    },
+                },
+            }),
+        ),
+        (
+            "WorkflowGraph",
+            json!({
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": MAX_NODES,
+                "description": "Node id → node. Every link names a node of this graph, and the \
+                                graph has no cycle (422 `invalid_workflow` with per-node details).",
+                "additionalProperties": {"$ref": "#/components/schemas/WorkflowNode"},
+            }),
+        ),
+        (
+            "SavedPromptBody",
+            json!({
+                "type": "object",
+                "description": "A saved ComfyUI `/prompt` request body: its `prompt` is the graph; \
+                                its other fields (such as `client_id`) are ignored.",
+                "required": ["prompt"],
+                "properties": {
+                    "prompt": {"allOf": [graph, {"not": {"required": ["class_type"]}}]},
+                },
+                // Not a graph itself: no value is a node.
+                "additionalProperties": {"not": {"type": "object", "required": ["class_type"]}},
+                // Not the editor's UI format either.
+                "not": {"required": ["nodes", "links"], "properties": {"nodes": {"type": "array"}}},
+            }),
+        ),
+        (
+            "WorkflowNode",
+            json!({
+                "type": "object",
+                "required": ["class_type", "inputs"],
+                "properties": {
+                    "class_type": {"type": "string", "pattern": NOT_BLANK_PATTERN},
+                    "inputs": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/NodeInput"},
+                    },
+                },
+            }),
+        ),
+        (
+            "NodeInput",
+            json!({
+                "description": "A literal value, an asset reference, or a link. ComfyUI reads \
+                                every array input as a link.",
+                "anyOf": [
+                    {"type": ["string", "number", "boolean", "null"]},
+                    {
+                        "type": "object",
+                        "not": {"required": ["__type"], "properties": {"__type": {"const": "core/ASSET"}}},
+                    },
+                    {"$ref": "#/components/schemas/AssetReference"},
+                    {"$ref": "#/components/schemas/Link"},
+                ],
+            }),
+        ),
+        (
+            "Link",
+            json!({
+                "type": "array",
+                "description": "`[source node id, output index]`: the source is a node of the same graph.",
+                "prefixItems": [
+                    {"type": "string"},
+                    {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            }),
+        ),
+        (
+            "AssetReference",
+            json!({
+                "type": "object",
+                "description": "An input naming an asset: `info.id` must be an asset of the caller \
+                                (422 `missing_asset` otherwise).",
+                "required": ["__type", "info"],
+                "properties": {
+                    "__type": {"const": "core/ASSET"},
+                    "info": {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {"id": {"type": "string", "minLength": 1}},
+                    },
+                },
+            }),
+        ),
+    ]
 }
