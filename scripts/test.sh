@@ -18,6 +18,8 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
+# crates/aws tests run against moto_server, installed into .venv-moto.
+scripts/moto.sh
 cargo test --workspace --locked
 
 step "Python suite: comfy-sdk against dev"

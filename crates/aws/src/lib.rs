@@ -1,6 +1,40 @@
 //! AWS adapters for the ports defined in `jobs::ports`.
 //!
-//! This crate is where every AWS SDK call lives (DynamoDB for the `JobStore`, S3 for the
-//! `BlobStore`, SQS for the `Queue`, ECS for the `Launcher`). It is deliberately empty
-//! until the AWS adapters are built: the local adapters in `crates/local` and the
-//! conformance suite in `jobs::conformance` define the behaviour these must match.
+//! Every AWS SDK call of the project lives in this crate; the domain (`jobs`) only
+//! sees the port traits, and the binaries only wire. What is here today:
+//!
+//! | port | adapter | service | module |
+//! |---|---|---|---|
+//! | `Queue` | [`SqsQueue`] | SQS (standard queues with a redrive policy) | [`sqs`] |
+//! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
+//! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
+//! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
+//!
+//! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
+//! (table, bucket, queue URLs, cluster...) and fails naming *every* missing variable at
+//! once; [`Clients::load`] builds the SDK clients once per process from the usual
+//! credential chain with the standard retry mode. Clients are cheap to clone (an `Arc`
+//! inside): build them in `main`, hand clones to each adapter.
+//!
+//! **The rules every adapter follows.**
+//! - Same behaviour as the local adapters: each passes the shared conformance suite
+//!   (`jobs::conformance`) against `moto_server` in this crate's tests. Where SQS
+//!   itself promises less than the suite's strictest checks, the adapter does not
+//!   pretend: see [`sqs`].
+//! - SDK errors never leak out: they become the port's error (`StoreError`,
+//!   `QueueError`, `LaunchError`) with a message that names the operation and the
+//!   resource, and never a credential or a presigned signature.
+//! - Spans carry the table, queue and bucket names.
+
+pub mod config;
+pub mod dynamodb;
+pub mod ecs;
+mod error;
+pub mod s3;
+pub mod sqs;
+
+pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
+pub use dynamodb::DynamoJobStore;
+pub use ecs::{EcsLauncher, EcsSettings};
+pub use s3::S3BlobStore;
+pub use sqs::SqsQueue;
