@@ -380,6 +380,50 @@ async fn a_restart_forgets_the_previous_process_workers() {
     assert_eq!(launcher.0.load(Ordering::SeqCst), 1);
 }
 
+/// A running job whose runner died without a word (SIGKILL, a crash: its lease lapsed
+/// and no worker is left) is demand: the tick starts a runner to take it over. Found by
+/// the `chaos_dev` test: only queued jobs counted, so such a job stayed `running`
+/// forever once no other work was queued.
+#[tokio::test]
+async fn a_job_whose_runner_died_brings_up_a_runner() {
+    use jobs::lifecycle::Move;
+    use jobs::model::{JobId, JobStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(jobs::ports::ManualClock::new(chrono::Utc::now()));
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        ..DevConfig::default()
+    };
+    let launcher = Arc::new(CountingLauncher::default());
+    let app = DevApp::build_with_launcher(&config, clock.clone(), Some((launcher.clone(), 1)))
+        .unwrap();
+    let t = TestApp::from_app(app, dir);
+    let id = t.submit(&invert_job()).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = t.app.state.jobs.ports().store.clone();
+    let job = store
+        .get_job(&JobId::parse(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let claim = Move::Claim {
+        runner: "runner-killed".into(),
+        lease: chrono::Duration::seconds(30),
+        max_attempts: 3,
+    };
+    let running = jobs::service::apply_move(store.as_ref(), clock.as_ref(), job, &claim)
+        .await
+        .unwrap();
+    assert_eq!(running.status, JobStatus::Running);
+    clock.advance(chrono::Duration::seconds(31));
+    let report = t.app.dispatcher.tick().await;
+    let launched = report.scale.as_ref().map(|s| s.launched);
+    assert_eq!(launched, Some(1), "{report:?}");
+    assert_eq!(launcher.0.load(Ordering::SeqCst), 1);
+}
+
 /// M1: the server's own loop keeps graceful shutdown: on the signal it stops
 /// accepting, lets idle keep-alive connections go, and returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
