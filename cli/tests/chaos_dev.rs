@@ -350,9 +350,14 @@ impl Rng {
 // ------------------------------------------------------------------ the client
 
 /// Job `i`'s canvas colour (0xRRGGBB): distinct per job, so ComfyUI's cache never
-/// serves one job's image to another and each output names its job.
+/// serves one job's image to another and each output names its job. Channels are
+/// multiples of 4, so two jobs' colours differ by 4 or more in some channel while
+/// ComfyUI's float round trip may move a channel by one.
 fn colour(run: u64, i: usize) -> u32 {
-    ((run as u32).wrapping_mul(7919) ^ (i as u32).wrapping_mul(0x9E37_79B1)) & 0xFF_FFFF
+    // An odd multiplier permutes 0..2^18: distinct for every job of a run.
+    let n = ((i as u32).wrapping_mul(0x9E37_79B1).wrapping_add(run as u32)) & 0x3_FFFF;
+    let (r, g, b) = (n >> 12, (n >> 6) & 63, n & 63);
+    (r << 18) | (g << 10) | (b << 2)
 }
 
 fn body(run: &str, i: usize, colour: u32) -> String {
@@ -662,10 +667,11 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
             }
         };
         let c = colour(seed, i) ^ 0xFF_FFFF;
-        assert_eq!(
-            png_first_pixel(&png),
-            [(c >> 16) as u8, (c >> 8) as u8, c as u8],
-            "{id}: the pixels of job {i} (seed {seed})"
+        let want = [(c >> 16) as u8, (c >> 8) as u8, c as u8];
+        let got = png_first_pixel(&png);
+        assert!(
+            got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 1),
+            "{id}: pixels {got:?}, not job {i}'s inverted colour {want:?} (seed {seed})"
         );
     }
     let logged: usize = commits.values().map(Vec::len).sum();
