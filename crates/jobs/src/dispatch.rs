@@ -144,6 +144,10 @@ impl Dispatcher {
 
     /// Live workers, after removing the ones that stopped reporting.
     async fn live_workers(&self, now: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
+        for id in self.launcher.exited() {
+            tracing::info!(worker = %id, "worker exited; removing it from the registry");
+            store(&self.jobs).delete_worker(&id).await?;
+        }
         let mut live = Vec::new();
         for worker in store(&self.jobs).list_workers().await? {
             let stale = match worker.phase {
