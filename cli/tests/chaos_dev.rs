@@ -39,14 +39,20 @@ const SUBMITTERS: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_dev_40_jobs_kills_of_runners_comfyui_and_dev() {
-    chaos(40, 6, Duration::from_secs(180)).await;
+    chaos(40, 6, Duration::from_millis(600), Duration::from_secs(180)).await;
 }
 
 /// The long version (minutes): not in the test command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with `cargo test -p serverless-comfyui --test chaos_dev -- --ignored`"]
 async fn chaos_dev_1000_jobs_kills_of_runners_comfyui_and_dev() {
-    chaos(1000, 40, Duration::from_secs(900)).await;
+    chaos(
+        1000,
+        40,
+        Duration::from_millis(250),
+        Duration::from_secs(900),
+    )
+    .await;
 }
 
 // ------------------------------------------------------------------ processes
@@ -286,7 +292,11 @@ impl Drop for World {
             // Keep the logs of a failed run (the data dir goes with the temp dir).
             let keep = std::env::temp_dir().join(format!("chaos_dev-{}", self.port));
             let _ = std::fs::create_dir_all(&keep);
-            for e in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if e.file_name().to_string_lossy().ends_with(".log") {
                     let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
                 }
@@ -355,7 +365,10 @@ impl Rng {
 /// ComfyUI's float round trip may move a channel by one.
 fn colour(run: u64, i: usize) -> u32 {
     // An odd multiplier permutes 0..2^18: distinct for every job of a run.
-    let n = ((i as u32).wrapping_mul(0x9E37_79B1).wrapping_add(run as u32)) & 0x3_FFFF;
+    let n = ((i as u32)
+        .wrapping_mul(0x9E37_79B1)
+        .wrapping_add(run as u32))
+        & 0x3_FFFF;
     let (r, g, b) = (n >> 12, (n >> 6) & 63, n & 63);
     (r << 18) | (g << 10) | (b << 2)
 }
@@ -473,7 +486,9 @@ fn png_first_pixel(bytes: &[u8]) -> [u8; 3] {
 
 // ------------------------------------------------------------------ the run
 
-async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
+/// `jobs` jobs, each submitter pausing `pace` between submits (so kills land while
+/// jobs still come in), at most `max_kills` kills; all terminal within `limit`.
+async fn chaos(jobs: usize, max_kills: u32, pace: Duration, limit: Duration) {
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -529,8 +544,7 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
                 let body = body(&run, i, colour(seed, i));
                 let (id, _) = submit(&client, &url, &key, &body, &stats, deadline).await;
                 mine.push((i, id));
-                // Pace the load so the kills land while jobs are still coming in.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(pace).await;
             }
         }));
     }
@@ -544,7 +558,12 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
             let listed = listing(&client, &url, &run, deadline).await;
             let terminal = listed
                 .iter()
-                .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed" | "canceled")))
+                .filter(|j| {
+                    matches!(
+                        j["status"].as_str(),
+                        Some("succeeded" | "failed" | "canceled")
+                    )
+                })
                 .count();
             if listed.len() >= jobs && terminal == listed.len() {
                 break;
@@ -622,7 +641,10 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
     let listed_set: HashSet<&str> = listed_ids.iter().copied().collect();
     assert_eq!(listed_ids.len(), listed_set.len(), "a job listed twice");
     for id in ids.values() {
-        assert!(listed_set.contains(id.as_str()), "{id} missing from the listing");
+        assert!(
+            listed_set.contains(id.as_str()),
+            "{id} missing from the listing"
+        );
     }
     assert_eq!(listed_set.len(), jobs, "the listing holds other jobs");
 
@@ -653,7 +675,11 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
             .unwrap_or_else(|| panic!("{id}: output {name} is not its own"));
         *attempts.entry(attempt.to_string()).or_default() += 1;
         if let Some(a) = logged.first() {
-            assert_eq!(a.to_string(), attempt, "{id}: the committed attempt is listed");
+            assert_eq!(
+                a.to_string(),
+                attempt,
+                "{id}: the committed attempt is listed"
+            );
         }
         let link = outputs[0]["url"].as_str().unwrap();
         let png = loop {

@@ -400,8 +400,8 @@ async fn a_job_whose_runner_died_brings_up_a_runner() {
         ..DevConfig::default()
     };
     let launcher = Arc::new(CountingLauncher::default());
-    let app = DevApp::build_with_launcher(&config, clock.clone(), Some((launcher.clone(), 1)))
-        .unwrap();
+    let app =
+        DevApp::build_with_launcher(&config, clock.clone(), Some((launcher.clone(), 1))).unwrap();
     let t = TestApp::from_app(app, dir);
     let id = t.submit(&invert_job()).await.body["id"]
         .as_str()
