@@ -324,6 +324,10 @@ impl MainLoop {
     }
 
     fn want(&self) -> Want {
+        if self.sh.trouble.suspect() {
+            // ComfyUI may be gone: a job taken now would only burn an attempt.
+            return Want::Nothing;
+        }
         let occupying = self.occupying();
         let finishing = self.active.len() - occupying.len();
         if finishing >= MAX_FINISHING {
