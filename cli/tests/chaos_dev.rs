@@ -39,19 +39,27 @@ const SUBMITTERS: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_dev_40_jobs_kills_of_runners_comfyui_and_dev() {
-    chaos(40, 6, Duration::from_millis(600), Duration::from_secs(180)).await;
+    chaos(Plan {
+        jobs: 40,
+        max_kills: 6,
+        pace: Duration::from_millis(600),
+        kill_gap_ms: 300..900,
+        limit: Duration::from_secs(180),
+    })
+    .await;
 }
 
 /// The long version (minutes): not in the test command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with `cargo test -p serverless-comfyui --test chaos_dev -- --ignored`"]
 async fn chaos_dev_1000_jobs_kills_of_runners_comfyui_and_dev() {
-    chaos(
-        1000,
-        40,
-        Duration::from_millis(250),
-        Duration::from_secs(900),
-    )
+    chaos(Plan {
+        jobs: 1000,
+        max_kills: 40,
+        pace: Duration::from_millis(250),
+        kill_gap_ms: 1500..3000,
+        limit: Duration::from_secs(900),
+    })
     .await;
 }
 
@@ -486,9 +494,29 @@ fn png_first_pixel(bytes: &[u8]) -> [u8; 3] {
 
 // ------------------------------------------------------------------ the run
 
-/// `jobs` jobs, each submitter pausing `pace` between submits (so kills land while
-/// jobs still come in), at most `max_kills` kills; all terminal within `limit`.
-async fn chaos(jobs: usize, max_kills: u32, pace: Duration, limit: Duration) {
+/// One chaos run.
+struct Plan {
+    jobs: usize,
+    /// Kills in all; the killing stops there.
+    max_kills: u32,
+    /// Each submitter's pause between submits, so kills land while jobs still come in.
+    pace: Duration,
+    /// Milliseconds between two chances (60%) of a kill. A job whose three charged
+    /// attempts are all killed fails with `attempts_exhausted`, by design: the gap keeps
+    /// that out of reach (a job takes ~0.2 s) rather than the check looking away.
+    kill_gap_ms: std::ops::Range<u64>,
+    /// Every job terminal by then.
+    limit: Duration,
+}
+
+async fn chaos(plan: Plan) {
+    let Plan {
+        jobs,
+        max_kills,
+        pace,
+        kill_gap_ms,
+        limit,
+    } = plan;
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -603,7 +631,8 @@ async fn chaos(jobs: usize, max_kills: u32, pace: Duration, limit: Duration) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(600))).await;
+        let gap = kill_gap_ms.start + rng.below(kill_gap_ms.end - kill_gap_ms.start);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
     }
     let all_done = Instant::now();
 
