@@ -311,9 +311,10 @@ async fn signed_urls_of_an_unspecified_listen_address_name_loopback() {
     assert!(url.starts_with("http://127.0.0.1:8787/"), "{url}");
 }
 
-/// A launcher that counts launches and starts nothing.
+/// A launcher that counts launches and starts nothing; `.1` lists the workers it
+/// reports as exited.
 #[derive(Default)]
-struct CountingLauncher(AtomicU32);
+struct CountingLauncher(AtomicU32, std::sync::Mutex<Vec<String>>);
 
 #[async_trait::async_trait]
 impl Launcher for CountingLauncher {
@@ -332,6 +333,10 @@ impl Launcher for CountingLauncher {
 
     async fn stop(&self, _worker_id: &str) -> Result<(), LaunchError> {
         Ok(())
+    }
+
+    fn exited(&self) -> Vec<String> {
+        std::mem::take(&mut *self.1.lock().unwrap())
     }
 
     fn kind(&self) -> &'static str {
@@ -378,6 +383,78 @@ async fn a_restart_forgets_the_previous_process_workers() {
     let report = t.app.dispatcher.scale().await.unwrap();
     assert_eq!(report.launched, 1, "{report:?}");
     assert_eq!(launcher.0.load(Ordering::SeqCst), 1);
+}
+
+/// A running job whose runner died without a word (SIGKILL, a crash: its lease lapsed
+/// and no worker is left) is demand: the tick starts a runner to take it over. Found by
+/// the `chaos_dev` test: only queued jobs counted, so such a job stayed `running`
+/// forever once no other work was queued.
+#[tokio::test]
+async fn a_job_whose_runner_died_brings_up_a_runner() {
+    use jobs::lifecycle::Move;
+    use jobs::model::{JobId, JobStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(jobs::ports::ManualClock::new(chrono::Utc::now()));
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        ..DevConfig::default()
+    };
+    let launcher = Arc::new(CountingLauncher::default());
+    let app =
+        DevApp::build_with_launcher(&config, clock.clone(), Some((launcher.clone(), 1))).unwrap();
+    let t = TestApp::from_app(app, dir);
+    let id = t.submit(&invert_job()).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = t.app.state.jobs.ports().store.clone();
+    let job = store
+        .get_job(&JobId::parse(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let claim = Move::Claim {
+        runner: "runner-killed".into(),
+        lease: chrono::Duration::seconds(30),
+        max_attempts: 3,
+    };
+    let running = jobs::service::apply_move(store.as_ref(), clock.as_ref(), job, &claim)
+        .await
+        .unwrap();
+    assert_eq!(running.status, JobStatus::Running);
+    clock.advance(chrono::Duration::seconds(31));
+    let report = t.app.dispatcher.tick().await;
+    let launched = report.scale.as_ref().map(|s| s.launched);
+    assert_eq!(launched, Some(1), "{report:?}");
+    assert_eq!(launcher.0.load(Ordering::SeqCst), 1);
+}
+
+/// A runner the launcher saw exit (SIGKILLed: no deregistration) stops counting as
+/// capacity at once, so the next decision starts another rather than waiting minutes
+/// for its record to go stale. Found by the `chaos_dev` test.
+#[tokio::test]
+async fn a_runner_seen_exiting_is_replaced_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        ..DevConfig::default()
+    };
+    let launcher = Arc::new(CountingLauncher::default());
+    let app =
+        DevApp::build_with_launcher(&config, Arc::new(SystemClock), Some((launcher.clone(), 1)))
+            .unwrap();
+    let t = TestApp::from_app(app, dir);
+    assert_eq!(t.submit(&invert_job()).await.status, StatusCode::CREATED);
+    let first = t.app.dispatcher.scale().await.unwrap();
+    assert_eq!(first.launched, 1, "{first:?}");
+    // It dies before taking the job; the launcher reaps it.
+    launcher.1.lock().unwrap().push("runner-test-0".into());
+    let second = t.app.dispatcher.scale().await.unwrap();
+    assert_eq!(second.launched, 1, "{second:?}");
+    assert_eq!(launcher.0.load(Ordering::SeqCst), 2);
+    let workers = t.app.state.jobs.ports().store.list_workers().await.unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0].id, "runner-test-1");
 }
 
 /// M1: the server's own loop keeps graceful shutdown: on the signal it stops

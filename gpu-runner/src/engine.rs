@@ -20,9 +20,12 @@
 //! the supervisor restarts ComfyUI and publishes a new generation.
 //!
 //! Health: a child's exit is seen at once; besides, `/system_stats` is probed every two
-//! seconds (and at once when a job reports trouble); two failures in a row mean down.
+//! seconds (and at once when a job reports trouble); two failures in a row mean down, and
+//! so does an event socket that gave up reconnecting. After a report of trouble the
+//! runner takes no new job until health answers ([`Trouble`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -110,13 +113,40 @@ impl EngineState {
     }
 }
 
+/// A job's report that ComfyUI misbehaved. Health is probed at once, and until a probe
+/// answers (or ComfyUI is up again after a restart) the runner takes no new job: each
+/// would fail to reach ComfyUI and be released as a charged attempt, so an attached
+/// ComfyUI that restarts in a second would otherwise burn every attempt of the jobs
+/// arriving meanwhile.
+#[derive(Default)]
+pub(crate) struct Trouble {
+    notify: Notify,
+    suspect: AtomicBool,
+}
+
+impl Trouble {
+    pub fn report(&self) {
+        self.suspect.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// True from a report until health answers again.
+    pub fn suspect(&self) -> bool {
+        self.suspect.load(Ordering::SeqCst)
+    }
+
+    fn clear(&self) {
+        self.suspect.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Consecutive failed starts before the runner gives up.
 const MAX_START_FAILURES: u32 = 3;
 
 pub(crate) struct SupervisorHandle {
     pub state: watch::Receiver<EngineState>,
-    /// Poke it when a job saw ComfyUI misbehave: health is checked at once.
-    pub trouble: Arc<Notify>,
+    /// Report it when a job saw ComfyUI misbehave: health is checked at once.
+    pub trouble: Arc<Trouble>,
     /// Poke it when ComfyUI must be restarted (a prompt that ignores interrupts).
     pub restart: Arc<Notify>,
     pub task: tokio::task::JoinHandle<()>,
@@ -134,7 +164,7 @@ pub(crate) fn spawn_supervisor(
     stop: CancellationToken,
 ) -> SupervisorHandle {
     let (tx, rx) = watch::channel(EngineState::Starting);
-    let trouble = Arc::new(Notify::new());
+    let trouble = Arc::new(Trouble::default());
     let restart = Arc::new(Notify::new());
     let task = tokio::spawn(supervise(
         spec,
@@ -156,7 +186,7 @@ async fn supervise(
     spec: EngineSpec,
     config: SupervisorConfig,
     tx: watch::Sender<EngineState>,
-    trouble: Arc<Notify>,
+    trouble: Arc<Trouble>,
     restart: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -246,6 +276,7 @@ async fn supervise(
         };
         generation += 1;
         tracing::info!(generation, url = %url, "ComfyUI is up");
+        trouble.clear();
         let _ = tx.send(EngineState::Up(Engine {
             generation,
             client: client.clone(),
@@ -255,7 +286,7 @@ async fn supervise(
 
         let reason = tokio::select! {
             why = wait(&mut process) => why,
-            why = watch_health(&client, &trouble) => why,
+            why = watch_health(&client, &events, &trouble) => why,
             _ = restart.notified() => "restart requested (a prompt would not stop)".to_string(),
             _ = stop.cancelled() => {
                 events.close();
@@ -293,16 +324,28 @@ async fn kill(process: &mut Option<Box<dyn EngineProcess>>) {
     }
 }
 
-async fn watch_health(client: &Client, trouble: &Notify) -> String {
+async fn watch_health(
+    client: &Client,
+    events: &crate::events::EventHub,
+    trouble: &Trouble,
+) -> String {
     let mut failures = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = trouble.notified() => {}
+            _ = trouble.notify.notified() => {}
+        }
+        if events.is_dead() {
+            // ComfyUI may answer again, but this generation's socket is gone for good:
+            // every prompt on it would fail and burn an attempt.
+            return "the event stream gave up reconnecting".into();
         }
         let probe = tokio::time::timeout(Duration::from_secs(5), client.system_stats()).await;
         match probe {
-            Ok(Ok(_)) => failures = 0,
+            Ok(Ok(_)) => {
+                failures = 0;
+                trouble.clear();
+            }
             Ok(Err(e)) => {
                 failures += 1;
                 if failures >= 2 {

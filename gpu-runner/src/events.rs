@@ -67,6 +67,12 @@ impl EventHub {
         &self.client_id
     }
 
+    /// True once the socket gave up reconnecting: no prompt can be followed on it, so
+    /// the supervisor starts a new generation (with a new socket).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
     /// Stops following (the generation is over).
     pub(crate) fn close(&self) {
         self.stop.cancel();

@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{JobTiming, RunnerConfig};
-use crate::engine::{Engine, EngineState};
+use crate::engine::{Engine, EngineState, Trouble};
 use crate::progress::Tracker;
 use crate::stage::{self, StageError};
 
@@ -56,7 +56,7 @@ pub(crate) struct Shared {
     pub ports: Ports,
     pub config: RunnerConfig,
     pub engine: watch::Receiver<EngineState>,
-    pub trouble: Arc<Notify>,
+    pub trouble: Arc<Trouble>,
     pub restart: Arc<Notify>,
     /// Poked on every phase change, so the main loop re-decides at once.
     pub wake: Notify,
@@ -318,7 +318,7 @@ impl JobTask {
                 Ok(wf) => wf,
                 Err(StageError::Job(e)) => return self.fail(e).await,
                 Err(e @ StageError::Engine(_)) => {
-                    self.sh.trouble.notify_one();
+                    self.sh.trouble.report();
                     return self.release(&e.to_string()).await;
                 }
                 Err(e @ StageError::Store(_)) => return self.release(&e.to_string()).await,
@@ -405,7 +405,7 @@ impl JobTask {
                         .await;
                 }
                 Err(e) => {
-                    self.sh.trouble.notify_one();
+                    self.sh.trouble.report();
                     return self.release(&e.to_string()).await;
                 }
             }
@@ -850,7 +850,7 @@ impl JobTask {
             Ok(outputs) => self.commit(Finish::Succeeded { outputs }).await,
             Err(StageError::Job(e)) => self.fail(e).await,
             Err(e @ StageError::Engine(_)) => {
-                self.sh.trouble.notify_one();
+                self.sh.trouble.report();
                 self.release(&e.to_string()).await
             }
             Err(e @ StageError::Store(_)) => self.release(&e.to_string()).await,

@@ -76,7 +76,9 @@
 //!
 //! Logs are `tracing` events (JSON in the binary). Never logged: `extra_data`, secrets,
 //! signed URLs. Each terminal write this runner makes is logged once with
-//! `event = "committed"`, `job_id`, `attempt` and `status` (the chaos test counts them).
+//! `event = "committed"`, `job_id`, `attempt` and `status` (the chaos tests count them),
+//! and each delivery absorbed without running the job again (a duplicate, a copy of a job
+//! held elsewhere or already ended) with `event = "duplicate"`.
 
 pub mod cleanup;
 pub mod cli;

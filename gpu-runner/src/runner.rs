@@ -324,6 +324,10 @@ impl MainLoop {
     }
 
     fn want(&self) -> Want {
+        if self.sh.trouble.suspect() {
+            // ComfyUI may be gone: a job taken now would only burn an attempt.
+            return Want::Nothing;
+        }
         let occupying = self.occupying();
         let finishing = self.active.len() - occupying.len();
         if finishing >= MAX_FINISHING {
@@ -391,6 +395,7 @@ impl MainLoop {
             return;
         };
         if let Some(active) = self.active.get(&work.job_id) {
+            log_duplicate(&work.job_id, "running here");
             let _ = active.receipts.send(m.receipt);
             return;
         }
@@ -408,6 +413,7 @@ impl MainLoop {
             }
         };
         if job.status.is_terminal() {
+            log_duplicate(&job.id, "terminal");
             self.delete(&m).await;
             return;
         }
@@ -438,12 +444,14 @@ impl MainLoop {
             }
             Err(MoveError::Refused(Refusal::LeaseHeld { until } | Refusal::Reserved { until })) => {
                 // Someone holds it: push this copy back until the hold would lapse.
+                log_duplicate(&work.job_id, "held elsewhere");
                 let left = (until - sh.ports.clock.now()).to_std().unwrap_or_default();
                 let back = (left + Duration::from_millis(250)).min(sh.config.lease);
                 self.push_back(&m, back).await;
                 return;
             }
             Err(MoveError::Refused(Refusal::WrongState(s))) if s.is_terminal() => {
+                log_duplicate(&work.job_id, "terminal");
                 self.delete(&m).await;
                 return;
             }
@@ -504,4 +512,11 @@ impl MainLoop {
             }
         }
     }
+}
+
+/// The structured line the chaos test counts: a delivery of a job this runner already
+/// runs, another holds, or that has ended (SQS duplicates, redeliveries), absorbed
+/// without running the job again.
+fn log_duplicate(job_id: &JobId, why: &str) {
+    tracing::info!(event = "duplicate", job_id = %job_id, why, "duplicate delivery absorbed");
 }

@@ -1,4 +1,5 @@
-//! Chaos: 300 jobs through three runner **subprocesses** (the built `gpu-runner`
+//! Chaos: 300 jobs (1,000 in the long version, run on demand with `cargo test -p
+//! gpu-runner --test chaos -- --ignored`) through three runner **subprocesses** (the built `gpu-runner`
 //! binary), each with its own `comfyui-sim` child (40 ms per node, so kills land
 //! mid-job), while the test SIGKILLs runners and
 //! ComfyUI children at random and every runner's work queue injects faults
@@ -15,7 +16,9 @@
 //! `event=committed` line per terminal write; the logs of every incarnation are
 //! counted); each succeeded job lists exactly its finishing attempt's outputs (under
 //! `outputs/{job}/{attempt}/`, present, cyan); no job stayed unfinished longer than the
-//! lease and retries allow once the killing stopped. The counts are printed.
+//! lease and retries allow once the killing stopped. The counts are printed, with the
+//! duplicate deliveries the runners absorbed (`event=duplicate` lines).
+//! `CHAOS_SEED` replays a kill schedule.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -32,7 +35,6 @@ use jobs::model::{JobId, JobStatus};
 use jobs::ports::NoLauncher;
 use rand::{Rng, SeedableRng};
 
-const JOBS: usize = 300;
 const RUNNERS: usize = 3;
 const LEASE_S: f64 = 2.0;
 const MAX_ATTEMPTS: u32 = 3;
@@ -160,6 +162,20 @@ fn sigkill(pid: u32) {
     }
 }
 
+/// `event=duplicate` lines in every runner log: deliveries absorbed without a rerun.
+fn count_duplicates(logs: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(logs).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        n += text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["event"] == "duplicate")
+            .count();
+    }
+    n
+}
+
 #[derive(Default, Debug)]
 struct Commit {
     attempts: Vec<u64>,
@@ -190,6 +206,18 @@ fn read_commits(logs: &Path) -> HashMap<String, Commit> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
+    chaos(300, 20, Duration::from_secs(240)).await;
+}
+
+/// The long version (minutes): not in the test command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run with `cargo test -p gpu-runner --test chaos -- --ignored`"]
+async fn chaos_1000_jobs_three_runners_kills_and_a_faulty_queue() {
+    chaos(1000, 60, Duration::from_secs(900)).await;
+}
+
+/// `jobs` jobs, at most `max_kills` kills; all terminal within `limit`.
+async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
     let sim = sim_binary();
     let env = Env::new();
     let logs = env.dir.path().join("logs");
@@ -201,8 +229,8 @@ async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
     println!("chaos seed {seed} (set CHAOS_SEED to replay the kill schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let mut ids: Vec<JobId> = Vec::with_capacity(JOBS);
-    for i in 0..JOBS {
+    let mut ids: Vec<JobId> = Vec::with_capacity(jobs);
+    for i in 0..jobs {
         // invert.json, with the width varied so ComfyUI's cache never serves a node.
         let mut wf = workflow("invert.json");
         wf["1"]["inputs"]["width"] = serde_json::json!(16 + i);
@@ -241,9 +269,8 @@ async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
 
     let started = Instant::now();
     let (mut runner_kills, mut comfy_kills, mut orphans) = (0u32, 0u32, 0u32);
-    let max_kills = 20;
     let mut last_kill = Instant::now();
-    let deadline = started + Duration::from_secs(240);
+    let deadline = started + limit;
     loop {
         let mut done = 0;
         for id in &ids {
@@ -251,12 +278,12 @@ async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
                 done += 1;
             }
         }
-        if done == JOBS {
+        if done == jobs {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {done}/{JOBS} jobs terminal after 240 s"
+            "only {done}/{jobs} jobs terminal after {limit:?} (seed {seed})"
         );
         // Keep three runners alive, as the launcher would.
         for (slot, r) in runners.iter_mut().enumerate() {
@@ -348,9 +375,10 @@ async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
         }
     }
     let logged: usize = commits.values().map(|c| c.attempts.len()).sum();
+    let duplicates = count_duplicates(&logs);
     println!(
-        "chaos: {JOBS} jobs in {:.1} s; statuses {by_status:?}; errors {by_error:?}; attempts {attempts:?}; \
-         preempted {preempted}; commits logged {logged} (double commits {twice}); \
+        "chaos (seed {seed}): {jobs} jobs in {:.1} s; statuses {by_status:?}; errors {by_error:?}; attempts {attempts:?}; \
+         preempted {preempted}; commits logged {logged} (double commits {twice}); duplicate deliveries absorbed {duplicates}; \
          runner kills {runner_kills}, ComfyUI kills {comfy_kills}, orphaned ComfyUI children {orphans}; \
          all terminal {:.1} s after the last kill",
         started.elapsed().as_secs_f64(),
@@ -362,7 +390,7 @@ async fn chaos_300_jobs_three_runners_kills_and_a_faulty_queue() {
     let budget = Duration::from_secs_f64(LEASE_S * f64::from(MAX_ATTEMPTS + 1) + 60.0);
     assert!(all_done.duration_since(last_kill) < budget);
     assert!(
-        by_status.get("succeeded").copied().unwrap_or(0) as usize >= JOBS * 9 / 10,
+        by_status.get("succeeded").copied().unwrap_or(0) as usize >= jobs * 9 / 10,
         "most jobs succeed: {by_status:?} {by_error:?}"
     );
 }

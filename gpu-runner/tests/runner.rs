@@ -627,3 +627,42 @@ async fn a_copy_of_a_leased_job_is_pushed_back_not_deleted() {
     );
     runner.stop().await;
 }
+
+/// Attached to a ComfyUI someone else runs, jobs that arrive while it restarts wait for
+/// it instead of burning their attempts: each take failed to reach ComfyUI and was
+/// released as a charged attempt, so three attempts went in milliseconds and the job
+/// failed with `attempts_exhausted` (found by the `chaos_dev` test, a SIGKILLed
+/// ComfyUI restarted within a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_out_an_attached_comfyui_restart() {
+    let env = Env::new();
+    let first = sim(1).await;
+    let url = first.base_url();
+    let runner = start_runner(&env, attach(&first), test_config());
+    let warm = env.submit(&workflow("invert.json")).await;
+    assert_eq!(env.wait_terminal(&warm).await.status, JobStatus::Succeeded);
+
+    first.crash();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut wf = workflow("invert.json");
+        wf["1"]["inputs"]["width"] = json!(16 + i);
+        ids.push(env.submit(&wf).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let second = comfyui_sim::Simulator::start(comfyui_sim::SimConfig {
+        bind: ([127, 0, 0, 1], port).into(),
+        step_ms: 1,
+        ..comfyui_sim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    for id in &ids {
+        let job = env.wait_terminal(id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{id}: {:?}", job.error);
+        assert!(job.attempt <= 2, "{id}: attempt {}", job.attempt);
+    }
+    runner.stop().await;
+    second.shutdown().await;
+}

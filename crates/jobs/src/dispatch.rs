@@ -76,6 +76,9 @@ pub struct ScaleReport {
     pub live: u32,
     pub busy: u32,
     pub unclaimed_queued: u64,
+    /// Running jobs whose lease lapsed (their runner died), waiting for a takeover:
+    /// demand like queued ones (counted by the tick).
+    pub awaiting_takeover: u64,
     pub launched: u32,
     pub capacity_error: Option<String>,
     /// True when another dispatcher held the launch lease, so this one stood aside.
@@ -88,6 +91,8 @@ pub struct TickReport {
     pub reenqueued: u32,
     pub expired: u32,
     pub reaped: u32,
+    /// Running jobs whose lease lapsed, left for a runner to take over.
+    pub awaiting_takeover: u32,
     pub dead_lettered: u32,
     /// Abandoned large-file uploads removed past their expiry.
     pub uploads_swept: u32,
@@ -139,6 +144,10 @@ impl Dispatcher {
 
     /// Live workers, after removing the ones that stopped reporting.
     async fn live_workers(&self, now: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
+        for id in self.launcher.exited() {
+            tracing::info!(worker = %id, "worker exited; removing it from the registry");
+            store(&self.jobs).delete_worker(&id).await?;
+        }
         let mut live = Vec::new();
         for worker in store(&self.jobs).list_workers().await? {
             let stale = match worker.phase {
@@ -193,6 +202,11 @@ impl Dispatcher {
 
     /// One scaling decision.
     pub async fn scale(&self) -> Result<ScaleReport, StoreError> {
+        self.scale_with(0).await
+    }
+
+    /// One scaling decision, counting `awaiting_takeover` lapsed leases as demand.
+    async fn scale_with(&self, awaiting_takeover: u64) -> Result<ScaleReport, StoreError> {
         let now = self.clock().now();
         let workers = self.live_workers(now).await?;
         let busy = workers
@@ -208,13 +222,17 @@ impl Dispatcher {
         let cap =
             u64::from(self.config.max_workers) * u64::from(self.config.jobs_per_worker.max(1));
         let unclaimed_queued = store(&self.jobs).count_unclaimed_queued(now, cap).await?;
-        let desired = desired_workers(busy, unclaimed_queued, &self.config);
+        // A job whose runner died is as much demand as a queued one: without a runner
+        // nobody takes it over (and nothing else may be queued to bring one up).
+        let demand = unclaimed_queued.saturating_add(awaiting_takeover).min(cap);
+        let desired = desired_workers(busy, demand, &self.config);
         let deficit = desired.saturating_sub(live);
         let mut report = ScaleReport {
             desired,
             live,
             busy,
             unclaimed_queued,
+            awaiting_takeover,
             ..ScaleReport::default()
         };
 
@@ -318,7 +336,7 @@ impl Dispatcher {
             Ok(n) => report.uploads_swept = n,
             Err(e) => tracing::error!(error = %e, "tick: abandoned uploads"),
         }
-        match self.scale().await {
+        match self.scale_with(u64::from(report.awaiting_takeover)).await {
             Ok(scale) => report.scale = Some(scale),
             Err(e) => tracing::error!(error = %e, "tick: scale"),
         }
@@ -362,6 +380,7 @@ impl Dispatcher {
                 match apply_move(store(&self.jobs), self.clock(), job, &mv).await {
                     Ok(j) if j.status.is_terminal() => report.reaped += 1,
                     Ok(_) => {
+                        report.awaiting_takeover += 1;
                         // Waiting for a takeover. The message reappears when its
                         // visibility lapses; if it has been long, offer a fresh copy in
                         // case it was lost (a duplicate is harmless).

@@ -507,6 +507,13 @@ pub trait Launcher: Send + Sync + 'static {
 
     async fn stop(&self, worker_id: &str) -> Result<(), LaunchError>;
 
+    /// Workers this launcher has seen exit since the last call (a reaped child), so
+    /// their records go at once instead of when they go stale: a SIGKILLed runner never
+    /// deregisters. Default: none known (ECS tasks are not watched).
+    fn exited(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// A short name for health (`ecs`, `subprocess`, `none`).
     fn kind(&self) -> &'static str;
 }

@@ -34,6 +34,9 @@ struct Slot {
 pub struct SubprocessLauncher {
     command: RunnerCommand,
     slots: Mutex<Vec<Slot>>,
+    /// Workers reaped since the dispatcher last asked ([`Launcher::exited`]); at most
+    /// one per start.
+    exited: Mutex<Vec<String>>,
 }
 
 impl SubprocessLauncher {
@@ -48,18 +51,32 @@ impl SubprocessLauncher {
         SubprocessLauncher {
             command,
             slots: Mutex::new(slots),
+            exited: Mutex::new(Vec::new()),
         }
     }
 
     /// Runner processes alive now.
     pub fn running(&self) -> usize {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        reap(&mut slots);
+        self.reap(&mut slots);
         slots.iter().filter(|s| s.child.is_some()).count()
+    }
+
+    /// Frees the slots of exited children, noting their worker ids.
+    fn reap(&self, slots: &mut [Slot]) {
+        let gone = reap(slots);
+        if !gone.is_empty() {
+            self.exited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(gone);
+        }
     }
 }
 
-fn reap(slots: &mut [Slot]) {
+/// Frees the slots of exited children; returns their worker ids.
+fn reap(slots: &mut [Slot]) -> Vec<String> {
+    let mut gone = Vec::new();
     for slot in slots.iter_mut() {
         let exited = match slot.child.as_mut() {
             Some((id, child)) => match child.try_wait() {
@@ -72,10 +89,11 @@ fn reap(slots: &mut [Slot]) {
             },
             None => false,
         };
-        if exited {
-            slot.child = None;
+        if exited && let Some((id, _)) = slot.child.take() {
+            gone.push(id);
         }
     }
+    gone
 }
 
 #[async_trait]
@@ -85,7 +103,7 @@ impl Launcher for SubprocessLauncher {
         count: u32,
     ) -> Result<Vec<LaunchedWorker>, (Vec<LaunchedWorker>, LaunchError)> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        reap(&mut slots);
+        self.reap(&mut slots);
         let mut launched = Vec::new();
         for slot in slots.iter_mut().filter(|s| s.child.is_none()) {
             if launched.len() as u32 >= count {
@@ -155,6 +173,12 @@ impl Launcher for SubprocessLauncher {
         Ok(())
     }
 
+    fn exited(&self) -> Vec<String> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.reap(&mut slots);
+        std::mem::take(&mut *self.exited.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn kind(&self) -> &'static str {
         "subprocess"
     }
@@ -205,6 +229,10 @@ impl<L: Launcher> Launcher for SimulatedLauncher<L> {
         self.inner.stop(worker_id).await
     }
 
+    fn exited(&self) -> Vec<String> {
+        self.inner.exited()
+    }
+
     fn kind(&self) -> &'static str {
         "simulated"
     }
@@ -216,6 +244,38 @@ mod tests {
 
     /// The scheduling policy of the process reading `/proc/self/sched`.
     const PRINT_POLICY: &str = "grep '^policy' /proc/self/sched | tr -dc 0-9 > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"; sleep 30";
+
+    /// A child that exits (here at once; a SIGKILLed runner alike) is reported once by
+    /// `exited`, so the dispatcher can drop its record.
+    #[test]
+    fn exited_children_are_reported_once() {
+        let launcher = SubprocessLauncher::new(
+            RunnerCommand {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), "exit 0".into()],
+            },
+            vec!["http://127.0.0.1:1".into()],
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let launched = launcher.launch(1).await.map_err(|(_, e)| e).unwrap();
+            let id = launched[0].id.clone();
+            for _ in 0..400 {
+                let gone = launcher.exited();
+                if !gone.is_empty() {
+                    assert_eq!(gone, vec![id]);
+                    assert!(launcher.exited().is_empty(), "reported once");
+                    assert_eq!(launcher.running(), 0);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the exited child was never reported");
+        });
+    }
 
     /// `dev` runs its own threads under SCHED_BATCH; the runners it starts must not
     /// inherit that.
