@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, the Rust suites, and the Python
-# suite that drives `serverless-comfyui dev` with the official comfy-sdk.
+# Runs every test of the project: formatting, lints, the Rust suites, the Python
+# suite that drives `serverless-comfyui dev` with the official comfy-sdk, the offline
+# deployment lints (scripts/lint-deploy.sh), and the web app's suites.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 .venv/bin/python -m pytest -q tests/sdk
+
+step "deployment: cfn-lint, sam validate --lint, checkov, hadolint (offline)"
+scripts/lint-deploy.sh
 
 step "frontend: type-check, unit tests, build, then the browser suite against dev"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
