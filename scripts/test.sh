@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust suites, the Python
-# suite that drives `serverless-comfyui dev` with the official comfy-sdk, and a
-# Schemathesis run of dev's OpenAPI document.
+# suite that drives `serverless-comfyui dev` with the official comfy-sdk, a
+# Schemathesis run of dev's OpenAPI document, the offline deployment lints
+# (scripts/lint-deploy.sh), and the web app's suites.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ fi
 
 step "Schemathesis: the OpenAPI document against dev, with and without a key"
 tests/schemathesis/run.sh
+
+step "deployment: cfn-lint, sam validate --lint, checkov, hadolint (offline)"
+scripts/lint-deploy.sh
 
 step "frontend: type-check, unit tests, build, then the browser suite against dev"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
