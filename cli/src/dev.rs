@@ -145,7 +145,7 @@ impl DevApp {
         let state = Arc::new(ApiState {
             jobs,
             assets,
-            dispatcher: dispatcher.clone(),
+            fleet: dispatcher.view(),
             auth,
             events: jobs::events::EventsConfig::default(),
             streams: Default::default(),

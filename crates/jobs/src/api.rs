@@ -33,7 +33,6 @@ use crate::assets::{
     RangeRequest, UploadView, parse_range, validate_meta,
 };
 use crate::auth::{Authenticator, Tenant};
-use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::ports::{BlobStore, QueueName};
 use crate::service::JobService;
@@ -53,7 +52,8 @@ pub struct ServerInfo {
 pub struct ApiState {
     pub jobs: Arc<JobService>,
     pub assets: Arc<AssetService>,
-    pub dispatcher: Arc<Dispatcher>,
+    /// The fleet as health shows it: read from the store, no launcher needed.
+    pub fleet: crate::dispatch::FleetView,
     pub auth: Arc<dyn Authenticator>,
     pub info: ServerInfo,
     pub events: crate::events::EventsConfig,
@@ -1164,7 +1164,11 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
     let store_ok = ports.store.ping().await.is_ok();
     let depth = ports.queue.depth(QueueName::Work).await.ok();
     let dead = ports.queue.depth(QueueName::WorkDeadLetter).await.ok();
-    let fleet = state.dispatcher.summary().await.ok();
+    let fleet = state
+        .fleet
+        .summary(ports.store.as_ref(), ports.clock.as_ref())
+        .await
+        .ok();
     let healthy = store_ok && depth.is_some();
     let capacity_error = fleet.as_ref().and_then(|f| f.capacity_error.clone());
     let body = json!({
@@ -1185,7 +1189,7 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
             "desired": f.desired,
             "max": f.max,
         })),
-        "launcher": state.dispatcher.launcher().kind(),
+        "launcher": state.fleet.launcher_kind,
         "capacity": {
             "state": if capacity_error.is_some() { "failing" } else { "ok" },
             "message": capacity_error,

@@ -111,6 +111,43 @@ pub struct FleetSummary {
     pub capacity_error: Option<String>,
 }
 
+/// The fleet as health shows it, read from the store alone: the `status` function has
+/// no launcher (it may not start or stop tasks), only the store's `FLEET` item and the
+/// worker registry the dispatcher and the runners keep.
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    pub config: DispatchConfig,
+    /// What starts workers (`subprocess`, `ecs`, …), for health.
+    pub launcher_kind: &'static str,
+}
+
+impl FleetView {
+    /// Desired and maximum workers, workers by phase, and a current capacity error.
+    pub async fn summary(
+        &self,
+        store: &dyn JobStore,
+        clock: &dyn Clock,
+    ) -> Result<FleetSummary, StoreError> {
+        let now = clock.now();
+        let fleet = store.get_fleet().await?;
+        let mut summary = FleetSummary {
+            desired: fleet.desired,
+            max: self.config.max_workers,
+            capacity_error: current_capacity_error(&fleet, now, &self.config),
+            ..FleetSummary::default()
+        };
+        for worker in store.list_workers().await? {
+            match worker.phase {
+                WorkerPhase::Starting => summary.starting += 1,
+                WorkerPhase::Idle => summary.idle += 1,
+                WorkerPhase::Busy => summary.busy += 1,
+                WorkerPhase::Draining => summary.draining += 1,
+            }
+        }
+        Ok(summary)
+    }
+}
+
 pub struct Dispatcher {
     jobs: Arc<JobService>,
     launcher: Arc<dyn Launcher>,
@@ -181,23 +218,15 @@ impl Dispatcher {
 
     /// The fleet as it stands.
     pub async fn summary(&self) -> Result<FleetSummary, StoreError> {
-        let now = self.clock().now();
-        let fleet = store(&self.jobs).get_fleet().await?;
-        let mut summary = FleetSummary {
-            desired: fleet.desired,
-            max: self.config.max_workers,
-            capacity_error: current_capacity_error(&fleet, now, &self.config),
-            ..FleetSummary::default()
-        };
-        for worker in store(&self.jobs).list_workers().await? {
-            match worker.phase {
-                WorkerPhase::Starting => summary.starting += 1,
-                WorkerPhase::Idle => summary.idle += 1,
-                WorkerPhase::Busy => summary.busy += 1,
-                WorkerPhase::Draining => summary.draining += 1,
-            }
+        self.view().summary(store(&self.jobs), self.clock()).await
+    }
+
+    /// What the API shows of this dispatcher's fleet, without the dispatcher.
+    pub fn view(&self) -> FleetView {
+        FleetView {
+            config: self.config.clone(),
+            launcher_kind: self.launcher.kind(),
         }
-        Ok(summary)
     }
 
     /// One scaling decision.
