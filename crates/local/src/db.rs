@@ -121,6 +121,7 @@ where
 }
 
 pub(crate) struct Db {
+    path: std::path::PathBuf,
     writer: mpsc::Sender<Box<dyn WriteOp>>,
     /// Dropped with the handle, which stops the checkpointer.
     _checkpointer: mpsc::Sender<()>,
@@ -136,6 +137,7 @@ impl Db {
         crate::private::prepare_database(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut conn = open_connection(path).map_err(unavailable)?;
+        incremental_vacuum_mode(&conn, path)?;
         migrate(&mut conn, path, migrations)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
@@ -153,6 +155,7 @@ impl Db {
             checkpoint_loop(checkpointer_conn, stop)
         })?;
         Ok(Db {
+            path: path.to_path_buf(),
             writer,
             _checkpointer: checkpointer,
             readers,
@@ -181,6 +184,32 @@ impl Db {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("sqlite writer dropped a write".into()))?
+    }
+
+    /// Bytes the database takes on disk: its file and its WAL.
+    pub(crate) fn bytes_used(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Gives up to `max_pages` free pages back to the filesystem (after a sweep
+    /// deleted many rows), in the writer like any write: a bounded step, so commits
+    /// queued behind it wait milliseconds, not for a whole-file VACUUM. The file
+    /// shrinks at the next checkpoint. Returns the free pages left.
+    pub(crate) async fn reclaim(&self, max_pages: u32) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute_batch(&format!("PRAGMA incremental_vacuum({max_pages})"))
+                .map_err(unavailable)?;
+            conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     /// Runs one statement in the writer; returns the rows changed.
@@ -251,6 +280,50 @@ fn spawn_for(
         .spawn(run)
         .map(|_| ())
         .map_err(|e| StoreError::Unavailable(format!("cannot start the sqlite {role}: {e}")))
+}
+
+/// Free pages one [`Db::reclaim`] step returns at most (8 MiB of 4 KiB pages).
+pub(crate) const RECLAIM_PAGES: u32 = 2048;
+
+/// A database file up to this size that predates incremental vacuum is converted at
+/// open by one VACUUM (a rewrite of the file: about a second for 100 MB). A larger one
+/// is left as it is, with a warning: its freed pages are still reused by later
+/// writes, so it stops growing; `sqlite3 FILE 'PRAGMA auto_vacuum=INCREMENTAL;
+/// VACUUM'` while `dev` is stopped converts it.
+const VACUUM_AT_OPEN_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Puts the database in `auto_vacuum=INCREMENTAL`, so [`Db::reclaim`] can return freed
+/// pages to the filesystem. The mode can only be chosen before the first table is
+/// created, or by a VACUUM that rewrites the file: a new database gets it for free,
+/// an existing one (bounded by [`VACUUM_AT_OPEN_MAX_BYTES`]) once.
+fn incremental_vacuum_mode(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)
+        .map_err(unavailable)?;
+    if tables == 0 {
+        return Ok(());
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size > VACUUM_AT_OPEN_MAX_BYTES {
+        tracing::warn!(
+            path = %path.display(),
+            size,
+            "database predates incremental vacuum and is too large to convert at start; \
+             space freed by retention is reused, not returned to the filesystem"
+        );
+        return Ok(());
+    }
+    tracing::info!(path = %path.display(), size, "converting database to incremental vacuum (one VACUUM)");
+    conn.execute_batch("VACUUM").map_err(unavailable)
 }
 
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {

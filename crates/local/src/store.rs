@@ -215,6 +215,21 @@ CREATE TABLE tenant_quotas (
     body TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Retention. A finished job's deadline is a column, set only once the job is
+    // terminal, under a partial index: the sweep finds what expired without reading
+    // live jobs. Assets name their job in a column (outputs of every attempt), and
+    // idempotency records are indexed by expiry, for the same reason.
+    r#"
+ALTER TABLE jobs ADD COLUMN expires_ms INTEGER;
+UPDATE jobs SET expires_ms =
+    CAST((julianday(json_extract(body, '$.expires_at')) - 2440587.5) * 86400000 AS INTEGER)
+    WHERE status IN ('succeeded', 'failed', 'canceled', 'expired');
+CREATE INDEX jobs_by_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL;
+ALTER TABLE assets ADD COLUMN job_id TEXT;
+UPDATE assets SET job_id = json_extract(body, '$.job_id');
+CREATE INDEX assets_by_job ON assets (job_id) WHERE job_id IS NOT NULL;
+CREATE INDEX idempotency_by_expiry ON idempotency (expires_at_ms);
+"#,
 ];
 
 pub struct SqliteJobStore {
@@ -432,6 +447,13 @@ fn reserved_ms(job: &Job) -> Option<i64> {
     job.reserved_until.map(|t| t.timestamp_millis())
 }
 
+/// The retention deadline the sweep reads: only a finished job has one.
+fn expires_ms(job: &Job) -> Option<i64> {
+    job.status
+        .is_terminal()
+        .then(|| job.expires_at.timestamp_millis())
+}
+
 impl SqliteJobStore {
     /// Reads every JSON body a query returns.
     fn read_all<T: DeserializeOwned>(&self, sql: &str, args: Vec<Value>) -> StoreResult<Vec<T>> {
@@ -542,7 +564,7 @@ impl JobStore for SqliteJobStore {
             };
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body, enqueued) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body, enqueued, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -552,7 +574,8 @@ impl JobStore for SqliteJobStore {
                         job.rev as i64,
                         reserved_ms(&job),
                         body,
-                        job.enqueued
+                        job.enqueued,
+                        expires_ms(&job)
                     ])
                 })
                 .map_err(unavailable)?;
@@ -595,7 +618,7 @@ impl JobStore for SqliteJobStore {
         let changed = self
             .db
             .execute(
-                "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4 WHERE id = ?5 AND rev = ?6",
+                "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4, expires_ms = ?7 WHERE id = ?5 AND rev = ?6",
                 vec![
                     text(job.status.as_str()),
                     int(job.rev as i64),
@@ -603,6 +626,7 @@ impl JobStore for SqliteJobStore {
                     Value::Text(body),
                     text(job.id.as_str()),
                     int(expected_rev as i64),
+                    expires_ms(job).map_or(Value::Null, int),
                 ],
             )
             .await?;
@@ -816,13 +840,14 @@ impl JobStore for SqliteJobStore {
         let body = to_json(asset)?;
         self.db
             .execute(
-                "INSERT OR REPLACE INTO assets (id, tenant, hash, file_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO assets (id, tenant, hash, file_path, body, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 vec![
                     text(&asset.id),
                     text(&asset.tenant),
                     text(&asset.hash),
                     asset.file_path.as_deref().map_or(Value::Null, text),
                     Value::Text(body),
+                    asset.job_id.as_ref().map_or(Value::Null, |j| text(j.as_str())),
                 ],
             )
             .await
@@ -918,6 +943,98 @@ impl JobStore for SqliteJobStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Job>> {
+        self.read_jobs(
+            "SELECT body, enqueued FROM jobs WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 \
+             ORDER BY expires_ms LIMIT ?2",
+            vec![int(now.timestamp_millis()), int(limit as i64)],
+        )
+    }
+
+    async fn delete_job(&self, id: &JobId) -> StoreResult<bool> {
+        let id = id.clone();
+        self.db
+            .write(move |tx| {
+                // Labels are keyed by (tenant, k, v, job_id): find them by the job's
+                // own metadata rather than scanning the index.
+                let Some(job) = job_by_id(tx, &id)? else {
+                    return Ok(false);
+                };
+                {
+                    let mut label = tx
+                        .prepare_cached(
+                            "DELETE FROM job_labels WHERE tenant = ?1 AND k = ?2 AND v = ?3 AND job_id = ?4",
+                        )
+                        .map_err(unavailable)?;
+                    for (k, v) in &job.metadata {
+                        label
+                            .execute(params![job.tenant, k, v, id.as_str()])
+                            .map_err(unavailable)?;
+                    }
+                }
+                tx.prepare_cached("DELETE FROM progress WHERE job_id = ?1")
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .map_err(unavailable)?;
+                // The triggers on `jobs` keep the queued count and tenant usage right.
+                let n = tx
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .map_err(unavailable)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn job_assets(&self, id: &JobId, limit: usize) -> StoreResult<Vec<Asset>> {
+        self.read_all(
+            "SELECT body FROM assets WHERE job_id = ?1 ORDER BY id LIMIT ?2",
+            vec![text(id.as_str()), int(limit as i64)],
+        )
+    }
+
+    async fn delete_expired_idempotency(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        self.db
+            .execute(
+                "DELETE FROM idempotency WHERE (tenant, key) IN (SELECT tenant, key FROM idempotency \
+                 WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms LIMIT ?2)",
+                vec![int(now.timestamp_millis()), int(limit as i64)],
+            )
+            .await
+    }
+
+    async fn count_jobs_by_status(&self) -> StoreResult<Vec<(JobStatus, u64)>> {
+        // One covering-index scan; health asks for it only for authenticated callers.
+        let rows: Vec<(String, i64)> = self
+            .db
+            .scan(|conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| JobStatus::parse(&s).map(|s| (s, n.max(0) as u64)))
+            .collect())
+    }
+
+    async fn bytes_used(&self) -> StoreResult<Option<u64>> {
+        Ok(Some(self.db.bytes_used()))
+    }
+
+    async fn reclaim(&self) -> StoreResult<()> {
+        self.db.reclaim(crate::db::RECLAIM_PAGES).await.map(|_| ())
     }
 
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
