@@ -527,6 +527,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn delete(&self, queue: QueueName, receipt: &str) -> QueueResult<()>;
 
     async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth>;
+
+    /// Bytes the queue's own files take, where the adapter has any (SQLite).
+    fn bytes_used(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A worker the launcher started.

@@ -129,3 +129,38 @@ pub async fn sweep(
     }
     Ok(report)
 }
+
+/// What health and `dev`'s banner show about storage: jobs by status, and bytes on
+/// disk where the adapters can tell (`None` on AWS, where the services keep them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StorageReport {
+    /// Jobs in each status, zero included.
+    pub jobs: std::collections::BTreeMap<&'static str, u64>,
+    /// The job store's and the queue's databases.
+    pub database_bytes: Option<u64>,
+    /// Stored blobs: workflows, inputs, outputs, uploads.
+    pub blob_bytes: Option<u64>,
+}
+
+/// Reads the [`StorageReport`]. It counts jobs and may walk the blob directory, so
+/// health shows it only to an authenticated caller.
+pub async fn storage_report(ports: &Ports) -> Result<StorageReport, StoreError> {
+    let mut jobs: std::collections::BTreeMap<&'static str, u64> = crate::model::JobStatus::ALL
+        .iter()
+        .map(|s| (s.as_str(), 0))
+        .collect();
+    for (status, n) in ports.store.count_jobs_by_status().await? {
+        jobs.insert(status.as_str(), n);
+    }
+    let store_bytes = ports.store.bytes_used().await?;
+    let queue_bytes = ports.queue.bytes_used();
+    let database_bytes = match (store_bytes, queue_bytes) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    Ok(StorageReport {
+        jobs,
+        database_bytes,
+        blob_bytes: ports.blobs.bytes_used().await?,
+    })
+}

@@ -260,6 +260,10 @@ impl Queue for SqliteQueue {
         }
     }
 
+    fn bytes_used(&self) -> Option<u64> {
+        Some(self.db.bytes_used())
+    }
+
     async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth> {
         let now = self.now_ms();
         self.db

@@ -519,7 +519,7 @@ impl JobStore for SqliteJobStore {
         let job = job.clone();
         let idempotency = idempotency.cloned();
         self.db.write(move |tx| {
-            if let (Some(record), Some(record_body)) = (&idempotency, &record_body) {
+            if let (Some(record), Some(_)) = (&idempotency, &record_body) {
                 let existing: Option<(String, i64)> = tx
                     .prepare_cached(
                         "SELECT body, expires_at_ms FROM idempotency WHERE tenant = ?1 AND key = ?2",
