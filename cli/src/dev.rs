@@ -506,7 +506,11 @@ fn print_banner(
         "  storage   {} of blobs, {} of databases; jobs: {}",
         mb(storage.blob_bytes),
         mb(storage.database_bytes),
-        if jobs.is_empty() { "none".to_string() } else { jobs.join(", ") }
+        if jobs.is_empty() {
+            "none".to_string()
+        } else {
+            jobs.join(", ")
+        }
     );
     eprintln!(
         "  kept      finished jobs and outputs {}, idempotency keys {}, uploads {}",

@@ -48,7 +48,11 @@ async fn signed_urls_and_allowed_origins_follow_the_public_url() {
         .header("content-type", "application/json")
         .body(Body::from(invert().to_string()))
         .unwrap();
-    assert_envelope(&t.send(other).await, StatusCode::FORBIDDEN, "origin_not_allowed");
+    assert_envelope(
+        &t.send(other).await,
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+    );
 }
 
 #[test]
@@ -79,14 +83,31 @@ fn lifetimes_take_human_durations_and_refuse_zero() {
     let d = chrono::Duration::days;
     assert_eq!(parse_lifetime("7d").unwrap(), d(7));
     assert_eq!(parse_lifetime("24h").unwrap(), chrono::Duration::hours(24));
-    assert_eq!(parse_lifetime("30m").unwrap(), chrono::Duration::minutes(30));
-    assert_eq!(parse_lifetime("90s").unwrap(), chrono::Duration::seconds(90));
+    assert_eq!(
+        parse_lifetime("30m").unwrap(),
+        chrono::Duration::minutes(30)
+    );
+    assert_eq!(
+        parse_lifetime("90s").unwrap(),
+        chrono::Duration::seconds(90)
+    );
     assert_eq!(parse_lifetime("2w").unwrap(), d(14));
     assert_eq!(
         parse_lifetime("1d12h").unwrap(),
         d(1) + chrono::Duration::hours(12)
     );
-    for bad in ["0", "0d", "0h0m", "", "7", "d", "7x", "-1d", "1.5d", "99999999999d"] {
+    for bad in [
+        "0",
+        "0d",
+        "0h0m",
+        "",
+        "7",
+        "d",
+        "7x",
+        "-1d",
+        "1.5d",
+        "99999999999d",
+    ] {
         assert!(parse_lifetime(bad).is_err(), "{bad:?} accepted");
     }
 }
@@ -102,11 +123,16 @@ async fn the_retention_flag_sets_how_long_a_job_is_kept() {
     let t = app_with(config, dir);
     let reply = t.submit(&invert()).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    let created = chrono::DateTime::parse_from_rfc3339(reply.body["created_at"].as_str().unwrap())
-        .unwrap();
-    let expires = chrono::DateTime::parse_from_rfc3339(reply.body["expires_at"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(expires - created, chrono::Duration::hours(2), "{}", reply.body);
+    let created =
+        chrono::DateTime::parse_from_rfc3339(reply.body["created_at"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(reply.body["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires - created,
+        chrono::Duration::hours(2),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -133,5 +159,9 @@ async fn storage_figures_are_shown_to_authenticated_callers_only() {
             Request::get("/api/v2/health").body(Body::empty()).unwrap(),
         )
         .await;
-    assert!(authed.body["storage"]["blob_bytes"].is_u64(), "{}", authed.body);
+    assert!(
+        authed.body["storage"]["blob_bytes"].is_u64(),
+        "{}",
+        authed.body
+    );
 }

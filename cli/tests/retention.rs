@@ -180,7 +180,11 @@ async fn a_job_past_its_retention_goes_with_its_outputs_workflow_and_bytes() {
         t.get(&format!("/api/v2/jobs/{kept}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(t.app.dispatcher.tick().await.retention.jobs, 0, "nothing left");
+    assert_eq!(
+        t.app.dispatcher.tick().await.retention.jobs,
+        0,
+        "nothing left"
+    );
 }
 
 #[tokio::test]
@@ -225,10 +229,16 @@ async fn a_blob_shared_by_an_expired_and_a_live_asset_stays_until_both_are_gone(
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content, bytes);
     let still = blob_bytes(&t).await;
-    assert!(still + 100_000 > before, "nothing freed yet: {before} -> {still}");
+    assert!(
+        still + 100_000 > before,
+        "nothing freed yet: {before} -> {still}"
+    );
 
     let deleted = t
-        .send(empty_request("DELETE", &format!("/api/v2/assets/{kept_id}")))
+        .send(empty_request(
+            "DELETE",
+            &format!("/api/v2/assets/{kept_id}"),
+        ))
         .await;
     assert!(deleted.status.is_success(), "{}", deleted.body);
     assert_eq!(ports.blobs.size(&output.blob_key).await.unwrap(), None);

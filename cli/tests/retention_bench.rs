@@ -79,7 +79,11 @@ async fn sweep_of_many_expired_jobs_keeps_submit_latency() {
                 job.completed_at = Some(now);
                 ports
                     .blobs
-                    .put(&job.input_key, Bytes::from_static(b"{\"v\":1}"), "application/json")
+                    .put(
+                        &job.input_key,
+                        Bytes::from_static(b"{\"v\":1}"),
+                        "application/json",
+                    )
                     .await
                     .unwrap();
                 if i % 10 == 0 {
@@ -99,7 +103,11 @@ async fn sweep_of_many_expired_jobs_keeps_submit_latency() {
                         blob_key: key.clone(),
                         created_at: now,
                     };
-                    ports.store.put_blob_record_if_absent(&record).await.unwrap();
+                    ports
+                        .store
+                        .put_blob_record_if_absent(&record)
+                        .await
+                        .unwrap();
                     ports
                         .store
                         .put_asset(&Asset {
@@ -124,7 +132,10 @@ async fn sweep_of_many_expired_jobs_keeps_submit_latency() {
         .buffer_unordered(256)
         .collect::<Vec<()>>()
         .await;
-    println!("seeded {n} finished jobs in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "seeded {n} finished jobs in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let storage = jobs::retention::storage_report(&ports).await.unwrap();
     println!("before: {storage:?}");
 

@@ -949,8 +949,7 @@ async fn complete_upload(
 /// caller who authenticates (on a keyless loopback server, everyone does).
 fn comfyui_for(state: &ApiState, authenticated: bool) -> Value {
     let mut comfyui = state.info.comfyui.clone();
-    if !authenticated && let Some(fields) = comfyui.as_object_mut()
-    {
+    if !authenticated && let Some(fields) = comfyui.as_object_mut() {
         fields.remove("urls");
     }
     comfyui

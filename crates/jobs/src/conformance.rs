@@ -1268,7 +1268,11 @@ pub async fn retention_records(store: Arc<dyn JobStore>, clock: Arc<ManualClock>
         limit: 10,
     };
     assert!(
-        store.list_jobs(&labelled("k", "early")).await.unwrap().is_empty(),
+        store
+            .list_jobs(&labelled("k", "early"))
+            .await
+            .unwrap()
+            .is_empty(),
         "its labels go with it"
     );
     assert_eq!(
@@ -1291,7 +1295,10 @@ pub async fn retention_records(store: Arc<dyn JobStore>, clock: Arc<ManualClock>
     assert_eq!(store.count_unclaimed_queued(t, 100).await.unwrap(), 1);
     assert_eq!(store.tenant_usage("r1").await.unwrap().active_jobs, 1);
     assert_eq!(
-        store.queue_position(&spare.id, QUEUE_POSITION_CAP).await.unwrap(),
+        store
+            .queue_position(&spare.id, QUEUE_POSITION_CAP)
+            .await
+            .unwrap(),
         0,
         "the deleted job no longer counts ahead"
     );

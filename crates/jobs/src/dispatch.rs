@@ -13,7 +13,8 @@
 //! **The tick is the safety net**, run every minute: it re-enqueues jobs recorded but
 //! never enqueued, expires jobs queued past their deadline, finalises or re-offers jobs
 //! whose lease expired, drains the dead-letter queues into `failed`, removes abandoned
-//! uploads and what is past its retention ([`crate::retention`]), and scales in case a wake-up was lost.
+//! uploads and what is past its retention ([`crate::retention`]), and scales in case
+//! a wake-up was lost.
 
 use std::sync::Arc;
 

@@ -107,6 +107,12 @@ pub async fn sweep(
             report.assets += remove_job(ports, job).await?;
             report.jobs += 1;
         }
+        if !batch.is_empty() {
+            // A small step after each batch, rather than one large one at the end:
+            // each step holds the store's writer for its duration.
+            ports.store.reclaim().await?;
+            ports.blobs.reclaim().await?;
+        }
         report.more = full;
         if !full {
             break;
@@ -122,9 +128,10 @@ pub async fn sweep(
             break;
         }
     }
-    if report.jobs > 0 || report.idempotency_records as usize >= SWEEP_BATCH {
+    if report.idempotency_records as usize >= SWEEP_BATCH {
         ports.store.reclaim().await?;
-        ports.blobs.reclaim().await?;
+    }
+    if report.jobs > 0 || report.idempotency_records > 0 {
         tracing::info!(?report, "retention sweep");
     }
     Ok(report)

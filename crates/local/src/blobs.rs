@@ -363,7 +363,10 @@ impl BlobStore for FileBlobStore {
     }
 
     async fn reclaim(&self) -> StoreResult<()> {
-        self.small.reclaim(crate::db::RECLAIM_PAGES).await.map(|_| ())
+        self.small
+            .reclaim(crate::db::RECLAIM_PAGES)
+            .await
+            .map(|_| ())
     }
 
     async fn put_stream(
