@@ -1213,7 +1213,7 @@ pub async fn retention_records(store: Arc<dyn JobStore>, clock: Arc<ManualClock>
     );
     assert_eq!(
         ids(store.expired_jobs(t, 1).await.unwrap()),
-        [early.id.clone()],
+        std::slice::from_ref(&early.id),
         "bounded"
     );
 
@@ -1277,11 +1277,11 @@ pub async fn retention_records(store: Arc<dyn JobStore>, clock: Arc<ManualClock>
     );
     assert_eq!(
         ids(store.list_jobs(&labelled("k", "late")).await.unwrap()),
-        [late.id.clone()]
+        std::slice::from_ref(&late.id)
     );
     assert_eq!(
         ids(store.expired_jobs(t, 10).await.unwrap()),
-        [other.id.clone()]
+        std::slice::from_ref(&other.id)
     );
 
     // Deleting a live job (not the sweep's doing, but the store's promise) keeps the
