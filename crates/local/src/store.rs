@@ -1266,6 +1266,110 @@ mod tests {
         );
     }
 
+    fn pragma(store: &SqliteJobStore, name: &str) -> i64 {
+        store
+            .db
+            .read(|conn| {
+                conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                    .map_err(unavailable)
+            })
+            .unwrap()
+    }
+
+    /// A data dir from before retention (schema 5, written without incremental vacuum):
+    /// its finished jobs get their deadline column and its output assets their job, so
+    /// the sweep finds them; the file is converted to incremental vacuum at open, so a
+    /// sweep's deletes can be given back to the filesystem.
+    #[tokio::test]
+    async fn upgrading_from_schema_5_finds_expired_jobs_and_can_reclaim_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let mut finished = jobs::conformance::sample_job("t1", at(0), &[]);
+        finished.status = JobStatus::Succeeded;
+        finished.expires_at = at(1);
+        let mut live = jobs::conformance::sample_job("t1", at(0), &[]);
+        live.expires_at = at(1);
+        let output = Asset {
+            v: jobs::model::SCHEMA_VERSION,
+            id: "asset_out".into(),
+            tenant: "t1".into(),
+            hash: format!("blake3:{}", "ab".repeat(32)),
+            size_bytes: 3,
+            content_type: "image/png".into(),
+            file_path: Some("o.png".into()),
+            tags: vec![],
+            created_at: at(0),
+            blob_key: "outputs/x".into(),
+            job_id: Some(finished.id.clone()),
+        };
+        {
+            // As an older build wrote it: the default auto_vacuum (none).
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for migration in &MIGRATIONS[..5] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            for job in [&finished, &live] {
+                conn.execute(
+                    "INSERT INTO jobs (id, tenant, status, rev, body) VALUES (?1, ?2, ?3, 1, ?4)",
+                    params![
+                        job.id.as_str(),
+                        job.tenant,
+                        job.status.as_str(),
+                        to_json(job).unwrap()
+                    ],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO assets (id, tenant, hash, file_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![output.id, output.tenant, output.hash, output.file_path, to_json(&output).unwrap()],
+            )
+            .unwrap();
+            let mode: i64 = conn
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, 0, "written without incremental vacuum");
+        }
+        let store = SqliteJobStore::open(&path).unwrap();
+        assert_eq!(pragma(&store, "auto_vacuum"), 2, "converted at open");
+        let expired = store.expired_jobs(at(2), 10).await.unwrap();
+        assert_eq!(
+            expired.iter().map(|j| &j.id).collect::<Vec<_>>(),
+            [&finished.id],
+            "the finished job's deadline was carried over; the live one has none"
+        );
+        assert_eq!(
+            store.job_assets(&finished.id, 10).await.unwrap(),
+            vec![output]
+        );
+
+        // Space freed by deletes goes back in bounded steps.
+        let mut many = Vec::new();
+        for i in 0..2000u32 {
+            let mut job = jobs::conformance::sample_job("t1", at(0), &[("pad", &"x".repeat(200))]);
+            job.status = JobStatus::Succeeded;
+            job.metadata.insert("i".into(), i.to_string());
+            store.create_job(&job, None, at(0)).await.unwrap();
+            many.push(job.id);
+        }
+        for id in &many {
+            assert!(store.delete_job(id).await.unwrap());
+        }
+        let free = pragma(&store, "freelist_count");
+        assert!(free > 0, "deletes left free pages");
+        store.reclaim().await.unwrap();
+        let after = pragma(&store, "freelist_count");
+        assert!(
+            after < free && free - after <= i64::from(crate::db::RECLAIM_PAGES),
+            "one bounded step: {free} -> {after}"
+        );
+        while pragma(&store, "freelist_count") > 0 {
+            store.reclaim().await.unwrap();
+        }
+    }
+
     /// A filtered listing over many jobs that match one filter but not the other stops
     /// at the read budget with a short page and a place to go on; following it finds
     /// exactly the matching jobs, newest first.
