@@ -120,6 +120,17 @@ impl DevApp {
         clock: Arc<dyn Clock>,
         launcher: Option<(Arc<dyn jobs::ports::Launcher>, u32)>,
     ) -> anyhow::Result<DevApp> {
+        // A key outliving its job would answer a replay with 409 until it expired:
+        // the job is swept `retention` after it finished, the key `idempotency_ttl`
+        // after the submit, so this keeps every key's job alive.
+        if config.idempotency_ttl > config.retention {
+            bail!(
+                "--idempotency-ttl ({}) may not exceed --retention ({}): a replayed key \
+                 must still find its job",
+                lifetime(config.idempotency_ttl),
+                lifetime(config.retention)
+            );
+        }
         let data_dir = DataDir::open(&config.data_dir)?;
         let public_base = config
             .public_url

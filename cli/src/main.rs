@@ -74,9 +74,10 @@ enum Command {
         /// How long finished jobs, their outputs and workflows are kept (e.g. 7d, 24h).
         #[arg(long, default_value = "7d", value_parser = dev::parse_lifetime)]
         retention: chrono::Duration,
-        /// How long an Idempotency-Key is remembered.
-        #[arg(long, default_value = "24h", value_parser = dev::parse_lifetime)]
-        idempotency_ttl: chrono::Duration,
+        /// How long an Idempotency-Key is remembered (default 24h, or --retention if
+        /// shorter; never longer than --retention).
+        #[arg(long, value_parser = dev::parse_lifetime)]
+        idempotency_ttl: Option<chrono::Duration>,
         /// How long a large-file upload may take before it is abandoned and removed.
         #[arg(long, default_value = "1h", value_parser = dev::parse_lifetime)]
         upload_ttl: chrono::Duration,
@@ -250,7 +251,8 @@ async fn run(cli: Cli) -> ExitCode {
                 },
                 public_url,
                 retention,
-                idempotency_ttl,
+                idempotency_ttl: idempotency_ttl
+                    .unwrap_or_else(|| DevConfig::default().idempotency_ttl.min(retention)),
                 upload_ttl,
                 ..DevConfig::default()
             })

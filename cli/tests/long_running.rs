@@ -118,6 +118,7 @@ async fn the_retention_flag_sets_how_long_a_job_is_kept() {
     let config = DevConfig {
         data_dir: dir.path().join("data"),
         retention: parse_lifetime("2h").unwrap(),
+        idempotency_ttl: parse_lifetime("1h").unwrap(),
         ..DevConfig::default()
     };
     let t = app_with(config, dir);
@@ -164,4 +165,23 @@ async fn storage_figures_are_shown_to_authenticated_callers_only() {
         "{}",
         authed.body
     );
+}
+
+#[test]
+fn an_idempotency_key_may_not_outlive_the_retention_of_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        retention: parse_lifetime("12h").unwrap(),
+        idempotency_ttl: parse_lifetime("24h").unwrap(),
+        ..DevConfig::default()
+    };
+    let refused = DevApp::build(&config, std::sync::Arc::new(jobs::ports::SystemClock));
+    let message = format!("{:#}", refused.err().expect("refused"));
+    assert!(message.contains("--idempotency-ttl"), "{message}");
+    let config = DevConfig {
+        idempotency_ttl: parse_lifetime("12h").unwrap(),
+        ..config
+    };
+    assert!(DevApp::build(&config, std::sync::Arc::new(jobs::ports::SystemClock)).is_ok());
 }

@@ -344,7 +344,13 @@ fn incremental_vacuum_mode(conn: &Connection, path: &Path) -> Result<(), StoreEr
         return Ok(());
     }
     tracing::info!(path = %path.display(), size, "converting database to incremental vacuum (one VACUUM)");
-    conn.execute_batch("VACUUM").map_err(unavailable)
+    // Another process holding the file (a `dev` of the previous build still running
+    // while `keys` opens it) makes VACUUM fail: that is no reason not to open. The
+    // next open tries again.
+    if let Err(e) = conn.execute_batch("VACUUM") {
+        tracing::warn!(path = %path.display(), error = %e, "could not convert to incremental vacuum now; will try at the next start");
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {
