@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
+use futures::StreamExt;
 use jobs::auth::DEFAULT_TENANT;
 use jobs::model::{
     Asset, BlobRecord, JobId, JobStatus, OutputKind, OutputRecord, SCHEMA_VERSION, new_asset_id,
@@ -279,4 +280,24 @@ async fn expired_idempotency_records_are_swept() {
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn bytes_a_crash_left_in_staging_go_after_a_day() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let t = TestApp::with_clock(clock.clone());
+    let ports = t.app.state.jobs.ports().clone();
+    let key = "staging/01JZV8Q3M7K2W9X0Y1Z2A3B4C5";
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(image(1)))]).boxed();
+    ports.blobs.put_stream(key, body, 1 << 20).await.unwrap();
+
+    clock.advance(Duration::hours(23));
+    assert_eq!(t.app.dispatcher.tick().await.retention.staged_blobs, 0);
+    assert!(
+        ports.blobs.size(key).await.unwrap().is_some(),
+        "young: may be in use"
+    );
+    clock.advance(Duration::hours(2));
+    assert_eq!(t.app.dispatcher.tick().await.retention.staged_blobs, 1);
+    assert_eq!(ports.blobs.size(key).await.unwrap(), None);
 }

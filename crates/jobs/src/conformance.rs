@@ -1358,9 +1358,38 @@ fn pattern(size: usize, seed: u8) -> Vec<u8> {
 /// wins" must hold across the two.
 pub async fn blob_store(blobs: Arc<dyn BlobStore>) {
     use bytes::Bytes;
+    use futures::StreamExt;
     let small = pattern(1024, 1);
     let large = pattern(300 * 1024, 2);
     let blobs = blobs.as_ref();
+
+    // Expiring a prefix never takes a blob younger than the cutoff (an adapter whose
+    // service expires by itself may take none at all), nor one outside the prefix.
+    let staged =
+        || futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(large.clone()))]).boxed();
+    blobs
+        .put_stream("staging/conformance", staged(), 1 << 20)
+        .await
+        .unwrap();
+    blobs
+        .put_stream("kept/conformance", staged(), 1 << 20)
+        .await
+        .unwrap();
+    let hour_ago = Utc::now() - Duration::hours(1);
+    assert_eq!(
+        blobs.expire_prefix("staging/", hour_ago, 10).await.unwrap(),
+        0,
+        "a young blob stays"
+    );
+    assert!(blobs.size("staging/conformance").await.unwrap().is_some());
+    let later = Utc::now() + Duration::minutes(1);
+    assert!(blobs.expire_prefix("staging/", later, 10).await.unwrap() <= 1);
+    assert!(
+        blobs.size("kept/conformance").await.unwrap().is_some(),
+        "only under the prefix"
+    );
+    blobs.delete("staging/conformance").await.unwrap();
+    blobs.delete("kept/conformance").await.unwrap();
 
     // Missing keys are absent, not errors.
     assert_eq!(blobs.get("conformance/missing").await.unwrap(), None);

@@ -427,6 +427,19 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Deletes blobs under `prefix` last written or moved before `older_than`, at
+    /// most `limit`; returns how many went. What an S3 lifecycle rule does (where the
+    /// rule itself does it, this is a no-op); only for prefixes that no record ever
+    /// names, such as `staging/`.
+    async fn expire_prefix(
+        &self,
+        _prefix: &str,
+        _older_than: DateTime<Utc>,
+        _limit: usize,
+    ) -> StoreResult<usize> {
+        Ok(0)
+    }
+
     /// As [`JobStore::reclaim`], for the blob store's own database, if any.
     async fn reclaim(&self) -> StoreResult<()> {
         Ok(())

@@ -12,7 +12,9 @@
 //!   the next one to finish; every step is safe to repeat.
 //! - **idempotency records past their expiry** (an expired one already answers
 //!   nothing; this only frees the space);
-//! - **abandoned uploads** ([`crate::assets::sweep_expired_uploads`]).
+//! - **abandoned uploads** ([`crate::assets::sweep_expired_uploads`]);
+//! - **staged bytes a crash left** in `staging/` a day ago (no record ever names a
+//!   staging key: bytes are moved to `cas/` before they are recorded).
 //!
 //! A job still queued or running is never swept, whatever its `expires_at`: queued
 //! jobs expire through their queue deadline first, running ones finish or are reaped.
@@ -35,6 +37,10 @@ use crate::service::Ports;
 /// Jobs one batch removes at most; the tick runs batches until the budget is spent.
 pub const SWEEP_BATCH: usize = 500;
 
+/// How long bytes may sit in `staging/` (while being hashed and deduplicated, which
+/// takes seconds to minutes) before they count as a crash's leftover.
+pub const STAGING_MAX_AGE: chrono::Duration = chrono::Duration::days(1);
+
 /// Output assets of one job examined at most (a job has a handful).
 const MAX_ASSETS_PER_JOB: usize = 1000;
 
@@ -44,6 +50,8 @@ pub struct SweepReport {
     pub jobs: u32,
     pub assets: u32,
     pub idempotency_records: u32,
+    /// Staged bytes a crash left behind (`staging/`, no record names them).
+    pub staged_blobs: u32,
     /// True when the sweep stopped at its budget with more left to remove.
     pub more: bool,
 }
@@ -128,10 +136,16 @@ pub async fn sweep(
             break;
         }
     }
+    // Staged bytes are moved out (to `cas/`) before any record names them, so one
+    // left in `staging/` this long is a crash's leftover.
+    report.staged_blobs = ports
+        .blobs
+        .expire_prefix("staging/", now - STAGING_MAX_AGE, SWEEP_BATCH)
+        .await? as u32;
     if report.idempotency_records as usize >= SWEEP_BATCH {
         ports.store.reclaim().await?;
     }
-    if report.jobs > 0 || report.idempotency_records > 0 {
+    if report.jobs > 0 || report.idempotency_records > 0 || report.staged_blobs > 0 {
         tracing::info!(?report, "retention sweep");
     }
     Ok(report)

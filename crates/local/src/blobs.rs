@@ -259,6 +259,47 @@ fn tree_bytes(root: &Path) -> u64 {
     total
 }
 
+/// Removes the plain files directly in `dir` last changed (written, or renamed
+/// into place) before `cutoff`, at most `limit`. The change time counts, not only
+/// the write time: an upload written long ago and just moved to `staging/` for
+/// hashing is in use.
+fn expire_files(dir: &Path, cutoff: std::time::SystemTime, limit: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    // Bounded reads too: a directory of young files is not walked whole every tick.
+    for entry in entries.flatten().take(limit.saturating_mul(4)) {
+        if removed >= limit {
+            break;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let written = meta
+            .modified()
+            .unwrap_or_else(|_| std::time::SystemTime::now());
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    meta.ctime().max(0) as u64,
+                    meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+                )
+        };
+        #[cfg(not(unix))]
+        let changed = written;
+        if written.max(changed) < cutoff && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Directory entries [`tree_bytes`] examines at most (a few hundred ms of `stat`s).
 const TREE_WALK_MAX: usize = 1_000_000;
 
@@ -367,6 +408,19 @@ impl BlobStore for FileBlobStore {
             .reclaim(crate::db::RECLAIM_PAGES)
             .await
             .map(|_| ())
+    }
+
+    async fn expire_prefix(
+        &self,
+        prefix: &str,
+        older_than: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        let dir = self.path_of(prefix.trim_end_matches('/'))?;
+        let cutoff = std::time::SystemTime::from(older_than);
+        tokio::task::spawn_blocking(move || expire_files(&dir, cutoff, limit))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blob expiry: {e}")))
     }
 
     async fn put_stream(
