@@ -52,6 +52,16 @@ pub struct DevConfig {
     /// Web origins allowed to call from a browser besides the server's own and loopback
     /// ones (`--allow-origin`).
     pub allowed_origins: Vec<String>,
+    /// The origin clients reach this server at (`--public-url`), when it is not the
+    /// listen address: behind a reverse proxy, or listening on all interfaces. Signed
+    /// URLs start with it, and browsers calling from it are allowed.
+    pub public_url: Option<String>,
+    /// How long finished jobs and their outputs are kept (`--retention`).
+    pub retention: chrono::Duration,
+    /// How long an `Idempotency-Key` is remembered (`--idempotency-ttl`).
+    pub idempotency_ttl: chrono::Duration,
+    /// How long a large-file upload may take (`--upload-ttl`).
+    pub upload_ttl: chrono::Duration,
 }
 
 impl Default for DevConfig {
@@ -68,6 +78,10 @@ impl Default for DevConfig {
             simulator_started: false,
             limits: crate::serve::ServeLimits::default(),
             allowed_origins: Vec::new(),
+            public_url: None,
+            retention: JobsConfig::default().retention,
+            idempotency_ttl: JobsConfig::default().idempotency_ttl,
+            upload_ttl: AssetsConfig::default().upload_ttl,
         }
     }
 }
@@ -106,8 +120,22 @@ impl DevApp {
         clock: Arc<dyn Clock>,
         launcher: Option<(Arc<dyn jobs::ports::Launcher>, u32)>,
     ) -> anyhow::Result<DevApp> {
+        // A key outliving its job would answer a replay with 409 until it expired:
+        // the job is swept `retention` after it finished, the key `idempotency_ttl`
+        // after the submit, so this keeps every key's job alive.
+        if config.idempotency_ttl > config.retention {
+            bail!(
+                "--idempotency-ttl ({}) may not exceed --retention ({}): a replayed key \
+                 must still find its job",
+                lifetime(config.idempotency_ttl),
+                lifetime(config.retention)
+            );
+        }
         let data_dir = DataDir::open(&config.data_dir)?;
-        let public_base = public_base(config.listen);
+        let public_base = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| public_base(config.listen));
         let (ports, file_blobs) = data_dir
             .ports_and_blobs(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
@@ -118,11 +146,16 @@ impl DevApp {
             wake_coalesce: Duration::from_millis(25),
             // The process lives on after answering, so the bookkeeping can too.
             record_enqueue_in_background: true,
+            retention: config.retention,
+            idempotency_ttl: config.idempotency_ttl,
             ..JobsConfig::default()
         };
         let assets = Arc::new(AssetService::new(
             ports.clone(),
-            AssetsConfig::default(),
+            AssetsConfig {
+                upload_ttl: config.upload_ttl,
+                ..AssetsConfig::default()
+            },
             &jobs_config,
         ));
         let auth = Arc::new(KeyAuthenticator::new(
@@ -150,7 +183,12 @@ impl DevApp {
             events: jobs::events::EventsConfig::default(),
             streams: Default::default(),
             cross_site: Arc::new(jobs::cross_site::CrossSitePolicy::local(
-                config.allowed_origins.clone(),
+                config
+                    .allowed_origins
+                    .iter()
+                    .chain(&config.public_url)
+                    .cloned()
+                    .collect(),
             )),
             info: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -224,8 +262,56 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
-/// How `dev` starts a runner: this same executable's hidden `runner` subcommand, over
-/// the same data directory.
+/// Parses `--public-url`: where clients reach this server, as an absolute http(s)
+/// origin (a reverse proxy's `https://gpu.example.com`). A path is refused: the API
+/// and the signed blob URLs are served at the root.
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    parse_origin(text).map_err(|_| {
+        format!(
+            "{text:?} is not a public URL: give an absolute http(s) URL with no path or query, \
+             e.g. https://gpu.example.com"
+        )
+    })
+}
+
+/// Parses a lifetime flag (`--retention 7d`): whole numbers with units `s`, `m`, `h`,
+/// `d` or `w`, one or more (`1d12h`). Zero is refused: it would delete everything the
+/// moment it finished.
+pub fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {
+    let bad = || format!("{text:?} is not a duration: use e.g. 7d, 24h, 30m, 1d12h");
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        let part = match c {
+            's' => chrono::Duration::try_seconds(n),
+            'm' => chrono::Duration::try_minutes(n),
+            'h' => chrono::Duration::try_hours(n),
+            'd' => chrono::Duration::try_days(n),
+            'w' => chrono::Duration::try_weeks(n),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        total = total.checked_add(&part).ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || text.trim().is_empty() {
+        return Err(bad());
+    }
+    // Past ~100 years a deadline would overflow timestamp arithmetic.
+    if total > chrono::Duration::days(36_500) {
+        return Err(format!("{text:?} is too long: at most 36500d"));
+    }
+    if total <= chrono::Duration::zero() {
+        return Err(format!("{text:?} is zero: give a positive duration"));
+    }
+    Ok(total)
+}
+
 /// Puts the calling thread under Linux's `SCHED_BATCH` policy; `dev` calls it on every
 /// thread it starts (threads it spawns inherit it).
 ///
@@ -355,7 +441,10 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    print_banner(address, &app, &config, keys.len(), active_keys);
+    let storage = jobs::retention::storage_report(app.state.jobs.ports())
+        .await
+        .context("reading the data dir's usage")?;
+    print_banner(address, &app, &config, keys.len(), active_keys, &storage);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = [
@@ -396,8 +485,12 @@ fn print_banner(
     config: &DevConfig,
     keys: usize,
     active_keys: usize,
+    storage: &jobs::retention::StorageReport,
 ) {
-    let url = format!("http://{address}");
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
     eprintln!();
     eprintln!("  serverless-comfyui dev {}", env!("CARGO_PKG_VERSION"));
     match &app.site {
@@ -410,6 +503,32 @@ fn print_banner(
     eprintln!("  API       {url}/api/v2   (Comfy API v2; COMFY_BASE_URL={url})");
     eprintln!("  health    {url}/api/v2/health");
     eprintln!("  data dir  {}", app.data_dir.root().display());
+    if config.public_url.is_some() {
+        eprintln!("  listening {address} (public URL {url})");
+    }
+    let mb = |b: Option<u64>| format!("{:.1} MB", b.unwrap_or(0) as f64 / 1e6);
+    let jobs: Vec<String> = storage
+        .jobs
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    eprintln!(
+        "  storage   {} of blobs, {} of databases; jobs: {}",
+        mb(storage.blob_bytes),
+        mb(storage.database_bytes),
+        if jobs.is_empty() {
+            "none".to_string()
+        } else {
+            jobs.join(", ")
+        }
+    );
+    eprintln!(
+        "  kept      finished jobs and outputs {}, idempotency keys {}, uploads {}",
+        lifetime(config.retention),
+        lifetime(config.idempotency_ttl),
+        lifetime(config.upload_ttl)
+    );
     if keys == 0 {
         eprintln!(
             "  auth      none: one default tenant, loopback only (create a key to require auth)"
@@ -439,6 +558,17 @@ fn print_banner(
         }
     }
     eprintln!();
+}
+
+/// A lifetime as the flags take it (`7d`, `36h`, `90m`).
+fn lifetime(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,21 @@ enum Command {
         /// keep-alive connection stays open.
         #[arg(long, default_value_t = 10)]
         header_timeout_seconds: u64,
+        /// Where clients reach this server, when not at the listen address: behind a
+        /// reverse proxy (`https://gpu.example.com`) or listening on all interfaces.
+        /// Signed URLs start with it; browsers calling from it are allowed.
+        #[arg(long, value_name = "URL", env = "SERVERLESS_COMFYUI_PUBLIC_URL", value_parser = dev::parse_public_url)]
+        public_url: Option<String>,
+        /// How long finished jobs, their outputs and workflows are kept (e.g. 7d, 24h).
+        #[arg(long, default_value = "7d", value_parser = dev::parse_lifetime)]
+        retention: chrono::Duration,
+        /// How long an Idempotency-Key is remembered (default 24h, or --retention if
+        /// shorter; never longer than --retention).
+        #[arg(long, value_parser = dev::parse_lifetime)]
+        idempotency_ttl: Option<chrono::Duration>,
+        /// How long a large-file upload may take before it is abandoned and removed.
+        #[arg(long, default_value = "1h", value_parser = dev::parse_lifetime)]
+        upload_ttl: chrono::Duration,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -206,6 +221,10 @@ async fn run(cli: Cli) -> ExitCode {
             allow_origin,
             max_connections,
             header_timeout_seconds,
+            public_url,
+            retention,
+            idempotency_ttl,
+            upload_ttl,
         } => {
             let runner = if no_runner {
                 None
@@ -230,6 +249,11 @@ async fn run(cli: Cli) -> ExitCode {
                     header_read_timeout: Duration::from_secs(header_timeout_seconds.max(1)),
                     max_connections: max_connections.max(1),
                 },
+                public_url,
+                retention,
+                idempotency_ttl: idempotency_ttl
+                    .unwrap_or_else(|| DevConfig::default().idempotency_ttl.min(retention)),
+                upload_ttl,
                 ..DevConfig::default()
             })
             .await

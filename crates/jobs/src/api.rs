@@ -1115,11 +1115,9 @@ async fn complete_upload(
 
 /// What health shows about ComfyUI: its URLs (which may name internal hosts) only to a
 /// caller who authenticates (on a keyless loopback server, everyone does).
-async fn comfyui_for(state: &ApiState, headers: &HeaderMap) -> Value {
+fn comfyui_for(state: &ApiState, authenticated: bool) -> Value {
     let mut comfyui = state.info.comfyui.clone();
-    if state.auth.authenticate(headers).await.is_err()
-        && let Some(fields) = comfyui.as_object_mut()
-    {
+    if !authenticated && let Some(fields) = comfyui.as_object_mut() {
         fields.remove("urls");
     }
     comfyui
@@ -1171,7 +1169,17 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
         .ok();
     let healthy = store_ok && depth.is_some();
     let capacity_error = fleet.as_ref().and_then(|f| f.capacity_error.clone());
-    let body = json!({
+    let authenticated = state.auth.authenticate(&headers).await.is_ok();
+    // Job counts and disk use are the operator's business, like ComfyUI's URLs.
+    let storage = if authenticated {
+        crate::retention::storage_report(ports)
+            .await
+            .ok()
+            .map(|r| json!(r))
+    } else {
+        None
+    };
+    let mut body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "version": state.info.version,
         "store": { "kind": ports.store.kind(), "ok": store_ok },
@@ -1194,9 +1202,12 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
             "state": if capacity_error.is_some() { "failing" } else { "ok" },
             "message": capacity_error,
         },
-        "comfyui": comfyui_for(&state, &headers).await,
+        "comfyui": comfyui_for(&state, authenticated),
         "auth": state.auth.describe().await,
     });
+    if let (Some(storage), Some(fields)) = (storage, body.as_object_mut()) {
+        fields.insert("storage".into(), storage);
+    }
     let status = if healthy {
         StatusCode::OK
     } else {

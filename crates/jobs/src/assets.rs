@@ -708,42 +708,8 @@ impl AssetService {
         Ok(())
     }
 
-    /// After `deleted` is gone: deletes its bytes, and the tenant's dedup record, unless
-    /// another asset still references them. See the module docs for the protocol.
     async fn release_bytes(&self, deleted: &Asset) -> Result<(), ApiError> {
-        let store = &self.ports.store;
-        let (tenant, hash) = (deleted.tenant.as_str(), deleted.hash.as_str());
-        let record = store.get_blob_record(tenant, hash).await?;
-        if store.is_blob_referenced(tenant, hash, None).await? {
-            // Other assets share the bytes. The deleted one's key may still go if it is
-            // its own copy (a job output's key): nothing mints over such a key later.
-            let record_key = record.as_ref().map(|r| r.blob_key.as_str());
-            if record_key != Some(deleted.blob_key.as_str())
-                && !store
-                    .is_blob_referenced(tenant, hash, Some(&deleted.blob_key))
-                    .await?
-            {
-                self.ports.blobs.delete(&deleted.blob_key).await?;
-            }
-            return Ok(());
-        }
-        // The last reference: retire the record first, so nothing mints from it, then
-        // check again for an asset minted from it meanwhile.
-        store.delete_blob_record(tenant, hash).await?;
-        if store.is_blob_referenced(tenant, hash, None).await? {
-            if let Some(record) = &record {
-                store.put_blob_record_if_absent(record).await?;
-            }
-            return Ok(());
-        }
-        self.ports.blobs.delete(&deleted.blob_key).await?;
-        if let Some(record) = record
-            && record.blob_key != deleted.blob_key
-        {
-            self.ports.blobs.delete(&record.blob_key).await?;
-        }
-        tracing::info!(tenant, hash, "blob deleted: no asset references it");
-        Ok(())
+        Ok(release_bytes(&self.ports, deleted).await?)
     }
 
     /// Creates a large-file upload (our extension).
@@ -868,6 +834,45 @@ impl AssetService {
         };
         self.mint_staged(tenant, staged, meta).await
     }
+}
+
+/// After `deleted` is gone: deletes its bytes, and the tenant's dedup record, unless
+/// another asset still references them. The asset delete and the retention sweep
+/// both end here. See the module docs for the protocol.
+pub async fn release_bytes(ports: &Ports, deleted: &Asset) -> Result<(), StoreError> {
+    let store = &ports.store;
+    let (tenant, hash) = (deleted.tenant.as_str(), deleted.hash.as_str());
+    let record = store.get_blob_record(tenant, hash).await?;
+    if store.is_blob_referenced(tenant, hash, None).await? {
+        // Other assets share the bytes. The deleted one's key may still go if it is
+        // its own copy (a job output's key): nothing mints over such a key later.
+        let record_key = record.as_ref().map(|r| r.blob_key.as_str());
+        if record_key != Some(deleted.blob_key.as_str())
+            && !store
+                .is_blob_referenced(tenant, hash, Some(&deleted.blob_key))
+                .await?
+        {
+            ports.blobs.delete(&deleted.blob_key).await?;
+        }
+        return Ok(());
+    }
+    // The last reference: retire the record first, so nothing mints from it, then
+    // check again for an asset minted from it meanwhile.
+    store.delete_blob_record(tenant, hash).await?;
+    if store.is_blob_referenced(tenant, hash, None).await? {
+        if let Some(record) = &record {
+            store.put_blob_record_if_absent(record).await?;
+        }
+        return Ok(());
+    }
+    ports.blobs.delete(&deleted.blob_key).await?;
+    if let Some(record) = record
+        && record.blob_key != deleted.blob_key
+    {
+        ports.blobs.delete(&record.blob_key).await?;
+    }
+    tracing::info!(tenant, hash, "blob deleted: no asset references it");
+    Ok(())
 }
 
 /// Where an upload's bytes are PUT: `uploads/{upload id}`.

@@ -13,7 +13,8 @@
 //! **The tick is the safety net**, run every minute: it re-enqueues jobs recorded but
 //! never enqueued, expires jobs queued past their deadline, finalises or re-offers jobs
 //! whose lease expired, drains the dead-letter queues into `failed`, removes abandoned
-//! uploads, and scales in case a wake-up was lost.
+//! uploads and what is past its retention ([`crate::retention`]), and scales in case
+//! a wake-up was lost.
 
 use std::sync::Arc;
 
@@ -60,6 +61,10 @@ impl Default for DispatchConfig {
     }
 }
 
+/// Retention batches ([`crate::retention::SWEEP_BATCH`] jobs each) one tick runs at
+/// most: 4,000 jobs, a few seconds of small writes that requests interleave with.
+pub const RETENTION_BATCHES_PER_TICK: usize = 8;
+
 /// The pure scaling rule.
 pub fn desired_workers(busy: u32, unclaimed_queued: u64, config: &DispatchConfig) -> u32 {
     let per = u64::from(config.jobs_per_worker.max(1));
@@ -96,6 +101,8 @@ pub struct TickReport {
     pub dead_lettered: u32,
     /// Abandoned large-file uploads removed past their expiry.
     pub uploads_swept: u32,
+    /// What the retention sweep removed (jobs, their assets, idempotency records).
+    pub retention: crate::retention::SweepReport,
     pub scale: Option<ScaleReport>,
 }
 
@@ -364,6 +371,12 @@ impl Dispatcher {
         match crate::assets::sweep_expired_uploads(self.jobs.ports(), now, batch).await {
             Ok(n) => report.uploads_swept = n,
             Err(e) => tracing::error!(error = %e, "tick: abandoned uploads"),
+        }
+        // Bounded: a backlog (the first start after an upgrade, a long stop) is
+        // worked off over several ticks rather than in one that delays the rest.
+        match crate::retention::sweep(self.jobs.ports(), now, RETENTION_BATCHES_PER_TICK).await {
+            Ok(swept) => report.retention = swept,
+            Err(e) => tracing::error!(error = %e, "tick: retention"),
         }
         match self.scale_with(u64::from(report.awaiting_takeover)).await {
             Ok(scale) => report.scale = Some(scale),

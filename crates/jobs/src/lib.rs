@@ -11,6 +11,7 @@
 //! | [`ports`] | `JobStore`, `BlobStore`, `Queue`, `Launcher`, `Clock` |
 //! | [`service`] | submit, get, list, cancel, get-workflow over the ports |
 //! | [`dispatch`] | the scaling decision and the tick (the safety net) |
+//! | [`retention`] | the sweep that removes what is past its deadline |
 //! | [`api`] | the Comfy API v2 router (axum) and its error envelope |
 //! | [`content_policy`] | which stored bytes a browser may render, and the headers blobs carry |
 //! | [`conformance`] | the shared test suite every adapter must pass |
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod ports;
 pub mod quota;
+pub mod retention;
 pub mod service;
 pub mod validate;
 pub mod views;

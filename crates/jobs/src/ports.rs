@@ -284,6 +284,44 @@ pub trait JobStore: Send + Sync + 'static {
     /// Removes the tenant's dedup record for `hash`; true if it existed.
     async fn delete_blob_record(&self, tenant: &str, hash: &str) -> StoreResult<bool>;
 
+    /// Finished jobs (terminal status) whose `expires_at` is at or before `now`, oldest
+    /// deadline first, at most `limit`: what the retention sweep removes. A job still
+    /// queued or running is never returned, whatever its `expires_at` says.
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Job>>;
+
+    /// Deletes a job with everything keyed by it in the store: its labels and progress
+    /// (and, kept by the adapter, its counters). True if it existed. Its assets and
+    /// blobs are the sweep's to remove first (see [`crate::retention`]).
+    async fn delete_job(&self, id: &JobId) -> StoreResult<bool>;
+
+    /// The assets minted for a job (its outputs, of any attempt), at most `limit`.
+    async fn job_assets(&self, id: &JobId, limit: usize) -> StoreResult<Vec<Asset>>;
+
+    /// Deletes idempotency records whose `expires_at` is at or before `now`, at most
+    /// `limit`; returns how many went. An expired record already answers nothing.
+    async fn delete_expired_idempotency(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<usize>;
+
+    /// How many jobs are in each status (statuses with none may be left out), for
+    /// health.
+    async fn count_jobs_by_status(&self) -> StoreResult<Vec<(JobStatus, u64)>>;
+
+    /// Bytes the store's own files take, where the adapter knows (SQLite: its file
+    /// and WAL); `None` where it is not ours to count (DynamoDB).
+    async fn bytes_used(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// After a sweep deleted many records: returns a bounded amount of freed space to
+    /// the filesystem (SQLite: an incremental vacuum step). A no-op where the service
+    /// manages its own space.
+    async fn reclaim(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Creates or replaces an API key record (revoking writes `revoked_at`).
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
 
@@ -383,6 +421,30 @@ pub trait BlobStore: Send + Sync + 'static {
         content_type: Option<&str>,
     ) -> StoreResult<String>;
 
+    /// Bytes the stored blobs take, where the adapter can tell cheaply (local files);
+    /// `None` where it cannot (S3: see its metrics).
+    async fn bytes_used(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Deletes blobs under `prefix` last written or moved before `older_than`, at
+    /// most `limit`; returns how many went. What an S3 lifecycle rule does (where the
+    /// rule itself does it, this is a no-op); only for prefixes that no record ever
+    /// names, such as `staging/`.
+    async fn expire_prefix(
+        &self,
+        _prefix: &str,
+        _older_than: DateTime<Utc>,
+        _limit: usize,
+    ) -> StoreResult<usize> {
+        Ok(0)
+    }
+
+    /// As [`JobStore::reclaim`], for the blob store's own database, if any.
+    async fn reclaim(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// True where the API serves content bytes itself (local files); false where it
     /// answers `/content` with a 302 to a signed URL (S3).
     fn serves_content_directly(&self) -> bool;
@@ -478,6 +540,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn delete(&self, queue: QueueName, receipt: &str) -> QueueResult<()>;
 
     async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth>;
+
+    /// Bytes the queue's own files take, where the adapter has any (SQLite).
+    fn bytes_used(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A worker the launcher started.

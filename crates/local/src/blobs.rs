@@ -231,6 +231,78 @@ impl FileBlobStore {
     }
 }
 
+/// Where job outputs are stored (`outputs/{job}/{attempt}/{node}/{name}`).
+const OUTPUTS_PREFIX: &str = "outputs/";
+
+/// The bytes of the files under `root`, walked without following links. Entries
+/// past [`TREE_WALK_MAX`] are not counted, so a huge tree cannot stall a caller.
+fn tree_bytes(root: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > TREE_WALK_MAX {
+                return total;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// Removes the plain files directly in `dir` last changed (written, or renamed
+/// into place) before `cutoff`, at most `limit`. The change time counts, not only
+/// the write time: an upload written long ago and just moved to `staging/` for
+/// hashing is in use.
+fn expire_files(dir: &Path, cutoff: std::time::SystemTime, limit: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    // Bounded reads too: a directory of young files is not walked whole every tick.
+    for entry in entries.flatten().take(limit.saturating_mul(4)) {
+        if removed >= limit {
+            break;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let written = meta
+            .modified()
+            .unwrap_or_else(|_| std::time::SystemTime::now());
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    meta.ctime().max(0) as u64,
+                    meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+                )
+        };
+        #[cfg(not(unix))]
+        let changed = written;
+        if written.max(changed) < cutoff && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Directory entries [`tree_bytes`] examines at most (a few hundred ms of `stat`s).
+const TREE_WALK_MAX: usize = 1_000_000;
+
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("blob io: {e}"))
 }
@@ -304,7 +376,51 @@ impl BlobStore for FileBlobStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path_of(key)?;
         self.small_forget(key).await?;
-        remove_if_present(&path).await
+        remove_if_present(&path).await?;
+        // A job's outputs live in directories of their own (`outputs/{job}/…`) that
+        // nothing writes to once the job is over: remove the ones this delete
+        // emptied, so months of retention leave no trail of empty directories.
+        // Shared directories (`cas/{tenant}`) are left, as a concurrent write may be
+        // about to use them.
+        if key.starts_with(OUTPUTS_PREFIX) {
+            let top = self.root.join(OUTPUTS_PREFIX);
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&top) && *d != top) {
+                if tokio::fs::remove_dir(d).await.is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        Ok(())
+    }
+
+    async fn bytes_used(&self) -> StoreResult<Option<u64>> {
+        let root = self.root.clone();
+        let files = tokio::task::spawn_blocking(move || tree_bytes(&root))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blob usage: {e}")))?;
+        Ok(Some(files + self.small.bytes_used()))
+    }
+
+    async fn reclaim(&self) -> StoreResult<()> {
+        self.small
+            .reclaim(crate::db::RECLAIM_PAGES)
+            .await
+            .map(|_| ())
+    }
+
+    async fn expire_prefix(
+        &self,
+        prefix: &str,
+        older_than: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        let dir = self.path_of(prefix.trim_end_matches('/'))?;
+        let cutoff = std::time::SystemTime::from(older_than);
+        tokio::task::spawn_blocking(move || expire_files(&dir, cutoff, limit))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blob expiry: {e}")))
     }
 
     async fn put_stream(

@@ -121,12 +121,15 @@ where
 }
 
 pub(crate) struct Db {
+    path: std::path::PathBuf,
     writer: mpsc::Sender<Box<dyn WriteOp>>,
     /// Dropped with the handle, which stops the checkpointer.
-    _checkpointer: mpsc::Sender<()>,
+    _checkpointer: mpsc::SyncSender<()>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     scanners: std::sync::Arc<Vec<Mutex<Connection>>>,
+    /// A connection that only ever asks `PRAGMA data_version`: see [`Db::data_version`].
+    watcher: Mutex<Connection>,
 }
 
 impl Db {
@@ -136,6 +139,7 @@ impl Db {
         crate::private::prepare_database(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut conn = open_connection(path).map_err(unavailable)?;
+        incremental_vacuum_mode(&conn, path)?;
         migrate(&mut conn, path, migrations)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
@@ -145,20 +149,37 @@ impl Db {
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(unavailable)?;
+        let watcher = Mutex::new(open_connection(path).map_err(unavailable)?);
         let (writer, ops) = mpsc::channel::<Box<dyn WriteOp>>();
-        spawn_for(path, "writer", move || write_loop(conn, ops))?;
+        let (checkpointer, wake) = mpsc::sync_channel::<()>(1);
+        let commits = std::sync::Arc::new(Commits::default());
+        let writer_commits = commits.clone();
+        let writer_wakes = checkpointer.clone();
+        spawn_for(path, "writer", move || {
+            write_loop(conn, ops, &writer_commits, &writer_wakes)
+        })?;
         let checkpointer_conn = open_connection(path).map_err(unavailable)?;
-        let (checkpointer, stop) = mpsc::channel::<()>();
         spawn_for(path, "ckpt", move || {
-            checkpoint_loop(checkpointer_conn, stop)
+            checkpoint_loop(checkpointer_conn, wake, &commits)
         })?;
         Ok(Db {
+            path: path.to_path_buf(),
             writer,
             _checkpointer: checkpointer,
             readers,
             next_reader: AtomicUsize::new(0),
             scanners: std::sync::Arc::new(scanners),
+            watcher,
         })
+    }
+
+    /// A number that changes whenever any connection (of this process or another)
+    /// commits to the database: a waiting reader asks it, which costs a read of shared
+    /// memory, to learn whether looking again could find anything new.
+    pub(crate) fn data_version(&self) -> Result<i64, StoreError> {
+        let conn = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(unavailable)
     }
 
     /// Runs `work` atomically in the writer, committed (possibly with others) before
@@ -181,6 +202,32 @@ impl Db {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("sqlite writer dropped a write".into()))?
+    }
+
+    /// Bytes the database takes on disk: its file and its WAL.
+    pub(crate) fn bytes_used(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Gives up to `max_pages` free pages back to the filesystem (after a sweep
+    /// deleted many rows), in the writer like any write: a bounded step, so commits
+    /// queued behind it wait milliseconds, not for a whole-file VACUUM. The file
+    /// shrinks at the next checkpoint. Returns the free pages left.
+    pub(crate) async fn reclaim(&self, max_pages: u32) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute_batch(&format!("PRAGMA incremental_vacuum({max_pages})"))
+                .map_err(unavailable)?;
+            conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     /// Runs one statement in the writer; returns the rows changed.
@@ -253,6 +300,59 @@ fn spawn_for(
         .map_err(|e| StoreError::Unavailable(format!("cannot start the sqlite {role}: {e}")))
 }
 
+/// Free pages one [`Db::reclaim`] step returns at most (1 MiB of 4 KiB pages): the
+/// retention sweep takes one step per batch of 500 jobs, which free about that much.
+/// Each step moves pages from the end of the file into free ones, holding the writer
+/// meanwhile; a larger step (8 MiB) held it for up to 2 s in a debug build.
+pub(crate) const RECLAIM_PAGES: u32 = 256;
+
+/// A database file up to this size that predates incremental vacuum is converted at
+/// open by one VACUUM (a rewrite of the file: about a second for 100 MB). A larger one
+/// is left as it is, with a warning: its freed pages are still reused by later
+/// writes, so it stops growing; `sqlite3 FILE 'PRAGMA auto_vacuum=INCREMENTAL;
+/// VACUUM'` while `dev` is stopped converts it.
+const VACUUM_AT_OPEN_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Puts the database in `auto_vacuum=INCREMENTAL`, so [`Db::reclaim`] can return freed
+/// pages to the filesystem. The mode can only be chosen before the first table is
+/// created, or by a VACUUM that rewrites the file: a new database gets it for free,
+/// an existing one (bounded by [`VACUUM_AT_OPEN_MAX_BYTES`]) once.
+fn incremental_vacuum_mode(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)
+        .map_err(unavailable)?;
+    if tables == 0 {
+        return Ok(());
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size > VACUUM_AT_OPEN_MAX_BYTES {
+        tracing::warn!(
+            path = %path.display(),
+            size,
+            "database predates incremental vacuum and is too large to convert at start; \
+             space freed by retention is reused, not returned to the filesystem"
+        );
+        return Ok(());
+    }
+    tracing::info!(path = %path.display(), size, "converting database to incremental vacuum (one VACUUM)");
+    // Another process holding the file (a `dev` of the previous build still running
+    // while `keys` opens it) makes VACUUM fail: that is no reason not to open. The
+    // next open tries again.
+    if let Err(e) = conn.execute_batch("VACUUM") {
+        tracing::warn!(path = %path.display(), error = %e, "could not convert to incremental vacuum now; will try at the next start");
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -280,10 +380,36 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
 /// the writer or the readers. The fsyncs a checkpoint needs happen here, so a commit
 /// almost never waits for the disk (with `synchronous=NORMAL`, commits themselves do
 /// not fsync).
-fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+///
+/// **It sleeps while nothing is written.** After a checkpoint that found no commit
+/// since the one before, it parks until the writer's next commit wakes it, so an idle
+/// database costs no wake-ups (it used to wake ten times a second, for each of the
+/// three databases of `dev` and of every runner). The writer only signals a parked
+/// checkpointer (one atomic load per commit otherwise). The thread ends when the
+/// handle and the writer are gone (the channel disconnects).
+fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>, commits: &Commits) {
     let mut wait = CHECKPOINT_EVERY;
     let mut previous = None;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+    let mut seen = commits.count.load(Ordering::Acquire);
+    loop {
+        match wake.recv_timeout(wait) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            // A stale wake-up from an earlier park: the timing goes on as it was.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let count = commits.count.load(Ordering::Acquire);
+        if count == seen {
+            // Nothing committed since the last checkpoint: park until something is.
+            commits.parked.store(true, Ordering::SeqCst);
+            if commits.count.load(Ordering::SeqCst) == seen && wake.recv().is_err() {
+                return;
+            }
+            commits.parked.store(false, Ordering::SeqCst);
+            previous = None;
+            wait = CHECKPOINT_EVERY;
+            continue;
+        }
+        seen = count;
         // The second column is the WAL's size in pages.
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
             Ok(wal_pages) => {
@@ -323,7 +449,20 @@ fn next_checkpoint_in(previous: Option<(Instant, i64)>, now: (Instant, i64)) -> 
 }
 
 /// The writer thread: batch, run, commit once, answer.
-fn write_loop(conn: Connection, ops: mpsc::Receiver<Box<dyn WriteOp>>) {
+/// What the writer tells the checkpointer: how many batches it committed, and whether
+/// the checkpointer is parked waiting for one.
+#[derive(Default)]
+struct Commits {
+    count: std::sync::atomic::AtomicU64,
+    parked: std::sync::atomic::AtomicBool,
+}
+
+fn write_loop(
+    conn: Connection,
+    ops: mpsc::Receiver<Box<dyn WriteOp>>,
+    commits: &Commits,
+    checkpointer: &mpsc::SyncSender<()>,
+) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -333,6 +472,11 @@ fn write_loop(conn: Connection, ops: mpsc::Receiver<Box<dyn WriteOp>>) {
             }
         }
         let commit = run_batch(&conn, &mut batch);
+        commits.count.fetch_add(1, Ordering::SeqCst);
+        if commits.parked.load(Ordering::SeqCst) {
+            // Full means a wake-up is already on its way.
+            let _ = checkpointer.try_send(());
+        }
         for op in batch {
             op.finish(match &commit {
                 Ok(()) => Ok(()),

@@ -68,8 +68,17 @@ CREATE UNIQUE INDEX messages_by_receipt ON messages (receipt) WHERE receipt IS N
 "#,
 ];
 
-/// How often a waiting receive looks for messages sent by other processes.
+/// How often a waiting receive on the work queue asks whether another process
+/// committed (a runner waits for what `dev` sends): this bounds a job's pickup latency.
+/// Sends within the process wake receivers at once.
 const CROSS_PROCESS_POLL: Duration = Duration::from_millis(10);
+/// The same for the other queues: wake nudges from another process (a runner handing
+/// a job back) are rare and only hints (the tick is the safety net), and dead letters
+/// are drained by the tick, so these waits may wake rarely.
+const CROSS_PROCESS_POLL_SLOW: Duration = Duration::from_millis(250);
+/// A waiting receive looks again at least this often even when nothing was committed:
+/// a message whose visibility timeout ran out becomes visible without any write.
+const VISIBILITY_RECHECK: Duration = Duration::from_secs(1);
 
 pub struct SqliteQueue {
     db: Db,
@@ -200,19 +209,34 @@ impl Queue for SqliteQueue {
         visibility: Duration,
     ) -> QueueResult<Vec<Received>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let poll = match queue {
+            QueueName::Work => CROSS_PROCESS_POLL,
+            _ => CROSS_PROCESS_POLL_SLOW,
+        };
+        // Looking is a write transaction in the writer thread; asking whether anything
+        // was committed since the last look is a read of shared memory. An idle wait
+        // does the second, every `poll`, and the first only when it may find something.
+        let mut look = true;
+        let mut version = None;
+        let mut looked_at = tokio::time::Instant::now();
         loop {
             // Register interest before looking, so a send in between is not missed.
             let notified = self.sent(queue).notified();
-            let received = self.try_receive(queue, max.max(1), visibility).await?;
-            if !received.is_empty() {
-                return Ok(received);
+            let now_version = self.db.data_version().map_err(to_queue_error)?;
+            if look || version != Some(now_version) || looked_at.elapsed() >= VISIBILITY_RECHECK {
+                version = Some(now_version);
+                looked_at = tokio::time::Instant::now();
+                let received = self.try_receive(queue, max.max(1), visibility).await?;
+                if !received.is_empty() {
+                    return Ok(received);
+                }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(received);
+                return Ok(Vec::new());
             }
-            let nap = CROSS_PROCESS_POLL.min(deadline - now);
-            let _ = tokio::time::timeout(nap, notified).await;
+            let nap = poll.min(deadline - now);
+            look = tokio::time::timeout(nap, notified).await.is_ok();
         }
     }
 
@@ -258,6 +282,10 @@ impl Queue for SqliteQueue {
         } else {
             Ok(())
         }
+    }
+
+    fn bytes_used(&self) -> Option<u64> {
+        Some(self.db.bytes_used())
     }
 
     async fn depth(&self, queue: QueueName) -> QueueResult<QueueDepth> {

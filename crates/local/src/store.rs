@@ -215,6 +215,21 @@ CREATE TABLE tenant_quotas (
     body TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Retention. A finished job's deadline is a column, set only once the job is
+    // terminal, under a partial index: the sweep finds what expired without reading
+    // live jobs. Assets name their job in a column (outputs of every attempt), and
+    // idempotency records are indexed by expiry, for the same reason.
+    r#"
+ALTER TABLE jobs ADD COLUMN expires_ms INTEGER;
+UPDATE jobs SET expires_ms =
+    CAST((julianday(json_extract(body, '$.expires_at')) - 2440587.5) * 86400000 AS INTEGER)
+    WHERE status IN ('succeeded', 'failed', 'canceled', 'expired');
+CREATE INDEX jobs_by_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL;
+ALTER TABLE assets ADD COLUMN job_id TEXT;
+UPDATE assets SET job_id = json_extract(body, '$.job_id');
+CREATE INDEX assets_by_job ON assets (job_id) WHERE job_id IS NOT NULL;
+CREATE INDEX idempotency_by_expiry ON idempotency (expires_at_ms);
+"#,
 ];
 
 pub struct SqliteJobStore {
@@ -432,6 +447,13 @@ fn reserved_ms(job: &Job) -> Option<i64> {
     job.reserved_until.map(|t| t.timestamp_millis())
 }
 
+/// The retention deadline the sweep reads: only a finished job has one.
+fn expires_ms(job: &Job) -> Option<i64> {
+    job.status
+        .is_terminal()
+        .then(|| job.expires_at.timestamp_millis())
+}
+
 impl SqliteJobStore {
     /// Reads every JSON body a query returns.
     fn read_all<T: DeserializeOwned>(&self, sql: &str, args: Vec<Value>) -> StoreResult<Vec<T>> {
@@ -542,7 +564,7 @@ impl JobStore for SqliteJobStore {
             };
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body, enqueued) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO jobs (id, tenant, status, rev, reserved_until_ms, body, enqueued, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -552,7 +574,8 @@ impl JobStore for SqliteJobStore {
                         job.rev as i64,
                         reserved_ms(&job),
                         body,
-                        job.enqueued
+                        job.enqueued,
+                        expires_ms(&job)
                     ])
                 })
                 .map_err(unavailable)?;
@@ -595,7 +618,7 @@ impl JobStore for SqliteJobStore {
         let changed = self
             .db
             .execute(
-                "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4 WHERE id = ?5 AND rev = ?6",
+                "UPDATE jobs SET status = ?1, rev = ?2, reserved_until_ms = ?3, body = ?4, expires_ms = ?7 WHERE id = ?5 AND rev = ?6",
                 vec![
                     text(job.status.as_str()),
                     int(job.rev as i64),
@@ -603,6 +626,7 @@ impl JobStore for SqliteJobStore {
                     Value::Text(body),
                     text(job.id.as_str()),
                     int(expected_rev as i64),
+                    expires_ms(job).map_or(Value::Null, int),
                 ],
             )
             .await?;
@@ -816,13 +840,14 @@ impl JobStore for SqliteJobStore {
         let body = to_json(asset)?;
         self.db
             .execute(
-                "INSERT OR REPLACE INTO assets (id, tenant, hash, file_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO assets (id, tenant, hash, file_path, body, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 vec![
                     text(&asset.id),
                     text(&asset.tenant),
                     text(&asset.hash),
                     asset.file_path.as_deref().map_or(Value::Null, text),
                     Value::Text(body),
+                    asset.job_id.as_ref().map_or(Value::Null, |j| text(j.as_str())),
                 ],
             )
             .await
@@ -918,6 +943,98 @@ impl JobStore for SqliteJobStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Job>> {
+        self.read_jobs(
+            "SELECT body, enqueued FROM jobs WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 \
+             ORDER BY expires_ms LIMIT ?2",
+            vec![int(now.timestamp_millis()), int(limit as i64)],
+        )
+    }
+
+    async fn delete_job(&self, id: &JobId) -> StoreResult<bool> {
+        let id = id.clone();
+        self.db
+            .write(move |tx| {
+                // Labels are keyed by (tenant, k, v, job_id): find them by the job's
+                // own metadata rather than scanning the index.
+                let Some(job) = job_by_id(tx, &id)? else {
+                    return Ok(false);
+                };
+                {
+                    let mut label = tx
+                        .prepare_cached(
+                            "DELETE FROM job_labels WHERE tenant = ?1 AND k = ?2 AND v = ?3 AND job_id = ?4",
+                        )
+                        .map_err(unavailable)?;
+                    for (k, v) in &job.metadata {
+                        label
+                            .execute(params![job.tenant, k, v, id.as_str()])
+                            .map_err(unavailable)?;
+                    }
+                }
+                tx.prepare_cached("DELETE FROM progress WHERE job_id = ?1")
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .map_err(unavailable)?;
+                // The triggers on `jobs` keep the queued count and tenant usage right.
+                let n = tx
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .map_err(unavailable)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn job_assets(&self, id: &JobId, limit: usize) -> StoreResult<Vec<Asset>> {
+        self.read_all(
+            "SELECT body FROM assets WHERE job_id = ?1 ORDER BY id LIMIT ?2",
+            vec![text(id.as_str()), int(limit as i64)],
+        )
+    }
+
+    async fn delete_expired_idempotency(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        self.db
+            .execute(
+                "DELETE FROM idempotency WHERE (tenant, key) IN (SELECT tenant, key FROM idempotency \
+                 WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms LIMIT ?2)",
+                vec![int(now.timestamp_millis()), int(limit as i64)],
+            )
+            .await
+    }
+
+    async fn count_jobs_by_status(&self) -> StoreResult<Vec<(JobStatus, u64)>> {
+        // One covering-index scan; health asks for it only for authenticated callers.
+        let rows: Vec<(String, i64)> = self
+            .db
+            .scan(|conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| JobStatus::parse(&s).map(|s| (s, n.max(0) as u64)))
+            .collect())
+    }
+
+    async fn bytes_used(&self) -> StoreResult<Option<u64>> {
+        Ok(Some(self.db.bytes_used()))
+    }
+
+    async fn reclaim(&self) -> StoreResult<()> {
+        self.db.reclaim(crate::db::RECLAIM_PAGES).await.map(|_| ())
     }
 
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
@@ -1147,6 +1264,110 @@ mod tests {
             store.create_job(&next, None, at(3)).await.unwrap(),
             CreateOutcome::Created { queue_position: 2 }
         );
+    }
+
+    fn pragma(store: &SqliteJobStore, name: &str) -> i64 {
+        store
+            .db
+            .read(|conn| {
+                conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                    .map_err(unavailable)
+            })
+            .unwrap()
+    }
+
+    /// A data dir from before retention (schema 5, written without incremental vacuum):
+    /// its finished jobs get their deadline column and its output assets their job, so
+    /// the sweep finds them; the file is converted to incremental vacuum at open, so a
+    /// sweep's deletes can be given back to the filesystem.
+    #[tokio::test]
+    async fn upgrading_from_schema_5_finds_expired_jobs_and_can_reclaim_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let mut finished = jobs::conformance::sample_job("t1", at(0), &[]);
+        finished.status = JobStatus::Succeeded;
+        finished.expires_at = at(1);
+        let mut live = jobs::conformance::sample_job("t1", at(0), &[]);
+        live.expires_at = at(1);
+        let output = Asset {
+            v: jobs::model::SCHEMA_VERSION,
+            id: "asset_out".into(),
+            tenant: "t1".into(),
+            hash: format!("blake3:{}", "ab".repeat(32)),
+            size_bytes: 3,
+            content_type: "image/png".into(),
+            file_path: Some("o.png".into()),
+            tags: vec![],
+            created_at: at(0),
+            blob_key: "outputs/x".into(),
+            job_id: Some(finished.id.clone()),
+        };
+        {
+            // As an older build wrote it: the default auto_vacuum (none).
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for migration in &MIGRATIONS[..5] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            for job in [&finished, &live] {
+                conn.execute(
+                    "INSERT INTO jobs (id, tenant, status, rev, body) VALUES (?1, ?2, ?3, 1, ?4)",
+                    params![
+                        job.id.as_str(),
+                        job.tenant,
+                        job.status.as_str(),
+                        to_json(job).unwrap()
+                    ],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO assets (id, tenant, hash, file_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![output.id, output.tenant, output.hash, output.file_path, to_json(&output).unwrap()],
+            )
+            .unwrap();
+            let mode: i64 = conn
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, 0, "written without incremental vacuum");
+        }
+        let store = SqliteJobStore::open(&path).unwrap();
+        assert_eq!(pragma(&store, "auto_vacuum"), 2, "converted at open");
+        let expired = store.expired_jobs(at(2), 10).await.unwrap();
+        assert_eq!(
+            expired.iter().map(|j| &j.id).collect::<Vec<_>>(),
+            [&finished.id],
+            "the finished job's deadline was carried over; the live one has none"
+        );
+        assert_eq!(
+            store.job_assets(&finished.id, 10).await.unwrap(),
+            vec![output]
+        );
+
+        // Space freed by deletes goes back in bounded steps.
+        let mut many = Vec::new();
+        for i in 0..2000u32 {
+            let mut job = jobs::conformance::sample_job("t1", at(0), &[("pad", &"x".repeat(200))]);
+            job.status = JobStatus::Succeeded;
+            job.metadata.insert("i".into(), i.to_string());
+            store.create_job(&job, None, at(0)).await.unwrap();
+            many.push(job.id);
+        }
+        for id in &many {
+            assert!(store.delete_job(id).await.unwrap());
+        }
+        let free = pragma(&store, "freelist_count");
+        assert!(free > 0, "deletes left free pages");
+        store.reclaim().await.unwrap();
+        let after = pragma(&store, "freelist_count");
+        assert!(
+            after < free && free - after <= i64::from(crate::db::RECLAIM_PAGES),
+            "one bounded step: {free} -> {after}"
+        );
+        while pragma(&store, "freelist_count") > 0 {
+            store.reclaim().await.unwrap();
+        }
     }
 
     /// A filtered listing over many jobs that match one filter but not the other stops
