@@ -72,6 +72,10 @@
 //! | `delete_blob_record` | `GetItem BLOB` (for its size; a transaction returns nothing), then `TransactWriteItems`: `Delete BLOB` if `body = :read` and `ADD stored :-size`; a record changed meanwhile is read again (bounded) |
 //! | API keys | `PutItem` / `GetItem KEY#{hash}` / `Query gsi1 KEYS`; `delete_all_api_keys`: that `Query`, then `BatchWriteItem` deletes, again until none is listed (each key counted once) |
 //! | uploads | `PutItem` / `GetItem` / `DeleteItem`; `expired_uploads`: `Query gsi2 UPLOADS`, by id (ULIDs: creation order), `FilterExpression expires <= :now`, until `limit` or a read budget of 10 pages |
+//! | `delete_job` | `Query pk = JOB#{id}`, `BatchWriteItem` deletes of every item but `META`, then `DeleteItem META IF attribute_not_exists(gsi2pk)` (finished jobs only) |
+//! | `job_assets` | the same `Query`; each `OUT#` item names its asset: `GetItem ASSET#{id}` |
+//! | `count_jobs_by_status` | `Query gsi2 ACTIVE#{status}`, `Select = COUNT`, for the three active statuses |
+//! | `expired_jobs`, `delete_expired_idempotency` | nothing: TTL (see "Not done yet") |
 //! | `ping` | `GetItem FLEET` (half a read unit; `DescribeTable` has a low rate limit) |
 //!
 //! # Expiry
@@ -83,6 +87,15 @@
 //!
 //! # Not done yet
 //!
+//! - Retention: the tick's sweep (`jobs::retention`) finds nothing to do here, because
+//!   finished jobs are in no index (`expired_jobs` answers empty, and
+//!   `delete_expired_idempotency` 0: TTL deletes both). TTL removes a job's items and
+//!   the S3 lifecycle its workflow and outputs, but not the asset records of its
+//!   outputs (`ASSET#`) nor their `BLOB#` dedup records. The fix: give output asset
+//!   items the job's `ttl`, and have a stream consumer (DynamoDB Streams carries TTL
+//!   deletions) release their blobs as `jobs::retention` does. `count_jobs_by_status`
+//!   counts only the active statuses (from the sparse index). `delete_job` and
+//!   `job_assets` are complete (the collection, then `META` if still finished).
 //! - The progress and worker items carry no `ttl` yet (progress does not know its
 //!   job's retention; workers need a heartbeat grace to be chosen).
 //! - The stream counters that must hold across Lambda instances, and
@@ -1625,6 +1638,114 @@ impl JobStore for DynamoJobStore {
             }
         }
         Ok(uploads)
+    }
+
+    async fn expired_jobs(&self, _now: DateTime<Utc>, _limit: usize) -> StoreResult<Vec<Job>> {
+        // A finished job is in no index (the active index drops it, and nothing Scans):
+        // DynamoDB's TTL removes its items (`ttl` = its `expires_at`), and the S3
+        // lifecycle its workflow and outputs. See "Not done yet" for what that leaves.
+        Ok(Vec::new())
+    }
+
+    async fn delete_job(&self, id: &JobId) -> StoreResult<bool> {
+        let items = self.collection(id).await?;
+        let Some(meta) = items.iter().find(|item| sort_key(item) == "META") else {
+            return Ok(false);
+        };
+        if meta.contains_key("gsi2pk") {
+            // Only finished jobs are deleted; an active one holds the tenant's count.
+            return Err(StoreError::Conflict);
+        }
+        // Everything else first, `META` last: a sweep stopped half way finds the job
+        // again and finishes.
+        let mut requests = Vec::new();
+        for item in items.iter().filter(|item| sort_key(item) != "META") {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(key(job_pk(id), sort_key(item))))
+                .build()
+                .map_err(|e| self.unavailable("BatchWriteItem job items", &e))?;
+            requests.push(WriteRequest::builder().delete_request(delete).build());
+        }
+        self.batch_write("BatchWriteItem job items", requests)
+            .await?;
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), "META")))
+            .condition_expression("attribute_not_exists(gsi2pk)")
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception())
+                {
+                    StoreError::Conflict
+                } else {
+                    self.unavailable("DeleteItem job", &e)
+                }
+            })?;
+        Ok(true)
+    }
+
+    async fn job_assets(&self, id: &JobId, limit: usize) -> StoreResult<Vec<Asset>> {
+        // Every attempt's output items name their asset.
+        let mut assets = Vec::new();
+        for item in self.collection(id).await? {
+            if assets.len() >= limit {
+                break;
+            }
+            if !sort_key(&item).starts_with("OUT#") {
+                continue;
+            }
+            let output: OutputRecord = body_of(&item)?;
+            if let Some(asset) = self.get_asset(&output.asset_id).await? {
+                assets.push(asset);
+            }
+        }
+        Ok(assets)
+    }
+
+    async fn delete_expired_idempotency(
+        &self,
+        _now: DateTime<Utc>,
+        _limit: usize,
+    ) -> StoreResult<usize> {
+        // Records carry `ttl`: DynamoDB deletes them, and until it does the create
+        // condition (`expires <= :now`) treats them as gone.
+        Ok(0)
+    }
+
+    async fn count_jobs_by_status(&self) -> StoreResult<Vec<(JobStatus, u64)>> {
+        // The active statuses, from the sparse index (bounded); finished jobs are in no
+        // index, so they are left out rather than Scanned for.
+        let mut counts = Vec::new();
+        for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Canceling] {
+            let mut total = 0u64;
+            let mut start = None;
+            for _ in 0..READ_BUDGET_PAGES * 10 {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(GSI2)
+                    .select(Select::Count)
+                    .key_condition_expression("gsi2pk = :s")
+                    .expression_attribute_values(":s", s(format!("ACTIVE#{}", status.as_str())))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| self.unavailable("Query active count", &e))?;
+                total += out.count.max(0) as u64;
+                start = out.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+            if total > 0 {
+                counts.push((status, total));
+            }
+        }
+        Ok(counts)
     }
 
     async fn ping(&self) -> StoreResult<()> {

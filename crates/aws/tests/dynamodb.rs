@@ -479,3 +479,67 @@ async fn a_filtered_list_stops_at_the_read_budget_and_continues_correctly() {
     assert_eq!(found, wanted);
     assert!(short_pages >= 2, "the budget stopped some pages");
 }
+
+/// What the retention sweep needs of the store on DynamoDB: a finished job's output
+/// assets, then the job with its whole collection; an active job is never deleted;
+/// health's counts of the active statuses. (Finding expired jobs is TTL's part here:
+/// see the module's "Not done yet".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_goes_with_its_collection_and_names_its_assets() {
+    use jobs::model::{Asset, JobStatus, OutputKind, OutputRecord, SCHEMA_VERSION};
+    use jobs::ports::StoreError;
+    let clock = manual_clock();
+    let store = fresh_store(clock.clone()).await;
+    let now = clock.now();
+    let queued = conformance::sample_job("t", now, &[]);
+    store.create_job(&queued, None, now).await.unwrap();
+    let mut job = conformance::sample_job("t", now, &[("run", "1")]);
+    store.create_job(&job, None, now).await.unwrap();
+    assert_eq!(
+        store.count_jobs_by_status().await.unwrap(),
+        vec![(JobStatus::Queued, 2)]
+    );
+    assert!(
+        matches!(store.delete_job(&job.id).await, Err(StoreError::Conflict)),
+        "an active job is never deleted"
+    );
+
+    let asset = Asset {
+        v: SCHEMA_VERSION,
+        id: "asset_01JZTGXW9Q2M4R8V0B1N3P5D7F".into(),
+        tenant: "t".into(),
+        hash: format!("blake3:{}", "cd".repeat(32)),
+        size_bytes: 5,
+        content_type: "image/png".into(),
+        file_path: None,
+        tags: Vec::new(),
+        created_at: now,
+        blob_key: format!("outputs/{}/1/9/a.png", job.id.as_str()),
+        job_id: Some(job.id.clone()),
+    };
+    store.put_asset(&asset).await.unwrap();
+    job.status = JobStatus::Succeeded;
+    job.outputs = vec![OutputRecord {
+        node_id: "9".into(),
+        name: "a.png".into(),
+        kind: OutputKind::Image,
+        content_type: "image/png".into(),
+        size_bytes: 5,
+        asset_id: asset.id.clone(),
+        hash: Some(asset.hash.clone()),
+        blob_key: asset.blob_key.clone(),
+    }];
+    job.rev += 1;
+    store.put_job(&job, job.rev - 1).await.unwrap();
+    assert_eq!(store.job_assets(&job.id, 10).await.unwrap(), vec![asset]);
+
+    assert!(store.delete_job(&job.id).await.unwrap());
+    assert_eq!(store.get_job(&job.id).await.unwrap(), None);
+    assert!(!store.delete_job(&job.id).await.unwrap(), "already gone");
+    assert!(store.job_assets(&job.id, 10).await.unwrap().is_empty());
+    assert!(
+        store.get_job(&queued.id).await.unwrap().is_some(),
+        "others untouched"
+    );
+    assert_eq!(store.tenant_usage("t").await.unwrap().active_jobs, 1);
+}
