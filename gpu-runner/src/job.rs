@@ -202,7 +202,7 @@ impl JobTask {
                 job_id: p.job.id.clone(),
                 attempt: p.job.attempt,
                 received: p.received,
-                received_at: chrono::Utc::now()
+                received_at: p.sh.ports.clock.now()
                     - chrono::Duration::from_std(p.received.elapsed()).unwrap_or_default(),
                 finished_at: None,
                 comfy_exec_ms: None,
@@ -889,7 +889,7 @@ impl JobTask {
             match self.apply(&mv).await {
                 Ok(job) => {
                     self.timing.finished = Some(Instant::now());
-                    self.timing.finished_at = Some(chrono::Utc::now());
+                    self.timing.finished_at = Some(self.ports().clock.now());
                     log_commit(&job, self.sh.worker(), "finish");
                     let status = job.status;
                     self.job = job;

@@ -17,7 +17,6 @@
 //! as a `.txt` beside them. Each one is minted as an asset owned by the job's tenant.
 
 use bytes::Bytes;
-use chrono::Utc;
 use comfyui::{Client, Outputs, UploadOptions};
 use jobs::model::{
     Asset, BlobRecord, Job, JobError, OutputKind, OutputRecord, SCHEMA_VERSION, new_asset_id,
@@ -260,7 +259,7 @@ async fn store_one(
     let size = f.bytes.len() as u64;
     let blob_key = format!("outputs/{}/{attempt}/{}/{}", job.id, f.node_id, f.name);
     ports.blobs.put(&blob_key, f.bytes, &f.content_type).await?;
-    let now = Utc::now();
+    let now = ports.clock.now();
     // The tenant's dedup index learns the bytes (HEAD by-hash finds outputs too).
     ports
         .store

@@ -439,11 +439,7 @@ impl Dispatcher {
     }
 
     async fn send_work(&self, id: &crate::model::JobId) {
-        let body = serde_json::to_string(&WorkMessage {
-            v: SCHEMA_VERSION,
-            job_id: id.clone(),
-        })
-        .unwrap_or_default();
+        let body = WorkMessage::for_job(id).body();
         if let Err(e) = self.queue().send(QueueName::Work, &body).await {
             tracing::error!(job_id = %id, error = %e, "could not re-offer job");
         }

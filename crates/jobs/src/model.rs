@@ -320,6 +320,37 @@ pub struct WorkMessage {
     pub job_id: JobId,
 }
 
+impl WorkMessage {
+    /// The work message of a job: the one place its body is made.
+    pub fn for_job(id: &JobId) -> Self {
+        WorkMessage {
+            v: SCHEMA_VERSION,
+            job_id: id.clone(),
+        }
+    }
+
+    /// The message as it goes on the queue.
+    pub fn body(&self) -> String {
+        // A version and a string: serializing cannot fail.
+        serde_json::to_string(self).expect("a work message serializes")
+    }
+}
+
+/// The body of a message on the wake queue: a nudge to the dispatcher ("there may be
+/// work"); it names no job, so duplicates and losses are harmless (the tick scales too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeMessage {
+    pub v: u32,
+}
+
+impl WakeMessage {
+    /// The message as it goes on the queue.
+    pub fn body() -> String {
+        serde_json::to_string(&WakeMessage { v: SCHEMA_VERSION })
+            .expect("a wake message serializes")
+    }
+}
+
 /// The idempotency record: a fingerprint of the request, never the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
@@ -402,4 +433,27 @@ pub struct UploadRecord {
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn queue_messages_have_one_wire_form() {
+        let id = JobId::generate();
+        let body = WorkMessage::for_job(&id).body();
+        assert_eq!(
+            serde_json::from_str::<WorkMessage>(&body).unwrap(),
+            WorkMessage {
+                v: SCHEMA_VERSION,
+                job_id: id.clone()
+            }
+        );
+        assert_eq!(
+            body,
+            format!("{{\"v\":{SCHEMA_VERSION},\"job_id\":\"{}\"}}", id.as_str())
+        );
+        assert_eq!(WakeMessage::body(), format!("{{\"v\":{SCHEMA_VERSION}}}"));
+    }
 }

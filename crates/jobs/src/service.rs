@@ -175,7 +175,10 @@ impl JobService {
         let window = self.config.wake_coalesce;
         let queue = self.ports.queue.clone();
         let send = |queue: Arc<dyn Queue>| async move {
-            if let Err(e) = queue.send(QueueName::Wake, "{\"v\":1}").await {
+            if let Err(e) = queue
+                .send(QueueName::Wake, &crate::model::WakeMessage::body())
+                .await
+            {
                 // The tick scales even when a nudge is lost.
                 tracing::warn!(error = %e, "wake nudge not sent");
             }
@@ -362,11 +365,7 @@ impl JobService {
 
     /// Sends the job's work message and nudges the dispatcher.
     async fn send_work(&self, job: &Job) -> Result<(), ApiError> {
-        let message = serde_json::to_string(&WorkMessage {
-            v: SCHEMA_VERSION,
-            job_id: job.id.clone(),
-        })
-        .map_err(|_| ApiError::unavailable())?;
+        let message = WorkMessage::for_job(&job.id).body();
         self.ports.queue.send(QueueName::Work, &message).await?;
         self.wake().await;
         Ok(())
