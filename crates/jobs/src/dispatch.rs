@@ -118,6 +118,43 @@ pub struct FleetSummary {
     pub capacity_error: Option<String>,
 }
 
+/// What [`update_fleet`] should do with the fleet it read.
+enum FleetChange {
+    /// Write this (its `rev` is set by the loop); unchanged, nothing is written.
+    Write(Fleet),
+    /// Write nothing and answer `None`: someone else holds what we wanted.
+    Abort,
+}
+
+/// The one compare-and-swap loop over the `FLEET` item. `change` decides from the fleet
+/// as read; a conflicting write reads again and decides again, at most
+/// [`crate::service::MAX_CAS_RETRIES`] times: a fleet contended past that is a
+/// `Conflict`, which the next tick or wake tries again. Answers the fleet as written
+/// (or as found, when nothing changed), or `None` when `change` aborted.
+async fn update_fleet(
+    store: &dyn JobStore,
+    mut change: impl FnMut(&Fleet) -> FleetChange,
+) -> Result<Option<Fleet>, StoreError> {
+    let mut fleet = store.get_fleet().await?;
+    for _ in 0..crate::service::MAX_CAS_RETRIES {
+        let mut next = match change(&fleet) {
+            FleetChange::Abort => return Ok(None),
+            FleetChange::Write(next) => next,
+        };
+        next.rev = fleet.rev;
+        if next == fleet {
+            return Ok(Some(fleet));
+        }
+        next.rev = fleet.rev + 1;
+        match store.put_fleet(&next, fleet.rev).await {
+            Ok(()) => return Ok(Some(next)),
+            Err(StoreError::Conflict) => fleet = store.get_fleet().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
 /// The fleet as health shows it, read from the store alone: the `status` function has
 /// no launcher (it may not start or stop tasks), only the store's `FLEET` item and the
 /// worker registry the dispatcher and the runners keep.
@@ -273,32 +310,24 @@ impl Dispatcher {
         };
 
         // Take the launch lease (or just record the decision when nothing is to launch).
-        let mut fleet = store(&self.jobs).get_fleet().await?;
-        loop {
+        let taken = update_fleet(store(&self.jobs), |fleet| {
             let lease_held = fleet.launch_lease_until.is_some_and(|until| until > now);
             if lease_held && deficit > 0 {
-                report.stood_aside = true;
-                return Ok(report);
+                return FleetChange::Abort;
             }
             let mut next = fleet.clone();
             next.v = SCHEMA_VERSION;
-            next.rev = fleet.rev + 1;
             next.desired = desired;
             next.decided_at = Some(now);
             if deficit > 0 {
                 next.launch_lease_until = Some(now + self.config.launch_lease);
             }
-            if next == fleet {
-                break;
-            }
-            match store(&self.jobs).put_fleet(&next, fleet.rev).await {
-                Ok(()) => {
-                    fleet = next;
-                    break;
-                }
-                Err(StoreError::Conflict) => fleet = store(&self.jobs).get_fleet().await?,
-                Err(e) => return Err(e),
-            }
+            FleetChange::Write(next)
+        })
+        .await?;
+        if taken.is_none() {
+            report.stood_aside = true;
+            return Ok(report);
         }
         if deficit == 0 {
             return Ok(report);
@@ -333,10 +362,10 @@ impl Dispatcher {
             None => None,
         };
         report.capacity_error = capacity_error.clone();
-        // Release the lease and record the outcome.
-        for _ in 0..8 {
+        // Release the lease and record the outcome. Past the retries the lease simply
+        // lapses (`launch_lease`), and the workers launched are recorded already.
+        let released = update_fleet(store(&self.jobs), |fleet| {
             let mut next = fleet.clone();
-            next.rev = fleet.rev + 1;
             next.launch_lease_until = None;
             if let Some(reason) = &capacity_error {
                 next.capacity_error = Some(reason.clone());
@@ -345,11 +374,15 @@ impl Dispatcher {
                 next.capacity_error = None;
                 next.capacity_error_at = None;
             }
-            match store(&self.jobs).put_fleet(&next, fleet.rev).await {
-                Ok(()) => break,
-                Err(StoreError::Conflict) => fleet = store(&self.jobs).get_fleet().await?,
-                Err(e) => return Err(e),
+            FleetChange::Write(next)
+        })
+        .await;
+        match released {
+            Ok(_) => {}
+            Err(StoreError::Conflict) => {
+                tracing::warn!("fleet contended: the launch lease will lapse by itself")
             }
+            Err(e) => return Err(e),
         }
         Ok(report)
     }

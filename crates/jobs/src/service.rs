@@ -121,7 +121,7 @@ struct WakeCoalescer {
 }
 
 /// Bounded retries of read-decide-write when a conditional write loses a race.
-const MAX_CAS_RETRIES: usize = 8;
+pub(crate) const MAX_CAS_RETRIES: usize = 8;
 
 pub struct JobService {
     ports: Ports,
