@@ -39,7 +39,7 @@ async fn tamper(env: &Env, id: &JobId, workflow: Value) {
         .unwrap();
 }
 
-/// Embedded fixtures (tests never read ../shared).
+/// Embedded fixtures (tests read nothing outside the repository).
 fn invert() -> Value {
     json!({
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 16711680}},
