@@ -62,7 +62,8 @@ pub enum KeysCommand {
     },
 }
 
-fn open(data_dir: &std::path::Path) -> anyhow::Result<jobs::service::Ports> {
+/// The ports over a `dev` data directory, for the commands that manage it offline.
+pub(crate) fn open(data_dir: &std::path::Path) -> anyhow::Result<jobs::service::Ports> {
     let dir = DataDir::open(data_dir)?;
     dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
         .with_context(|| format!("opening {}", data_dir.display()))

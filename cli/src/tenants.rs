@@ -5,14 +5,12 @@
 //! servers pick a change up within a few seconds.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Subcommand;
 use jobs::auth::validate_tenant;
-use jobs::ports::SystemClock;
 use jobs::quota::{self, TenantQuota};
-use local::DataDir;
+
+use crate::keys::open;
 
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -78,12 +76,6 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-fn open(data_dir: &std::path::Path) -> anyhow::Result<jobs::service::Ports> {
-    let dir = DataDir::open(data_dir)?;
-    dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
-        .with_context(|| format!("opening {}", data_dir.display()))
 }
 
 fn print(tenant: &str, quota: &TenantQuota, set: bool) {

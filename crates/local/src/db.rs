@@ -331,6 +331,11 @@ fn incremental_vacuum_mode(conn: &Connection, path: &Path) -> Result<(), StoreEr
     conn.pragma_update(None, "auto_vacuum", INCREMENTAL)
         .map_err(unavailable)?;
     if tables == 0 {
+        // Opening in WAL mode already wrote the file's header, so even a new, empty
+        // database takes the mode only through a VACUUM (instant when empty).
+        if let Err(e) = conn.execute_batch("VACUUM") {
+            tracing::warn!(path = %path.display(), error = %e, "could not set incremental vacuum on a new database");
+        }
         return Ok(());
     }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
