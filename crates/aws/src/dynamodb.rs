@@ -404,10 +404,12 @@ impl DynamoJobStore {
         self.batch_write("BatchWriteItem outputs", requests).await
     }
 
-    /// Queued jobs older than `below` (or all), unclaimed at `unclaimed_at` if given,
-    /// counted up to `cap`.
-    async fn count_queued(
+    /// Jobs in an active `status` (one partition of the sparse index) older than
+    /// `below` (or all), unclaimed at `unclaimed_at` if given, counted up to `cap`
+    /// (and a bounded number of pages).
+    async fn count_active(
         &self,
+        status: JobStatus,
         below: Option<&JobId>,
         unclaimed_at: Option<DateTime<Utc>>,
         cap: u64,
@@ -426,7 +428,7 @@ impl DynamoJobStore {
                 .index_name(GSI2)
                 .select(Select::Count)
                 .key_condition_expression(&condition)
-                .expression_attribute_values(":q", s("ACTIVE#queued"))
+                .expression_attribute_values(":q", s(format!("ACTIVE#{}", status.as_str())))
                 .set_exclusive_start_key(start);
             if let Some(id) = below {
                 query = query.expression_attribute_values(":id", s(id.as_str()));
@@ -442,7 +444,7 @@ impl DynamoJobStore {
             let out = query
                 .send()
                 .await
-                .map_err(|e| self.unavailable("Query queued", &e))?;
+                .map_err(|e| self.unavailable("Query active count", &e))?;
             total += out.count.max(0) as u64;
             start = out.last_evaluated_key;
             if total >= cap || start.is_none() {
@@ -978,8 +980,13 @@ impl JobStore for DynamoJobStore {
             let refused = match self.transact("TransactWriteItems create", items).await? {
                 Transacted::Done => {
                     let queue_position = if job.status == JobStatus::Queued {
-                        self.count_queued(Some(&job.id), None, QUEUE_POSITION_CAP)
-                            .await?
+                        self.count_active(
+                            JobStatus::Queued,
+                            Some(&job.id),
+                            None,
+                            QUEUE_POSITION_CAP,
+                        )
+                        .await?
                     } else {
                         0
                     };
@@ -1201,11 +1208,13 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn queue_position(&self, id: &JobId, cap: u64) -> StoreResult<u64> {
-        self.count_queued(Some(id), None, cap).await
+        self.count_active(JobStatus::Queued, Some(id), None, cap)
+            .await
     }
 
     async fn count_unclaimed_queued(&self, now: DateTime<Utc>, cap: u64) -> StoreResult<u64> {
-        self.count_queued(None, Some(now), cap).await
+        self.count_active(JobStatus::Queued, None, Some(now), cap)
+            .await
     }
 
     async fn load_snapshot(
@@ -1217,7 +1226,10 @@ impl JobStore for DynamoJobStore {
             return Ok(None);
         };
         let queue_position = if job.status == JobStatus::Queued {
-            Some(self.count_queued(Some(id), None, position_cap).await?)
+            Some(
+                self.count_active(JobStatus::Queued, Some(id), None, position_cap)
+                    .await?,
+            )
         } else {
             None
         };
@@ -1720,27 +1732,7 @@ impl JobStore for DynamoJobStore {
         // index, so they are left out rather than Scanned for.
         let mut counts = Vec::new();
         for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Canceling] {
-            let mut total = 0u64;
-            let mut start = None;
-            for _ in 0..READ_BUDGET_PAGES * 10 {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(GSI2)
-                    .select(Select::Count)
-                    .key_condition_expression("gsi2pk = :s")
-                    .expression_attribute_values(":s", s(format!("ACTIVE#{}", status.as_str())))
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| self.unavailable("Query active count", &e))?;
-                total += out.count.max(0) as u64;
-                start = out.last_evaluated_key;
-                if start.is_none() {
-                    break;
-                }
-            }
+            let total = self.count_active(status, None, None, u64::MAX).await?;
             if total > 0 {
                 counts.push((status, total));
             }
