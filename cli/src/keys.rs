@@ -20,21 +20,13 @@ pub enum KeysCommand {
         /// The tenant the key acts for: 1 to 64 of a-z, 0-9, '-' and '_'.
         #[arg(long)]
         tenant: String,
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
     /// List keys (never the secrets).
     List {
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
     /// Delete every key, revoked ones too, so that `dev` (restarted) serves one
     /// unauthenticated default tenant on loopback again. Revoking keys never does that.
@@ -42,38 +34,43 @@ pub enum KeysCommand {
         /// Confirms that the server may run without authentication.
         #[arg(long)]
         yes_serve_without_auth: bool,
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
     /// Revoke a key by its id (`key_…`, from `keys list`). Revoking the last key does
     /// not turn authentication off: every request is refused until a new key exists.
     Revoke {
         id: String,
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
 }
 
-/// The ports over a `dev` data directory, for the commands that manage it offline.
-pub(crate) fn open(data_dir: &std::path::Path) -> anyhow::Result<jobs::service::Ports> {
-    let dir = DataDir::open(data_dir)?;
-    dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
-        .with_context(|| format!("opening {}", data_dir.display()))
+/// `--data-dir` of the commands that manage a `dev` data directory offline.
+#[derive(Debug, clap::Args)]
+pub struct DataDirArg {
+    #[arg(
+        long = "data-dir",
+        default_value = ".serverless-comfyui",
+        env = "SERVERLESS_COMFYUI_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl DataDirArg {
+    /// The ports over the data directory.
+    pub(crate) fn open(&self) -> anyhow::Result<jobs::service::Ports> {
+        let dir = DataDir::open(&self.data_dir)?;
+        dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
+            .with_context(|| format!("opening {}", self.data_dir.display()))
+    }
 }
 
 /// Runs a `keys` subcommand, printing to stdout.
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { tenant, data_dir } => {
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let minted = mint_key(&tenant, SystemClock.now()).map_err(anyhow::Error::msg)?;
             ports.store.put_api_key(&minted.record).await?;
             println!("{}", minted.secret);
@@ -84,7 +81,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { data_dir } => {
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let keys = ports.store.list_api_keys().await?;
             if keys.is_empty() {
                 println!("no keys: dev serves one default tenant on loopback");
@@ -104,7 +101,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, data_dir } => {
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let keys = ports.store.list_api_keys().await?;
             let Some(mut key) = keys.into_iter().find(|k| k.id == id) else {
                 bail!("no key {id}; see `serverless-comfyui keys list`");
@@ -138,7 +135,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                      pass --yes-serve-without-auth to confirm"
                 );
             }
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let deleted = ports.store.delete_all_api_keys().await?;
             println!(
                 "deleted {deleted} key(s): once restarted, dev serves one default tenant \

@@ -4,13 +4,11 @@
 //! `set-quota` overrides any of the three limits, keeping the others. Running `dev`
 //! servers pick a change up within a few seconds.
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
 use jobs::auth::validate_tenant;
 use jobs::quota::{self, TenantQuota};
 
-use crate::keys::open;
+use crate::keys::DataDirArg;
 
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -27,23 +25,15 @@ pub enum TenantsCommand {
         /// Bytes of stored content, e.g. 10GiB, 500MB or 1048576 (default 1TiB).
         #[arg(long, value_parser = parse_bytes)]
         max_stored_bytes: Option<u64>,
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
     /// Show a tenant's limits and what it uses now.
     Show {
         #[arg(long)]
         tenant: String,
-        #[arg(
-            long,
-            default_value = ".serverless-comfyui",
-            env = "SERVERLESS_COMFYUI_DATA_DIR"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
     },
 }
 
@@ -99,7 +89,7 @@ pub async fn run(command: TenantsCommand) -> anyhow::Result<()> {
             data_dir,
         } => {
             validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let mut quota = ports
                 .store
                 .get_tenant_quota(&tenant)
@@ -120,7 +110,7 @@ pub async fn run(command: TenantsCommand) -> anyhow::Result<()> {
         }
         TenantsCommand::Show { tenant, data_dir } => {
             validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
-            let ports = open(&data_dir)?;
+            let ports = data_dir.open()?;
             let set = ports.store.get_tenant_quota(&tenant).await?;
             print(&tenant, &set.unwrap_or_default(), set.is_some());
             let usage = ports.store.tenant_usage(&tenant).await?;
