@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, the Rust suites, the Python
-# suite that drives `serverless-comfyui dev` with the official comfy-sdk, a
-# Schemathesis run of dev's OpenAPI document, the offline deployment lints
-# (scripts/lint-deploy.sh), and the web app's suites.
+# Runs every test of the project: formatting, lints, the Rust suites, the dispatch
+# simulation's short check, the Python suite that drives `serverless-comfyui dev` with
+# the official comfy-sdk, a Schemathesis run of dev's OpenAPI document, the offline
+# deployment lints (scripts/lint-deploy.sh), and the web app's suites.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,11 @@ step "cargo test"
 # crates/aws tests run against moto_server, installed into .venv-moto.
 scripts/moto.sh
 cargo test --workspace --locked
+
+step "dispatch simulation (short): our scaling policy against a queue-depth alarm"
+# One simulated day through the real dispatcher; fails unless our policy beats the
+# baseline on p95 queue wait at no more GPU-hours (docs/costs.md has the full run).
+cargo run -p local --example dispatch_sim --locked -- --short --check
 
 step "Python suite: comfy-sdk against dev"
 cargo build -p serverless-comfyui --locked

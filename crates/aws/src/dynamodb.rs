@@ -3,6 +3,9 @@
 //! `asset_records`, `stalled_runner_is_fenced` and `lease_protocol` on moto, like the
 //! SQLite store.
 //!
+//! `docs/table-design.md` explains the same design for readers of the docs alone; keep
+//! the two in step.
+//!
 //! # One table, on demand
 //!
 //! Keys `pk` (S) and `sk` (S); on-demand billing; TTL on the attribute `ttl` (epoch

@@ -27,7 +27,9 @@
 //! Run: `cargo run -p local --example dispatch_sim` (7 days, about 2 minutes in a debug
 //! build), or `-- --short --check` (1 day, under 30 s; fails unless our policy beats the
 //! baseline on p95 wait at no more GPU-hours). `--days N` and `--seed S` change the
-//! trace. docs/costs.md gives the table and the figures behind the delays.
+//! trace; `--scale-in-minutes M` asks what if empty instances went after M minutes
+//! instead of ECS managed scaling's ~16, and `--idle-minutes I` the runners'
+//! `IdleTimeout`. docs/costs.md gives the table and the figures behind the delays.
 
 mod fleet;
 mod trace;
@@ -55,6 +57,7 @@ const INSTANCE_PER_HOUR: f64 = 0.8048 + 100.0 * 0.08 / 730.0 + 0.005;
 /// A stopped warm-pool instance pays for its disk only.
 const STOPPED_PER_HOUR: f64 = 100.0 * 0.08 / 730.0;
 const MAX_WORKERS: u32 = 8;
+/// The runner's `--idle-timeout` (template default); `--idle-minutes` changes it.
 const IDLE_TIMEOUT: i64 = 5 * MINUTE;
 const LEASE_S: i64 = 300;
 /// The wake queue's event source batching window (template.yaml).
@@ -135,6 +138,12 @@ enum Policy {
     Baseline,
 }
 
+/// What the command line may change.
+struct Knobs {
+    delays: Delays,
+    idle_timeout: i64,
+}
+
 struct Scenario {
     name: &'static str,
     policy: Policy,
@@ -169,6 +178,7 @@ struct World {
     policy: Policy,
     held: HashMap<usize, Held>,
     alarm: Alarm,
+    idle_timeout: i64,
     _dir: tempfile::TempDir,
 }
 
@@ -210,7 +220,7 @@ fn fmt_s(s: f64) -> String {
 }
 
 impl World {
-    fn new(scenario: &Scenario, seed: u64) -> anyhow::Result<Self> {
+    fn new(scenario: &Scenario, seed: u64, knobs: &Knobs) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = local::DataDir::open(dir.path())?;
         let clock = Arc::new(SimClock {
@@ -225,7 +235,7 @@ impl World {
         let jobs = Arc::new(JobService::new(ports.clone(), config, vec![7; 32]));
         let fleet = Arc::new(Mutex::new(SimFleet::new(
             StdRng::seed_from_u64(seed ^ 0xf1ee7),
-            Delays::default(),
+            knobs.delays.clone(),
             scenario.warm_pool,
         )));
         let launcher = Arc::new(SimLauncher {
@@ -257,6 +267,7 @@ impl World {
             policy: scenario.policy,
             held: HashMap::new(),
             alarm: Alarm::default(),
+            idle_timeout: knobs.idle_timeout,
             _dir: dir,
         })
     }
@@ -307,12 +318,13 @@ impl World {
 
     /// The next time a runner changes by itself.
     fn next_runner_event(&self) -> Option<i64> {
+        let idle_timeout = self.idle_timeout;
         self.runner_states()
             .into_iter()
             .filter_map(|(_, state, idle_exit)| match state {
                 RunnerState::Booting { ready_at } => Some(ready_at),
                 RunnerState::Busy { until } => Some(until),
-                RunnerState::Idle { since } if idle_exit => Some(since + IDLE_TIMEOUT),
+                RunnerState::Idle { since } if idle_exit => Some(since + idle_timeout),
                 _ => None,
             })
             .min()
@@ -342,7 +354,7 @@ impl World {
                     self.set_state(r, RunnerState::Idle { since: now });
                     self.register(r, WorkerPhase::Idle).await?;
                 }
-                RunnerState::Idle { since } if idle_exit && since + IDLE_TIMEOUT <= now => {
+                RunnerState::Idle { since } if idle_exit && since + self.idle_timeout <= now => {
                     if self.spares(r) {
                         self.set_state(r, RunnerState::Idle { since: now });
                     } else {
@@ -553,8 +565,14 @@ impl World {
     }
 }
 
-async fn run(scenario: &Scenario, arrivals: &[trace::Arrival], end: i64, seed: u64) -> anyhow::Result<Row> {
-    let mut w = World::new(scenario, seed)?;
+async fn run(
+    scenario: &Scenario,
+    arrivals: &[trace::Arrival],
+    end: i64,
+    seed: u64,
+    knobs: &Knobs,
+) -> anyhow::Result<Row> {
+    let mut w = World::new(scenario, seed, knobs)?;
     let body = serde_json::to_vec(&serde_json::json!({
         "workflow": serde_json::from_str::<serde_json::Value>(include_str!(
             "../../../../examples/workflows/txt2img-sd15.json"
@@ -704,17 +722,30 @@ async fn main() -> anyhow::Result<()> {
     let days = value("--days")?.unwrap_or(if short { 1 } else { 7 }) as u32;
     let seed = value("--seed")?.unwrap_or(42);
 
+    let mut knobs = Knobs {
+        delays: Delays::default(),
+        idle_timeout: IDLE_TIMEOUT,
+    };
+    // What-if: an empty instance goes after this many minutes instead of ECS managed
+    // scaling's ~16 (for example, if a runner's exit terminated its own instance).
+    if let Some(minutes) = value("--scale-in-minutes")? {
+        knobs.delays.scale_in_after = minutes as i64 * MINUTE;
+    }
+    if let Some(minutes) = value("--idle-minutes")? {
+        knobs.idle_timeout = minutes as i64 * MINUTE;
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let arrivals = trace::generate(&mut rng, days);
     let end = i64::from(days) * trace::day_ms();
     println!(
-        "dispatch_sim: {days} day(s), seed {seed}, {} jobs, MaxWorkers {MAX_WORKERS}, IdleTimeout {} s, ${INSTANCE_PER_HOUR:.4}/instance-hour",
+        "dispatch_sim: {days} day(s), seed {seed}, {} jobs, MaxWorkers {MAX_WORKERS}, IdleTimeout {} s, empty instances scaled in after {} min, ${INSTANCE_PER_HOUR:.4}/instance-hour",
         arrivals.len(),
-        IDLE_TIMEOUT / MS
+        knobs.idle_timeout / MS,
+        knobs.delays.scale_in_after / MINUTE
     );
     let mut rows = Vec::new();
     for s in scenarios() {
-        rows.push(run(&s, &arrivals, end, seed).await?);
+        rows.push(run(&s, &arrivals, end, seed, &knobs).await?);
     }
     print_table("Bursty days (trace.rs):", &rows);
 
@@ -729,7 +760,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let mut first = Vec::new();
     for s in scenarios() {
-        first.push(run(&s, &isolated, (count + 1) * 60 * MINUTE, seed).await?);
+        first.push(run(&s, &isolated, (count + 1) * 60 * MINUTE, seed, &knobs).await?);
     }
     print_table(
         &format!("{count} isolated jobs, one an hour (time to first job from zero):"),
