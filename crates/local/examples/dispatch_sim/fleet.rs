@@ -48,9 +48,13 @@ impl Default for Delays {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum InstanceState {
     /// Running (billed): booting, hosting a runner, or empty since `empty_since`.
-    Running { empty_since: Option<i64> },
+    Running {
+        empty_since: Option<i64>,
+    },
     /// A warm-pool instance being prepared (billed) until `ready_at`, then stopped.
-    Preparing { ready_at: i64 },
+    Preparing {
+        ready_at: i64,
+    },
     /// Stopped in the warm pool: only its disk is billed.
     Stopped,
     Terminated,

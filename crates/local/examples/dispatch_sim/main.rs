@@ -504,10 +504,8 @@ impl World {
     async fn baseline_minute(&mut self) -> anyhow::Result<()> {
         let now = self.now();
         let depth = self.ports.queue.depth(QueueName::Work).await?;
-        let (visible, in_flight) = std::mem::replace(
-            &mut self.alarm.previous,
-            (depth.visible, depth.in_flight),
-        );
+        let (visible, in_flight) =
+            std::mem::replace(&mut self.alarm.previous, (depth.visible, depth.in_flight));
         let a = &mut self.alarm;
         if visible >= 1 {
             a.quiet_minutes = 0;
@@ -588,9 +586,13 @@ async fn run(
             t = t.min(a.at);
         }
         t = t.min(next_minute);
-        for due in [wake_due, w.next_runner_event(), w.fleet.lock().unwrap().next_instance_event()]
-            .into_iter()
-            .flatten()
+        for due in [
+            wake_due,
+            w.next_runner_event(),
+            w.fleet.lock().unwrap().next_instance_event(),
+        ]
+        .into_iter()
+        .flatten()
         {
             t = t.min(due);
         }
