@@ -252,3 +252,112 @@ impl SimFleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn fleet(pool: usize) -> SimFleet {
+        let delays = Delays {
+            capacity_failure: 0.0,
+            ..Delays::default()
+        };
+        SimFleet::new(StdRng::seed_from_u64(1), delays, pool)
+    }
+
+    fn ready_at(f: &SimFleet, r: usize) -> i64 {
+        match f.runners[r].state {
+            RunnerState::Booting { ready_at } => ready_at,
+            other => panic!("not booting: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cold_instance_is_billed_from_launch_to_scale_in() {
+        let mut f = fleet(0);
+        f.start_runner("a".into(), 0, true).unwrap();
+        let ready = ready_at(&f, 0);
+        assert!((5 * MINUTE..=12 * MINUTE).contains(&ready), "{ready}");
+        assert_eq!(f.usage.cold_starts, 1);
+        f.advance(ready);
+        f.runners[0].state = RunnerState::Busy {
+            until: ready + MINUTE,
+        };
+        f.advance(ready + MINUTE);
+        f.runner_gone(0, ready + MINUTE);
+        let gone_at = ready + MINUTE + f.delays.scale_in_after;
+        assert_eq!(f.next_instance_event(), Some(gone_at));
+        f.advance(gone_at);
+        f.advance(gone_at + 60 * MINUTE);
+        assert_eq!(
+            f.usage.running_ms, gone_at,
+            "billed until scale-in, not after"
+        );
+        assert_eq!(f.usage.busy_ms, MINUTE);
+        assert_eq!(f.next_instance_event(), None);
+    }
+
+    #[test]
+    fn an_empty_instance_is_reused_before_scale_in() {
+        let mut f = fleet(0);
+        f.start_runner("a".into(), 0, true).unwrap();
+        f.advance(20 * MINUTE);
+        f.runner_gone(0, 20 * MINUTE);
+        f.start_runner("b".into(), 25 * MINUTE, true).unwrap();
+        assert_eq!(f.usage.reuse_starts, 1);
+        assert_eq!(f.usage.cold_starts, 1, "no new instance");
+        let ready = ready_at(&f, 1) - 25 * MINUTE;
+        assert!((30 * MS..=60 * MS).contains(&ready), "{ready}");
+        assert_eq!(
+            f.next_instance_event(),
+            None,
+            "the instance is in use again"
+        );
+    }
+
+    #[test]
+    fn the_warm_pool_serves_first_then_refills() {
+        let mut f = fleet(1);
+        f.advance(10 * MINUTE);
+        assert_eq!(
+            f.usage.stopped_ms,
+            10 * MINUTE,
+            "a stopped instance pays its disk"
+        );
+        assert_eq!(f.usage.running_ms, 0);
+        f.start_runner("a".into(), 10 * MINUTE, true).unwrap();
+        assert_eq!(f.usage.pool_starts, 1);
+        let ready = ready_at(&f, 0) - 10 * MINUTE;
+        assert!((90 * MS..=180 * MS).contains(&ready), "{ready}");
+        // The refill runs (billed) until it is prepared, then stops.
+        let prepared = f.next_instance_event().unwrap();
+        f.advance(prepared);
+        assert_eq!(
+            f.usage.running_ms,
+            2 * (prepared - 10 * MINUTE),
+            "the runner's instance and the refill"
+        );
+        // A second worker now also comes from the pool, not cold.
+        f.start_runner("b".into(), prepared, true).unwrap();
+        assert_eq!((f.usage.pool_starts, f.usage.cold_starts), (2, 0));
+    }
+
+    #[test]
+    fn capacity_failures_start_nothing() {
+        let mut f = SimFleet::new(
+            StdRng::seed_from_u64(1),
+            Delays {
+                capacity_failure: 1.0,
+                ..Delays::default()
+            },
+            0,
+        );
+        assert!(f.start_runner("a".into(), 0, true).is_err());
+        assert!(f.runners.is_empty());
+        f.advance(60 * MINUTE);
+        assert_eq!(f.usage.running_ms, 0);
+        assert_eq!(f.usage.capacity_failures, 1);
+    }
+}
