@@ -31,7 +31,9 @@
 //! instead of ECS managed scaling's ~16, and `--idle-minutes I` the runners'
 //! `IdleTimeout`. docs/costs.md gives the table and the figures behind the delays.
 
+mod baseline;
 mod fleet;
+mod runners;
 mod trace;
 
 use std::collections::HashMap;
@@ -41,16 +43,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use jobs::dispatch::{DispatchConfig, Dispatcher};
-use jobs::lifecycle::{Fence, Finish, Move};
-use jobs::model::{Job, JobId, JobStatus, SCHEMA_VERSION, WorkMessage};
-use jobs::ports::{
-    Clock, LaunchError, LaunchedWorker, Launcher, QueueName, WorkerPhase, WorkerRecord,
-};
-use jobs::service::{JobService, JobsConfig, MoveError, Ports, apply_move};
+use jobs::model::JobId;
+use jobs::ports::{Clock, LaunchError, LaunchedWorker, Launcher, QueueName};
+use jobs::service::{JobService, JobsConfig, Ports};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use fleet::{Delays, MINUTE, MS, RunnerState, SimFleet, Usage};
+use baseline::Alarm;
+use fleet::{Delays, MINUTE, MS, SimFleet, Usage};
+use runners::Held;
 
 /// g6.xlarge on-demand, us-east-1 ($/h), plus its 100 GB gp3 disk and public IPv4.
 const INSTANCE_PER_HOUR: f64 = 0.8048 + 100.0 * 0.08 / 730.0 + 0.005;
@@ -148,24 +149,6 @@ struct Scenario {
     name: &'static str,
     policy: Policy,
     warm_pool: usize,
-}
-
-/// A runner's job in progress.
-struct Held {
-    job: Job,
-    fence: Fence,
-    receipt: String,
-}
-
-/// The baseline's alarm and ECS service state.
-#[derive(Default)]
-struct Alarm {
-    desired: u32,
-    /// The datapoint of the previous minute (visible, in flight).
-    previous: (u64, u64),
-    quiet_minutes: u32,
-    /// The last scale-out: when, and the capacity it set out from.
-    cooldown: Option<(i64, u32)>,
 }
 
 struct World {
@@ -276,209 +259,6 @@ impl World {
         self.clock.ms.load(Ordering::SeqCst)
     }
 
-    async fn register(&self, r: usize, phase: WorkerPhase) -> anyhow::Result<()> {
-        let (id, launched_at) = {
-            let fleet = self.fleet.lock().unwrap();
-            (fleet.runners[r].id.clone(), fleet.runners[r].launched_at)
-        };
-        let record = WorkerRecord {
-            v: SCHEMA_VERSION,
-            id,
-            phase,
-            heartbeat_at: self.clock.now(),
-            launched_at: self.clock.at(launched_at),
-            detail: "simulated".into(),
-        };
-        self.ports.store.put_worker(&record).await?;
-        Ok(())
-    }
-
-    /// The runner leaves: deregisters, and its instance empties.
-    async fn exit(&self, r: usize) -> anyhow::Result<()> {
-        let id = self.fleet.lock().unwrap().runners[r].id.clone();
-        self.ports.store.delete_worker(&id).await?;
-        self.fleet.lock().unwrap().runner_gone(r, self.now());
-        Ok(())
-    }
-
-    fn runner_states(&self) -> Vec<(usize, RunnerState, bool)> {
-        let fleet = self.fleet.lock().unwrap();
-        fleet
-            .runners
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.state != RunnerState::Gone)
-            .map(|(i, r)| (i, r.state, r.idle_exit))
-            .collect()
-    }
-
-    fn set_state(&self, r: usize, state: RunnerState) {
-        self.fleet.lock().unwrap().runners[r].state = state;
-    }
-
-    /// The next time a runner changes by itself.
-    fn next_runner_event(&self) -> Option<i64> {
-        let idle_timeout = self.idle_timeout;
-        self.runner_states()
-            .into_iter()
-            .filter_map(|(_, state, idle_exit)| match state {
-                RunnerState::Booting { ready_at } => Some(ready_at),
-                RunnerState::Busy { until } => Some(until),
-                RunnerState::Idle { since } if idle_exit => Some(since + idle_timeout),
-                _ => None,
-            })
-            .min()
-    }
-
-    /// Runner transitions due now: ready, job done, idle exit.
-    async fn runners_due(&mut self) -> anyhow::Result<()> {
-        let now = self.now();
-        for (r, state, idle_exit) in self.runner_states() {
-            match state {
-                RunnerState::Booting { ready_at } if ready_at <= now => {
-                    self.set_state(r, RunnerState::Idle { since: now });
-                    self.register(r, WorkerPhase::Idle).await?;
-                }
-                RunnerState::Busy { until } if until <= now => {
-                    let held = self.held.remove(&r).expect("a busy runner holds a job");
-                    let store = self.ports.store.as_ref();
-                    let finish = Move::Finish {
-                        fence: held.fence,
-                        finish: Finish::Succeeded { outputs: vec![] },
-                    };
-                    apply_move(store, self.clock.as_ref(), held.job, &finish).await?;
-                    self.ports
-                        .queue
-                        .delete(QueueName::Work, &held.receipt)
-                        .await?;
-                    self.set_state(r, RunnerState::Idle { since: now });
-                    self.register(r, WorkerPhase::Idle).await?;
-                }
-                RunnerState::Idle { since } if idle_exit && since + self.idle_timeout <= now => {
-                    if self.spares(r) {
-                        self.set_state(r, RunnerState::Idle { since: now });
-                    } else {
-                        self.exit(r).await?;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the hypothetical "spare the warm runners" rule keeps this runner.
-    fn spares(&self, _r: usize) -> bool {
-        let Policy::Ours {
-            min_warm,
-            spare_warm: true,
-        } = self.policy
-        else {
-            return false;
-        };
-        let live = self
-            .runner_states()
-            .iter()
-            .filter(|(_, s, _)| matches!(s, RunnerState::Idle { .. } | RunnerState::Busy { .. }))
-            .count();
-        live <= min_warm as usize
-    }
-
-    /// Idle ready runners take work while there is some, as a long poll would.
-    async fn claim(&mut self, runs_for: &HashMap<JobId, i64>) -> anyhow::Result<()> {
-        let now = self.now();
-        let lease = std::time::Duration::from_secs(LEASE_S as u64);
-        for (r, state, _) in self.runner_states() {
-            if !matches!(state, RunnerState::Idle { .. }) {
-                continue;
-            }
-            let runner = self.fleet.lock().unwrap().runners[r].id.clone();
-            loop {
-                let queue = &self.ports.queue;
-                let Some(msg) = queue
-                    .receive(QueueName::Work, 1, std::time::Duration::ZERO, lease)
-                    .await?
-                    .pop()
-                else {
-                    return Ok(());
-                };
-                let work: WorkMessage = serde_json::from_str(&msg.body)?;
-                let job = self.ports.store.get_job(&work.job_id).await?;
-                let Some(job) = job.filter(|j| !j.status.is_terminal()) else {
-                    queue.delete(QueueName::Work, &msg.receipt).await?;
-                    continue;
-                };
-                let claim = Move::Claim {
-                    runner: runner.clone(),
-                    lease: Duration::seconds(LEASE_S),
-                    max_attempts: self.jobs.config().max_attempts,
-                };
-                let store = self.ports.store.as_ref();
-                match apply_move(store, self.clock.as_ref(), job, &claim).await {
-                    Ok(job)
-                        if job.status == JobStatus::Running
-                            && job.lease_owner.as_deref() == Some(runner.as_str()) =>
-                    {
-                        let until = now + runs_for.get(&job.id).copied().unwrap_or(30 * MS);
-                        let fence = Fence {
-                            owner: runner.clone(),
-                            attempt: job.attempt,
-                        };
-                        let receipt = msg.receipt;
-                        self.held.insert(
-                            r,
-                            Held {
-                                job,
-                                fence,
-                                receipt,
-                            },
-                        );
-                        self.set_state(r, RunnerState::Busy { until });
-                        self.register(r, WorkerPhase::Busy).await?;
-                        break;
-                    }
-                    // Held by someone else: pushed back until that lease ends, as
-                    // gpu-runner does (never deleted).
-                    Ok(_) | Err(MoveError::Refused(_)) => {
-                        queue
-                            .change_visibility(QueueName::Work, &msg.receipt, lease)
-                            .await?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every minute: runners heartbeat and renew their leases.
-    async fn heartbeats(&mut self) -> anyhow::Result<()> {
-        for (r, state, _) in self.runner_states() {
-            match state {
-                RunnerState::Idle { .. } => self.register(r, WorkerPhase::Idle).await?,
-                RunnerState::Busy { .. } => {
-                    let held = self.held.remove(&r).expect("busy runner holds a job");
-                    let renew = Move::Renew {
-                        fence: held.fence.clone(),
-                        lease: Duration::seconds(LEASE_S),
-                    };
-                    let store = self.ports.store.as_ref();
-                    let job = apply_move(store, self.clock.as_ref(), held.job, &renew).await?;
-                    // The message stays hidden while the job runs.
-                    let lease = std::time::Duration::from_secs(LEASE_S as u64);
-                    self.ports
-                        .queue
-                        .change_visibility(QueueName::Work, &held.receipt, lease)
-                        .await?;
-                    self.held.insert(r, Held { job, ..held });
-                    self.register(r, WorkerPhase::Busy).await?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     /// The dispatch Lambda's wake: drain the nudges, then (ours) one scaling decision.
     async fn wake(&mut self) -> anyhow::Result<()> {
         let queue = &self.ports.queue;
@@ -496,62 +276,6 @@ impl World {
         }
         if matches!(self.policy, Policy::Ours { .. }) {
             self.dispatcher.scale().await?;
-        }
-        Ok(())
-    }
-
-    /// The baseline's minute: the alarm on the previous datapoint, then the service.
-    async fn baseline_minute(&mut self) -> anyhow::Result<()> {
-        let now = self.now();
-        let depth = self.ports.queue.depth(QueueName::Work).await?;
-        let (visible, in_flight) =
-            std::mem::replace(&mut self.alarm.previous, (depth.visible, depth.in_flight));
-        let a = &mut self.alarm;
-        if visible >= 1 {
-            a.quiet_minutes = 0;
-            let step = if visible >= 10 {
-                4
-            } else if visible >= 5 {
-                2
-            } else {
-                1
-            };
-            // Step scaling's cooldown: a trigger inside it adds only what exceeds the
-            // scale-out already under way.
-            let base = match a.cooldown {
-                Some((at, from)) if now - at < 300 * MS => from,
-                _ => {
-                    a.cooldown = Some((now, a.desired));
-                    a.desired
-                }
-            };
-            a.desired = a.desired.max((base + step).min(MAX_WORKERS));
-        } else if visible + in_flight == 0 {
-            a.quiet_minutes += 1;
-            if a.quiet_minutes >= 10 {
-                a.desired = 0;
-            }
-        } else {
-            a.quiet_minutes = 0;
-        }
-        // The ECS service converges on the desired count.
-        let states = self.runner_states();
-        let running = states.len() as u32;
-        if running < self.alarm.desired {
-            for _ in running..self.alarm.desired {
-                // A failed placement is retried at the next minute.
-                if self.launcher.start(false).is_err() {
-                    break;
-                }
-            }
-        } else if running > self.alarm.desired {
-            let mut surplus = running - self.alarm.desired;
-            for (r, state, _) in states {
-                if surplus > 0 && !matches!(state, RunnerState::Busy { .. }) {
-                    self.exit(r).await?;
-                    surplus -= 1;
-                }
-            }
         }
         Ok(())
     }
