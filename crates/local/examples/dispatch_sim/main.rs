@@ -14,7 +14,9 @@
 //!   registers `idle` in the worker registry, receives a work message, claims the job
 //!   with the lease protocol (`Move::Claim` through `apply_move`), heartbeats and renews
 //!   its lease every minute, finishes it (`Move::Finish`) after the job's simulated
-//!   duration, deletes the message, and exits after `IdleTimeout` without work. Not
+//!   duration, deletes the message, and exits after `IdleTimeout` without work. Its
+//!   lease is 5 minutes renewed every minute (the deployed runner's is 30 s, renewed
+//!   more often: the dispatcher sees no difference, and it saves simulated events). Not
 //!   modelled: prefetch (reserve-ahead), hand-backs, duplicate messages (the queue here
 //!   is fault-free), Spot interruptions.
 //! - **the baseline**: the common ECS pattern, an ECS service whose desired count follows
