@@ -41,7 +41,9 @@
 
 mod config;
 mod image;
+mod media;
 mod nodes;
+mod nodes_media;
 mod pyfmt;
 mod server;
 mod state;

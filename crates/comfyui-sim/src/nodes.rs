@@ -45,6 +45,8 @@ pub enum Val {
         tag: u64,
     },
     Json(Value),
+    Video(Arc<crate::nodes_media::Video>),
+    Audio(Arc<crate::nodes_media::Audio>),
 }
 
 impl Val {
@@ -70,6 +72,14 @@ impl Val {
                 "[[tensor(...), {{'pooled_output': tensor(...)}}]] ({t})"
             )),
             Val::Latent { .. } => Value::String("{'samples': tensor(...)}".into()),
+            Val::Video(v) => Value::String(format!(
+                "<comfy_api.latest._input_impl.video_types.VideoFromComponents ({} frames)>",
+                v.images.frames.len()
+            )),
+            Val::Audio(a) => Value::String(format!(
+                "{{'waveform': tensor(...), 'sample_rate': {}}}",
+                a.sample_rate
+            )),
             Val::Json(v) => match v {
                 Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => v.clone(),
                 other => Value::String(py_str(other)),
@@ -252,6 +262,40 @@ pub static CLASSES: &[ClassInfo] = &[
         )
     },
     ClassInfo {
+        python_module: "comfy_extras.nodes_video",
+        v3: true,
+        ..class("CreateVideo", "Create Video", "image/video", &["VIDEO"])
+    },
+    ClassInfo {
+        python_module: "comfy_extras.nodes_video",
+        v3: true,
+        output_node: true,
+        description: "Saves the input images to your ComfyUI output directory.",
+        ..class("SaveVideo", "Save Video", "image/video", &[])
+    },
+    ClassInfo {
+        python_module: "custom_nodes.ComfyUI-VideoHelperSuite",
+        output_node: true,
+        return_names: Some(&["Filenames"]),
+        ..class(
+            "VHS_VideoCombine",
+            "Video Combine 🎥🅥🅗🅢",
+            "Video Helper Suite 🎥🅥🅗🅢",
+            &["VHS_FILENAMES"],
+        )
+    },
+    ClassInfo {
+        python_module: "comfy_extras.nodes_audio",
+        v3: true,
+        ..class("EmptyAudio", "Empty Audio", "audio", &["AUDIO"])
+    },
+    ClassInfo {
+        python_module: "comfy_extras.nodes_audio",
+        v3: true,
+        output_node: true,
+        ..class("SaveAudio", "Save Audio (FLAC)", "audio", &[])
+    },
+    ClassInfo {
         python_module: "custom_nodes.testing-pack",
         is_async: true,
         ..class("TestSleep", "Test Sleep", "_for_testing", &["*"])
@@ -428,7 +472,7 @@ pub fn input_types(name: &str, env: &Env) -> Value {
             },
             "hidden": {"unique_id": "UNIQUE_ID"}
         }),
-        _ => json!({}),
+        other => crate::nodes_media::input_types(other).unwrap_or_else(|| json!({})),
     }
 }
 
@@ -577,7 +621,7 @@ fn get<'a>(inputs: &'a Inputs, name: &str, fname: &str) -> Result<&'a In, NodeEr
     })
 }
 
-fn images(inputs: &Inputs, name: &str, fname: &str) -> Result<Arc<Images>, NodeErr> {
+pub(crate) fn images(inputs: &Inputs, name: &str, fname: &str) -> Result<Arc<Images>, NodeErr> {
     match get(inputs, name, fname)? {
         In::Link(Val::Images(i)) => Ok(i.clone()),
         In::Lit(v) => Err(type_err(format!(
@@ -588,7 +632,7 @@ fn images(inputs: &Inputs, name: &str, fname: &str) -> Result<Arc<Images>, NodeE
     }
 }
 
-fn lit_i64(inputs: &Inputs, name: &str, fname: &str) -> Result<i64, NodeErr> {
+pub(crate) fn lit_i64(inputs: &Inputs, name: &str, fname: &str) -> Result<i64, NodeErr> {
     match get(inputs, name, fname)? {
         In::Lit(v) => v
             .as_i64()
@@ -602,7 +646,7 @@ fn lit_i64(inputs: &Inputs, name: &str, fname: &str) -> Result<i64, NodeErr> {
     }
 }
 
-fn lit_f64(inputs: &Inputs, name: &str, fname: &str) -> Result<f64, NodeErr> {
+pub(crate) fn lit_f64(inputs: &Inputs, name: &str, fname: &str) -> Result<f64, NodeErr> {
     match get(inputs, name, fname)? {
         In::Lit(v) | In::Link(Val::Json(v)) => v
             .as_f64()
@@ -611,7 +655,7 @@ fn lit_f64(inputs: &Inputs, name: &str, fname: &str) -> Result<f64, NodeErr> {
     }
 }
 
-fn lit_str(inputs: &Inputs, name: &str, fname: &str) -> Result<String, NodeErr> {
+pub(crate) fn lit_str(inputs: &Inputs, name: &str, fname: &str) -> Result<String, NodeErr> {
     match get(inputs, name, fname)? {
         In::Lit(v) | In::Link(Val::Json(v)) => Ok(py_str(v)),
         In::Link(other) => Ok(py_str(&other.describe())),
@@ -834,6 +878,9 @@ pub fn run(class: &str, inputs: &Inputs, ctx: &mut dyn RunCtx) -> Result<NodeOut
             let ms = ctx.env().model_node_ms;
             ctx.sleep_ms(ms)?;
             Ok(one(Val::Images(Arc::new(placeholder(w, h, b, tag)))))
+        }
+        media if crate::nodes_media::CLASSES.contains(&media) => {
+            crate::nodes_media::run(media, inputs, ctx)
         }
         other => Err(NodeErr::Py(PyErr::new(
             "NotImplementedError",
