@@ -889,3 +889,71 @@ fn a_second_ctrl_c_leaves_the_job_running() {
     );
     assert!(out.stderr.contains("is left to the server"), "{out:#?}");
 }
+
+/// A GET with a `Range` header: (status, headers, body).
+fn get_range(url: &str, range: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(url)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.bytes().await.unwrap().to_vec())
+    })
+}
+
+#[test]
+fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
+    let dev = Dev::start();
+    for (name, node, kind, ct, ext) in [
+        ("video-vhs.json", "3", "video", "video/mp4", ".mp4"),
+        ("audio.json", "2", "audio", "audio/wav", ".wav"),
+    ] {
+        let wf = workflow_path(name);
+        let out = dev.cli(&["run", wf.to_str().unwrap(), "--out", "media", "--json"]);
+        assert_eq!(out.code, Some(0), "{out:#?}");
+        let result = out.json();
+        let job = &result["job"];
+        assert_eq!(job["status"], "succeeded", "{result}");
+        let outputs = job["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 1, "{result}");
+        assert_eq!(outputs[0]["type"], kind);
+        assert_eq!(outputs[0]["content_type"], ct);
+        let d = &result["downloads"][0];
+        assert_eq!(d["node_id"], node);
+        let path = dev.path().join(d["path"].as_str().unwrap());
+        assert!(path.to_string_lossy().ends_with(ext), "{path:?}");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, d["size_bytes"].as_u64().unwrap());
+
+        // The signed URL serves the type and answers a Range request with 206 and
+        // exactly those bytes, as a player seeking does.
+        let url = outputs[0]["url"].as_str().unwrap();
+        let (status, headers, body) = get_range(url, "bytes=4-11");
+        assert_eq!(status, 206, "{headers:?}");
+        assert_eq!(headers["content-type"], ct);
+        assert_eq!(
+            headers["content-range"].to_str().unwrap(),
+            format!("bytes 4-11/{}", bytes.len())
+        );
+        assert_eq!(body, bytes[4..12]);
+        // An open-ended range from the middle, and the tail.
+        let mid = bytes.len() / 2;
+        let (status, _, body) = get_range(url, &format!("bytes={mid}-"));
+        assert_eq!((status, body.as_slice()), (206, &bytes[mid..]));
+        let (status, _, body) = get_range(url, "bytes=-16");
+        assert_eq!((status, body.as_slice()), (206, &bytes[bytes.len() - 16..]));
+        if kind == "video" {
+            assert_eq!(&bytes[4..8], b"ftyp");
+        } else {
+            assert_eq!(&bytes[..4], b"RIFF");
+        }
+    }
+}
