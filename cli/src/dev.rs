@@ -62,6 +62,9 @@ pub struct DevConfig {
     pub idempotency_ttl: chrono::Duration,
     /// How long a large-file upload may take (`--upload-ttl`).
     pub upload_ttl: chrono::Duration,
+    /// US dollars per GPU-hour, recorded on each job at submit (`--gpu-price-per-hour`);
+    /// 0 records none, and `metrics.cost_usd` stays null.
+    pub gpu_price_per_hour: f64,
 }
 
 impl Default for DevConfig {
@@ -82,6 +85,7 @@ impl Default for DevConfig {
             retention: JobsConfig::default().retention,
             idempotency_ttl: JobsConfig::default().idempotency_ttl,
             upload_ttl: AssetsConfig::default().upload_ttl,
+            gpu_price_per_hour: 0.0,
         }
     }
 }
@@ -148,6 +152,7 @@ impl DevApp {
             record_enqueue_in_background: true,
             retention: config.retention,
             idempotency_ttl: config.idempotency_ttl,
+            gpu_price_per_hour: config.gpu_price_per_hour,
             ..JobsConfig::default()
         };
         let assets = Arc::new(AssetService::new(
@@ -277,6 +282,16 @@ pub fn parse_public_url(text: &str) -> Result<String, String> {
 /// Parses a lifetime flag (`--retention 7d`): whole numbers with units `s`, `m`, `h`,
 /// `d` or `w`, one or more (`1d12h`). Zero is refused: it would delete everything the
 /// moment it finished.
+/// `--gpu-price-per-hour`: a finite number of dollars, zero or more.
+pub fn parse_price(text: &str) -> Result<f64, String> {
+    match text.trim().trim_start_matches('$').parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!(
+            "{text:?} is not a price: use US dollars per GPU-hour, e.g. 1.21 (0: no estimate)"
+        )),
+    }
+}
+
 pub fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {
     let bad = || format!("{text:?} is not a duration: use e.g. 7d, 24h, 30m, 1d12h");
     let mut total = chrono::Duration::zero();
@@ -529,6 +544,12 @@ fn print_banner(
         lifetime(config.idempotency_ttl),
         lifetime(config.upload_ttl)
     );
+    if config.gpu_price_per_hour > 0.0 {
+        eprintln!(
+            "  cost      ${} per GPU-hour: each job's metrics.cost_usd estimates its cost",
+            config.gpu_price_per_hour
+        );
+    }
     if keys == 0 {
         eprintln!(
             "  auth      none: one default tenant, loopback only (create a key to require auth)"

@@ -81,6 +81,10 @@ enum Command {
         /// How long a large-file upload may take before it is abandoned and removed.
         #[arg(long, default_value = "1h", value_parser = dev::parse_lifetime)]
         upload_ttl: chrono::Duration,
+        /// US dollars per GPU-hour, for each job's estimated `metrics.cost_usd`
+        /// (recorded on the job when it is accepted). 0: no estimate.
+        #[arg(long, default_value_t = 0.0, value_parser = dev::parse_price)]
+        gpu_price_per_hour: f64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -225,6 +229,7 @@ async fn run(cli: Cli) -> ExitCode {
             retention,
             idempotency_ttl,
             upload_ttl,
+            gpu_price_per_hour,
         } => {
             let runner = if no_runner {
                 None
@@ -254,6 +259,7 @@ async fn run(cli: Cli) -> ExitCode {
                 idempotency_ttl: idempotency_ttl
                     .unwrap_or_else(|| DevConfig::default().idempotency_ttl.min(retention)),
                 upload_ttl,
+                gpu_price_per_hour,
                 ..DevConfig::default()
             })
             .await

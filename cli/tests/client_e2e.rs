@@ -86,6 +86,11 @@ struct Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_with(&[])
+    }
+
+    /// A `dev` with these flags besides its address and data directory.
+    fn start_with(flags: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         for attempt in 0..3 {
             let port = free_port();
@@ -98,6 +103,7 @@ impl Dev {
                     "--data-dir",
                 ])
                 .arg(dir.path().join("data"))
+                .args(flags)
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
@@ -926,6 +932,9 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
         assert_eq!(outputs.len(), 1, "{result}");
         assert_eq!(outputs[0]["type"], kind);
         assert_eq!(outputs[0]["content_type"], ct);
+        // No --gpu-price-per-hour: GPU time is measured, no cost is claimed.
+        assert!(job["metrics"]["gpu_seconds"].as_f64().unwrap() > 0.0, "{job}");
+        assert!(job["metrics"]["cost_usd"].is_null(), "{job}");
         let d = &result["downloads"][0];
         assert_eq!(d["node_id"], node);
         let path = dev.path().join(d["path"].as_str().unwrap());
@@ -956,4 +965,35 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
             assert_eq!(&bytes[..4], b"RIFF");
         }
     }
+}
+
+#[test]
+fn jobs_get_shows_gpu_time_and_the_cost_at_the_configured_price() {
+    // $3600 per GPU-hour is a dollar a second: the cost reads as the GPU seconds.
+    let dev = Dev::start_with(&["--gpu-price-per-hour", "3600"]);
+    let invert = workflow_path("invert.json");
+    let out = dev.cli(&["run", invert.to_str().unwrap(), "--no-wait", "--json"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let id = out.json()["job"]["id"].as_str().unwrap().to_string();
+    let job = dev.wait_for(&id, 120, |s| s == "succeeded" || s == "failed");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let m = &job["metrics"];
+    let gpu = m["gpu_seconds"].as_f64().unwrap();
+    assert!(gpu > 0.0 && gpu < 60.0, "{m}");
+    assert_eq!(
+        gpu,
+        m["execution_ms"].as_i64().unwrap() as f64 / 1000.0,
+        "{m}"
+    );
+    assert_eq!(m["cost_usd"].as_f64().unwrap(), (gpu * 1e6).round() / 1e6);
+    let text = dev.cli(&["jobs", "get", &id]);
+    assert_eq!(text.code, Some(0), "{text:#?}");
+    assert!(
+        text.stdout.lines().any(|l| l.starts_with("cost     GPU ") && l.contains("est. $")),
+        "{text:#?}"
+    );
+    // A bad price is refused before dev starts.
+    let bad = cli(&dev.url, dev.path(), &["dev", "--gpu-price-per-hour=-1"]);
+    assert_eq!(bad.code, Some(2), "{bad:#?}");
+    assert!(bad.stderr.contains("not a price"), "{bad:#?}");
 }

@@ -317,6 +317,9 @@ fn print_job_summary(job: &Job, downloaded: &[Downloaded]) {
     if let Some(timing) = timings(job) {
         println!("timing   {timing}");
     }
+    if let Some(cost) = cost(job) {
+        println!("cost     {cost}");
+    }
     if let Some(error) = &job.error {
         println!("error    {}", error_line(job));
         if error.traceback.is_some() {
@@ -379,6 +382,25 @@ fn timings(job: &Job) -> Option<String> {
     }
     if let Some(ms) = total {
         parts.push(format!("total {}", seconds(ms)));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+/// `GPU 12.5 s · est. $0.0042`, from the server's metrics (our extension; a server
+/// without it shows nothing).
+fn cost(job: &Job) -> Option<String> {
+    let metrics = job.metrics.as_ref()?;
+    let mut parts = Vec::new();
+    if let Some(s) = metrics.gpu_seconds {
+        parts.push(format!("GPU {}", seconds((s * 1000.0).round() as i64)));
+    }
+    if let Some(usd) = metrics.cost_usd {
+        // Small jobs cost fractions of a cent: show them to the millionth.
+        parts.push(if usd >= 0.01 {
+            format!("est. ${usd:.2}")
+        } else {
+            format!("est. ${usd:.6}")
+        });
     }
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
@@ -551,6 +573,9 @@ fn print_job_details(job: &Job) {
     if let Some(timing) = timings(job).filter(|_| job.status.is_terminal()) {
         println!("timing   {timing}");
     }
+    if let Some(cost) = cost(job) {
+        println!("cost     {cost}");
+    }
     if !job.metadata.is_empty() {
         let labels: Vec<String> = job
             .metadata
@@ -640,6 +665,25 @@ mod tests {
         );
         assert_eq!(outcome_code(job.status), 1);
         assert_eq!(seconds(125_000), "2 min 5 s");
+        assert_eq!(cost(&job), None, "an older server: no cost line");
+        let priced = Job::from_json(json!({
+            "id": "job_2", "status": "succeeded",
+            "metrics": {"queue_ms": 1, "execution_ms": 90500, "gpu_seconds": 90.5, "cost_usd": 0.030468}
+        }))
+        .unwrap();
+        assert_eq!(cost(&priced).unwrap(), "GPU 1 min 30 s · est. $0.03");
+        let cheap = Job::from_json(json!({
+            "id": "job_3", "status": "succeeded",
+            "metrics": {"gpu_seconds": 1.2, "cost_usd": 0.000404}
+        }))
+        .unwrap();
+        assert_eq!(cost(&cheap).unwrap(), "GPU 1.2 s · est. $0.000404");
+        let unpriced = Job::from_json(json!({
+            "id": "job_4", "status": "succeeded",
+            "metrics": {"gpu_seconds": 1.2, "cost_usd": null}
+        }))
+        .unwrap();
+        assert_eq!(cost(&unpriced).unwrap(), "GPU 1.2 s");
         assert_eq!(size(2048), "2.0 KiB");
     }
 }

@@ -156,6 +156,12 @@ pub struct Metrics {
     pub queue_ms: Option<i64>,
     #[serde(default)]
     pub execution_ms: Option<i64>,
+    /// Our extension: seconds a GPU runner held the job.
+    #[serde(default)]
+    pub gpu_seconds: Option<f64>,
+    /// Our extension: the estimated cost in US dollars.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 /// Follow-up links: root-relative with the server's mount prefix, or absolute.

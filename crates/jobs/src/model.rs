@@ -226,6 +226,11 @@ pub struct Job {
     pub reserved_until: Option<DateTime<Utc>>,
     /// Hand-backs (SIGTERM, Spot). They do not count against `max_attempts`, up to a cap.
     pub preemptions: u32,
+    /// The price per GPU-hour in force when the job was accepted (`None`: none was
+    /// configured). Kept on the record so that a later price change never rewrites
+    /// what a past job cost; see [`Job::cost_usd`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_price_per_hour: Option<f64>,
     /// The finishing attempt's outputs (reset on takeover).
     pub outputs: Vec<OutputRecord>,
     pub error: Option<JobError>,
@@ -268,6 +273,7 @@ impl Job {
             reserved_by: None,
             reserved_until: None,
             preemptions: 0,
+            gpu_price_per_hour: None,
             outputs: vec![],
             error: None,
             enqueued: false,
@@ -295,6 +301,21 @@ impl Job {
             (Some(started), Some(done)) => Some((done - started).num_milliseconds()),
             _ => None,
         }
+    }
+
+    /// Seconds a GPU runner held the job: from its first start to its end, so a
+    /// takeover's lost attempt is counted too (the GPU was held, whoever's it was).
+    /// Null until the job finished after starting.
+    pub fn gpu_seconds(&self) -> Option<f64> {
+        self.execution_ms().map(|ms| ms.max(0) as f64 / 1000.0)
+    }
+
+    /// The estimated cost: [`Job::gpu_seconds`] at the price recorded on the job,
+    /// rounded to a millionth of a dollar. Null without a price or before the end.
+    pub fn cost_usd(&self) -> Option<f64> {
+        let price = self.gpu_price_per_hour.filter(|p| *p > 0.0)?;
+        let cost = self.gpu_seconds()? * price / 3600.0;
+        Some((cost * 1e6).round() / 1e6)
     }
 }
 
@@ -455,5 +476,38 @@ mod message_tests {
             format!("{{\"v\":{SCHEMA_VERSION},\"job_id\":\"{}\"}}", id.as_str())
         );
         assert_eq!(WakeMessage::body(), format!("{{\"v\":{SCHEMA_VERSION}}}"));
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_gpu_seconds_at_the_recorded_price() {
+        let t0 = Utc::now();
+        let mut job = Job::new_queued(
+            "t",
+            BTreeMap::new(),
+            t0,
+            chrono::Duration::days(1),
+            chrono::Duration::hours(1),
+        );
+        assert_eq!((job.gpu_seconds(), job.cost_usd()), (None, None));
+        job.started_at = Some(t0 + chrono::Duration::seconds(3));
+        job.completed_at = Some(t0 + chrono::Duration::milliseconds(93_500));
+        assert_eq!(job.gpu_seconds(), Some(90.5));
+        // No price recorded: no cost, rather than a cost of 0 that would claim "free".
+        assert_eq!(job.cost_usd(), None);
+        job.gpu_price_per_hour = Some(1.212);
+        // 90.5 s at $1.212/h = $0.030468...; a millionth of a dollar is the unit.
+        assert_eq!(job.cost_usd(), Some(0.030468));
+        // The price travels with the stored record; an old record without it reads as None.
+        let stored = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&stored).unwrap(), job);
+        let mut old: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        old.as_object_mut().unwrap().remove("gpu_price_per_hour");
+        let old: Job = serde_json::from_value(old).unwrap();
+        assert_eq!(old.gpu_price_per_hour, None);
     }
 }

@@ -68,6 +68,9 @@ pub struct JobsConfig {
     pub record_enqueue_in_background: bool,
     /// The quota of a tenant that has none of its own (see [`crate::quota`]).
     pub default_quota: crate::quota::TenantQuota,
+    /// The price of one GPU-hour in US dollars, recorded on each job at submit so its
+    /// `metrics.cost_usd` can be estimated; 0 records none (and the cost stays null).
+    pub gpu_price_per_hour: f64,
 }
 
 impl Default for JobsConfig {
@@ -83,6 +86,7 @@ impl Default for JobsConfig {
             wake_coalesce: std::time::Duration::ZERO,
             record_enqueue_in_background: false,
             default_quota: crate::quota::TenantQuota::default(),
+            gpu_price_per_hour: 0.0,
         }
     }
 }
@@ -314,13 +318,16 @@ impl JobService {
     }
 
     fn new_job(&self, tenant: &str, submission: &Submission, now: DateTime<Utc>) -> Job {
-        Job::new_queued(
+        let mut job = Job::new_queued(
             tenant,
             submission.metadata.clone(),
             now,
             self.config.retention,
             self.config.queue_timeout,
-        )
+        );
+        let price = self.config.gpu_price_per_hour;
+        job.gpu_price_per_hour = (price.is_finite() && price > 0.0).then_some(price);
+        job
     }
 
     /// Answers a request whose `Idempotency-Key` is already recorded.
@@ -562,6 +569,8 @@ impl JobService {
             metrics: Metrics {
                 queue_ms: job.queue_ms(),
                 execution_ms: job.execution_ms(),
+                gpu_seconds: job.gpu_seconds(),
+                cost_usd: job.cost_usd(),
             },
             urls: self.urls(&job.id),
             metadata: job.metadata.clone(),

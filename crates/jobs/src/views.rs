@@ -35,6 +35,14 @@ pub struct JobView {
 pub struct Metrics {
     pub queue_ms: Option<i64>,
     pub execution_ms: Option<i64>,
+    /// Our extension: seconds a GPU runner held the job, from its first start to its
+    /// end (null until then).
+    #[schema(example = 12.5)]
+    pub gpu_seconds: Option<f64>,
+    /// Our extension: the estimated cost in US dollars, `gpu_seconds` at the price per
+    /// GPU-hour in force when the job was accepted; null when no price is configured.
+    #[schema(example = 0.003507)]
+    pub cost_usd: Option<f64>,
 }
 
 /// Follow-up links, root-relative and carrying the API's mount prefix.

@@ -36,6 +36,7 @@ fn queued() -> Job {
         reserved_by: None,
         reserved_until: None,
         preemptions: 0,
+        gpu_price_per_hour: None,
         outputs: vec![],
         error: None,
         enqueued: true,
