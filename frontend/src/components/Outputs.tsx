@@ -5,7 +5,7 @@ import type { ApiClient } from "../api/client";
 import type { Output } from "../api/types";
 import { formatBytes } from "../lib/format";
 
-function kindOf(o: Output): "image" | "video" | "audio" | "text" | "file" {
+export function kindOf(o: Output): "image" | "video" | "audio" | "text" | "file" {
   const t = String(o.type);
   if (t === "image" || t === "video" || t === "audio" || t === "text") return t;
   const ct = o.content_type ?? "";

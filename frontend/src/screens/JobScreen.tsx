@@ -297,7 +297,7 @@ export function JobScreen({ id }: { id: string }) {
               .map(([k, v]) => (
                 <DataList.Item key={k}>
                   <DataList.Label minWidth="140px">{metricLabel(k)}</DataList.Label>
-                  <DataList.Value>{k.endsWith("_ms") ? formatDuration(Number(v)) : String(v)}</DataList.Value>
+                  <DataList.Value data-metric={k}>{metricValue(k, Number(v))}</DataList.Value>
                 </DataList.Item>
               ))}
           {job.expires_at && (
@@ -312,11 +312,19 @@ export function JobScreen({ id }: { id: string }) {
   );
 }
 
-function metricLabel(k: string): string {
-  const known: Record<string, string> = { queue_ms: "Time in queue", execution_ms: "Execution time" };
+export function metricLabel(k: string): string {
+  const known: Record<string, string> = { queue_ms: "Time in queue", execution_ms: "Execution time", gpu_seconds: "GPU time", cost_usd: "Estimated cost" };
   if (known[k]) return known[k];
   const s = k.replace(/_ms$/, "").replace(/_/g, " ");
   return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/** A metric as people read it: durations, GPU seconds, and dollars (to the millionth under a cent). */
+export function metricValue(k: string, v: number): string {
+  if (k.endsWith("_ms")) return formatDuration(v);
+  if (k === "gpu_seconds") return formatDuration(v * 1000);
+  if (k === "cost_usd") return v >= 0.01 || v === 0 ? `$${v.toFixed(2)}` : `$${v.toFixed(6)}`;
+  return String(v);
 }
 
 function BackLink() {

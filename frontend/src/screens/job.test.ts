@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Job } from "../api/types";
-import { coldWorkerMessage, progressLabel } from "./JobScreen";
+import { coldWorkerMessage, metricLabel, metricValue, progressLabel } from "./JobScreen";
 import { applyEvent } from "../lib/useJobLive";
 
 const base: Job = { id: "job_1", status: "queued", created_at: "2025-01-01T00:00:00Z", outputs: [] };
@@ -36,5 +36,15 @@ describe("job view logic", () => {
     expect(applyEvent(j, { event: "log", data: '{"level":"info","message":"hi"}' }).log?.message).toBe("hi");
     expect(applyEvent(j, { event: "preview", data: '{"node_id":"3","content_type":"image/jpeg","data_base64":"AA=="}' }).preview).toBe("data:image/jpeg;base64,AA==");
     expect(applyEvent(j, { event: "status", data: "not json" }).job).toBe(j);
+  });
+
+  it("shows GPU time and the estimated cost", () => {
+    expect(metricLabel("gpu_seconds")).toBe("GPU time");
+    expect(metricLabel("cost_usd")).toBe("Estimated cost");
+    expect(metricValue("gpu_seconds", 90.5)).toBe("1:30");
+    expect(metricValue("gpu_seconds", 1.25)).toBe("1.3 s");
+    expect(metricValue("cost_usd", 0.030468)).toBe("$0.03");
+    expect(metricValue("cost_usd", 0.000404)).toBe("$0.000404");
+    expect(metricValue("execution_ms", 1200)).toBe("1.2 s");
   });
 });
