@@ -241,6 +241,42 @@ const steps = [
     },
   },
   {
+    id: "media",
+    title: "7. a VideoHelperSuite MP4 plays in the gallery's <video>, and a SaveAudio file in an <audio>, both seekable",
+    run: async () => {
+      const notes = [];
+      for (const [name, selector] of [["video-vhs.json", "video.output-video"], ["audio.json", "audio.output-audio"]]) {
+        await pasteWorkflow(page, wf(name));
+        const id = await submit(page);
+        const seen = await watch(page);
+        if (seen.final !== "succeeded") throw new Error(`job ${id} (${name}) ended ${seen.final}: ${await failureText(page)}`);
+        const el = page.locator(selector).first();
+        await el.waitFor({ timeout: 30000 });
+        // Decoded metadata, then a seek: the browser's Range requests reached the bytes.
+        const media = await el.evaluate(
+          (m) =>
+            new Promise((done) => {
+              const report = (error) => done({ error, duration: m.duration, width: m.videoWidth ?? 0, height: m.videoHeight ?? 0, time: m.currentTime });
+              const seek = () => {
+                m.addEventListener("seeked", () => report(null), { once: true });
+                m.currentTime = m.duration / 2;
+              };
+              m.addEventListener("error", () => report(`media error ${m.error?.code}`), { once: true });
+              if (m.readyState >= 1) seek();
+              else m.addEventListener("loadedmetadata", seek, { once: true });
+              setTimeout(() => report(`timed out at readyState ${m.readyState}`), 20000);
+            }),
+        );
+        assert(!media.error, `${name}: ${media.error}`);
+        assert(media.duration > 0 && media.time > 0, `${name}: duration ${media.duration}, position after seek ${media.time}`);
+        if (name.startsWith("video")) assert(media.width === 64 && media.height === 48, `video is ${media.width}×${media.height}, not 64×48`);
+        notes.push(`${name}: ${media.duration.toFixed(2)} s${media.width ? ` ${media.width}×${media.height}` : ""}, seeked to ${media.time.toFixed(2)} s`);
+      }
+      await shot(page, "desktop-job-audio");
+      return notes.join("; ");
+    },
+  },
+  {
     id: "upload",
     title: "7. runs load-blur.json with an uploaded photo",
     run: async () => {
