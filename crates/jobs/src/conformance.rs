@@ -263,8 +263,10 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     let store = store.as_ref();
     let now = clock.now();
 
-    // Create and read back, field for field.
-    let job = sample_job("t1", now, &[("project", "fox"), ("run", "1")]);
+    // Create and read back, field for field (the price a job was accepted at too: its
+    // cost is estimated from it, whatever the price is by then).
+    let mut job = sample_job("t1", now, &[("project", "fox"), ("run", "1")]);
+    job.gpu_price_per_hour = Some(1.212);
     create(store, &job).await;
     assert_eq!(
         store.get_job(&job.id).await.unwrap(),
@@ -292,6 +294,11 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
         .put_job(&next, 1)
         .await
         .expect("write at the right revision");
+    assert_eq!(
+        store.get_job(&job.id).await.unwrap().unwrap().gpu_price_per_hour,
+        Some(1.212),
+        "a later write keeps the recorded price"
+    );
     let mut stale = job.clone();
     stale.status = JobStatus::Canceled;
     stale.rev = 2;
