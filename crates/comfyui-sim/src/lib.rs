@@ -34,6 +34,9 @@
 //!   pack; simulated CheckpointLoaderSimple, CLIPTextEncode, EmptyLatentImage, KSampler
 //!   (one `progress` tick per step, interruptible) and VAEDecode (a deterministic
 //!   gradient).
+//! - Real files from video and audio nodes, reported in the real shapes:
+//!   VHS_VideoCombine (`gifs`), CreateVideo + SaveVideo (`images` + `animated`),
+//!   EmptyAudio + SaveAudio (`audio`); H.264 MP4 and WAV written by `media.rs`.
 //! - `/view` path-safety, upload renaming and deduplication, `<prefix>_00001_.png`.
 //! - Faults ([`Faults`]), switchable at start, from a test, or over HTTP at
 //!   `POST /__sim/faults`.
