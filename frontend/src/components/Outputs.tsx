@@ -7,8 +7,10 @@ import { formatBytes } from "../lib/format";
 
 export function kindOf(o: Output): "image" | "video" | "audio" | "text" | "file" {
   const t = String(o.type);
-  if (t === "image" || t === "video" || t === "audio" || t === "text") return t;
   const ct = o.content_type ?? "";
+  // VideoHelperSuite's GIFs are typed `video` but only an <img> plays them.
+  if (t === "video" && ct.startsWith("image/")) return "image";
+  if (t === "image" || t === "video" || t === "audio" || t === "text") return t;
   if (t !== "latent") {
     if (ct.startsWith("image/")) return "image";
     if (ct.startsWith("video/")) return "video";

@@ -14,6 +14,8 @@ describe("output kinds", () => {
     // A custom node's file under an unknown key still plays by its content type.
     expect(kindOf(out({ name: "x.webm", type: "file", content_type: "video/webm" }))).toBe("video");
     expect(kindOf(out({ name: "x.mp3", type: "file", content_type: "audio/mpeg" }))).toBe("audio");
+    // VHS's default format is a GIF, typed video: an <img> plays it, a <video> cannot.
+    expect(kindOf(out({ name: "vhs_00001.gif", type: "video", content_type: "image/gif" }))).toBe("image");
     // A latent is never rendered, whatever its type says.
     expect(kindOf(out({ name: "l.latent", type: "latent", content_type: "video/mp4" }))).toBe("file");
   });
