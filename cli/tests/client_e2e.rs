@@ -933,7 +933,10 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
         assert_eq!(outputs[0]["type"], kind);
         assert_eq!(outputs[0]["content_type"], ct);
         // No --gpu-price-per-hour: GPU time is measured, no cost is claimed.
-        assert!(job["metrics"]["gpu_seconds"].as_f64().unwrap() > 0.0, "{job}");
+        assert!(
+            job["metrics"]["gpu_seconds"].as_f64().unwrap() > 0.0,
+            "{job}"
+        );
         assert!(job["metrics"]["cost_usd"].is_null(), "{job}");
         let d = &result["downloads"][0];
         assert_eq!(d["node_id"], node);
@@ -989,7 +992,9 @@ fn jobs_get_shows_gpu_time_and_the_cost_at_the_configured_price() {
     let text = dev.cli(&["jobs", "get", &id]);
     assert_eq!(text.code, Some(0), "{text:#?}");
     assert!(
-        text.stdout.lines().any(|l| l.starts_with("cost     GPU ") && l.contains("est. $")),
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("cost     GPU ") && l.contains("est. $")),
         "{text:#?}"
     );
     // A bad price is refused before dev starts.

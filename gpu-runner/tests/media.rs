@@ -21,9 +21,30 @@ async fn video_and_audio_outputs_are_stored_with_their_types() {
     );
     // (workflow, kind, content type, name ending, first bytes' signature at 4..8 or 0..4)
     let cases = [
-        ("video-vhs.json", OutputKind::Video, "video/mp4", ".mp4", b"ftyp", 4),
-        ("video-core.json", OutputKind::Video, "video/mp4", "_.mp4", b"ftyp", 4),
-        ("audio.json", OutputKind::Audio, "audio/wav", "_.wav", b"RIFF", 0),
+        (
+            "video-vhs.json",
+            OutputKind::Video,
+            "video/mp4",
+            ".mp4",
+            b"ftyp",
+            4,
+        ),
+        (
+            "video-core.json",
+            OutputKind::Video,
+            "video/mp4",
+            "_.mp4",
+            b"ftyp",
+            4,
+        ),
+        (
+            "audio.json",
+            OutputKind::Audio,
+            "audio/wav",
+            "_.wav",
+            b"RIFF",
+            0,
+        ),
     ];
     for (name, kind, ct, ending, magic, at) in cases {
         let id = env.submit(&workflow(name)).await;

@@ -65,7 +65,15 @@ pub fn mp4(img: &Images, fps: f64) -> Vec<u8> {
     // Timescale 1000 (milliseconds); every frame lasts the same.
     let delta = (1000.0 / fps.max(0.01)).round().max(1.0) as u32;
     let moov_at = |offset: u32| moov(w, h, delta, &samples, &sps, &pps, offset);
-    let ftyp = boxed(b"ftyp", &[b"isom".as_slice(), &0x200u32.to_be_bytes(), b"isomiso2avc1mp41"].concat());
+    let ftyp = boxed(
+        b"ftyp",
+        &[
+            b"isom".as_slice(),
+            &0x200u32.to_be_bytes(),
+            b"isomiso2avc1mp41",
+        ]
+        .concat(),
+    );
     let first = ftyp.len() + moov_at(0).len() + 8;
     let moov = moov_at(first as u32);
     let mdat = boxed(b"mdat", &samples.concat());
@@ -307,12 +315,25 @@ fn moov(
         b"hdlr",
         0,
         0,
-        &[be32(&[0]), b"vide".to_vec(), vec![0; 12], b"VideoHandler\0".to_vec()].concat(),
+        &[
+            be32(&[0]),
+            b"vide".to_vec(),
+            vec![0; 12],
+            b"VideoHandler\0".to_vec(),
+        ]
+        .concat(),
     );
     let avcc = boxed(
         b"avcC",
         &[
-            vec![1, PROFILE_BASELINE as u8, CONSTRAINTS as u8, LEVEL_3 as u8, 0xFF, 0xE1],
+            vec![
+                1,
+                PROFILE_BASELINE as u8,
+                CONSTRAINTS as u8,
+                LEVEL_3 as u8,
+                0xFF,
+                0xE1,
+            ],
             (sps.len() as u16).to_be_bytes().to_vec(),
             sps.to_vec(),
             vec![1],
@@ -347,15 +368,15 @@ fn moov(
     let stsz = full(b"stsz", 0, 0, &[be32(&[0, n]), be32(&sizes)].concat());
     let stco = full(b"stco", 0, 0, &be32(&[1, chunk_offset]));
     let stbl = boxed(b"stbl", &[stsd, stts, stsc, stsz, stco].concat());
-    let dref = full(b"dref", 0, 0, &[be32(&[1]), full(b"url ", 0, 1, &[])].concat());
+    let dref = full(
+        b"dref",
+        0,
+        0,
+        &[be32(&[1]), full(b"url ", 0, 1, &[])].concat(),
+    );
     let minf = boxed(
         b"minf",
-        &[
-            full(b"vmhd", 0, 1, &[0; 8]),
-            boxed(b"dinf", &dref),
-            stbl,
-        ]
-        .concat(),
+        &[full(b"vmhd", 0, 1, &[0; 8]), boxed(b"dinf", &dref), stbl].concat(),
     );
     let mdia = boxed(b"mdia", &[mdhd, hdlr, minf].concat());
     let trak = boxed(b"trak", &[tkhd, mdia].concat());
@@ -370,7 +391,10 @@ mod tests {
     fn wav_header_describes_its_samples() {
         let w = wav(&[0, 1000, -1000, 5], 8000, 2);
         assert_eq!(&w[..4], b"RIFF");
-        assert_eq!(u32::from_le_bytes(w[4..8].try_into().unwrap()) as usize, w.len() - 8);
+        assert_eq!(
+            u32::from_le_bytes(w[4..8].try_into().unwrap()) as usize,
+            w.len() - 8
+        );
         assert_eq!(&w[8..16], b"WAVEfmt ");
         assert_eq!(u16::from_le_bytes([w[22], w[23]]), 2);
         assert_eq!(u32::from_le_bytes(w[24..28].try_into().unwrap()), 8000);
@@ -384,7 +408,10 @@ mod tests {
         [0, 1, 2, 3, 25].iter().for_each(|&v| b.ue(v));
         // 1 010 011 00100 000011010, then the stop bit.
         assert_eq!(b.finish(), vec![0b1010_0110, 0b0100_0000, 0b1101_0100]);
-        assert_eq!(nal(0x65, &[0, 0, 1, 0, 0, 0, 0]), vec![0x65, 0, 0, 3, 1, 0, 0, 3, 0, 0]);
+        assert_eq!(
+            nal(0x65, &[0, 0, 1, 0, 0, 0, 0]),
+            vec![0x65, 0, 0, 3, 1, 0, 0, 3, 0, 0]
+        );
     }
 
     #[test]

@@ -295,7 +295,12 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
         .await
         .expect("write at the right revision");
     assert_eq!(
-        store.get_job(&job.id).await.unwrap().unwrap().gpu_price_per_hour,
+        store
+            .get_job(&job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .gpu_price_per_hour,
         Some(1.212),
         "a later write keeps the recorded price"
     );
