@@ -962,6 +962,15 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
         assert_eq!((status, body.as_slice()), (206, &bytes[mid..]));
         let (status, _, body) = get_range(url, "bytes=-16");
         assert_eq!((status, body.as_slice()), (206, &bytes[bytes.len() - 16..]));
+        // The asset's v2 content route too (what a URL past its expiry falls back to).
+        let content = format!(
+            "{}/api/v2/assets/{}/content",
+            dev.url,
+            outputs[0]["id"].as_str().unwrap()
+        );
+        let (status, headers, body) = get_range(&content, "bytes=4-11");
+        assert_eq!((status, body.as_slice()), (206, &bytes[4..12]), "{headers:?}");
+        assert_eq!(headers["content-type"], ct);
         if kind == "video" {
             assert_eq!(&bytes[4..8], b"ftyp");
         } else {
