@@ -969,7 +969,11 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
             outputs[0]["id"].as_str().unwrap()
         );
         let (status, headers, body) = get_range(&content, "bytes=4-11");
-        assert_eq!((status, body.as_slice()), (206, &bytes[4..12]), "{headers:?}");
+        assert_eq!(
+            (status, body.as_slice()),
+            (206, &bytes[4..12]),
+            "{headers:?}"
+        );
         assert_eq!(headers["content-type"], ct);
         if kind == "video" {
             assert_eq!(&bytes[4..8], b"ftyp");

@@ -447,6 +447,24 @@ mod tests {
         assert_eq!(u32::from_be_bytes(stts[12..16].try_into().unwrap()), 125);
     }
 
+    /// One red 16×16 macroblock, bit for bit: the slice header, `mb_type` I_PCM, the
+    /// alignment, then BT.601 samples (Y 82, Cb 90, Cr 240) and the stop bit.
+    #[test]
+    fn an_idr_slice_carries_raw_bt601_samples() {
+        let img = Images::solid(16, 16, 1, 0xFF0000);
+        let (y, u, v) = yuv420(&img, 0, 16, 16);
+        let slice = nal(0x65, &idr_slice(0, 16, 16, &y, &u, &v));
+        // first_mb 0, slice_type 7, pps 0, frame_num 0000, idr_pic_id 0, two flags,
+        // qp delta 0, mb_type 25, then zero bits to the byte boundary.
+        assert_eq!(&slice[..5], &[0x65, 0x88, 0x84, 0x86, 0x80]);
+        assert!(slice[5..261].iter().all(|&s| s == 82), "luma");
+        assert!(slice[261..325].iter().all(|&s| s == 90), "Cb");
+        assert!(slice[325..389].iter().all(|&s| s == 240), "Cr");
+        assert_eq!(&slice[389..], &[0x80]);
+        // Parameter sets: Constrained Baseline level 3, one macroblock each way.
+        assert_eq!(&nal(0x67, &sps(16, 16))[..4], &[0x67, 66, 0xC0, 30]);
+    }
+
     fn children(b: &[u8]) -> Vec<(&[u8], &[u8])> {
         let mut out = Vec::new();
         let mut at = 0;
