@@ -15,7 +15,8 @@
 //! | `stage` | `core/ASSET` inputs → `/upload/image`; `filename_prefix` rewriting; outputs via `/view` → assets |
 //! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
 //! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
-//! | [`cli`] | [`cli::RunnerArgs`] and [`cli::run_cli`] (the binary and `serverless-comfyui runner`) |
+//! | [`cli`] | `RunnerArgs` and `run_cli` (the local binary and `serverless-comfyui runner`), [`cli::RunnerSettings`] and [`cli::run_until_stopped`] (every entry) |
+//! | [`nodes`] | the custom nodes boot check: promised classes in `/object_info`, or refuse jobs |
 //! | [`config`] | [`RunnerConfig`], and an observer hook for benchmarks |
 //!
 //! ## The protocol, as the runner plays it
@@ -87,6 +88,8 @@ pub mod engine;
 pub mod error;
 pub mod events;
 mod job;
+pub mod models;
+pub mod nodes;
 mod progress;
 pub mod runner;
 mod stage;
