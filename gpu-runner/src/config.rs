@@ -54,6 +54,9 @@ pub struct RunnerConfig {
     /// Node classes ComfyUI must offer (`/object_info`) before the runner takes a job:
     /// the custom nodes manifest's promise ([`crate::nodes`]). Empty: no check.
     pub required_node_classes: Vec<String>,
+    /// Set before the start when the runner must take no job (the models did not
+    /// sync): it registers as `refusing` with this reason, as for a missing node class.
+    pub refuse_jobs: Option<String>,
     /// Hooks for measurements (benchmarks); `None` in production.
     pub observer: Option<Arc<dyn RunnerObserver>>,
 }
@@ -91,6 +94,7 @@ impl Default for RunnerConfig {
             warmup_workflow: None,
             comfyui_dirs: None,
             required_node_classes: Vec::new(),
+            refuse_jobs: None,
             observer: None,
         }
     }

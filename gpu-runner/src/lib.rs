@@ -16,6 +16,8 @@
 //! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
 //! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
 //! | [`cli`] | `RunnerArgs` and `run_cli` (the local binary and `serverless-comfyui runner`), [`cli::RunnerSettings`] and [`cli::run_until_stopped`] (every entry) |
+//! | [`models`] | `models.yaml` and its sync from object storage into the instance's model cache |
+//! | `aws_env` | the runner on AWS (feature `aws`): environment, ECS task id, S3 models, ports |
 //! | [`nodes`] | the custom nodes boot check: promised classes in `/object_info`, or refuse jobs |
 //! | [`config`] | [`RunnerConfig`], and an observer hook for benchmarks |
 //!
@@ -81,6 +83,8 @@
 //! and each delivery absorbed without running the job again (a duplicate, a copy of a job
 //! held elsewhere or already ended) with `event = "duplicate"`.
 
+#[cfg(feature = "aws")]
+pub mod aws_env;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

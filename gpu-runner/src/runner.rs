@@ -249,7 +249,10 @@ impl MainLoop {
             if !self.active.is_empty() {
                 last_work = Instant::now();
             }
-            let state = engine_rx.borrow_and_update().clone();
+            let state = match &self.sh.config.refuse_jobs {
+                Some(reason) => EngineState::Refused(reason.clone()),
+                None => engine_rx.borrow_and_update().clone(),
+            };
             match state {
                 EngineState::Failed(e) => return Err(RunnerError::Engine(e)),
                 EngineState::Refused(reason) => {

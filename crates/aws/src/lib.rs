@@ -35,7 +35,7 @@ pub mod models;
 pub mod s3;
 pub mod sqs;
 
-pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
+pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
 pub use dynamodb::DynamoJobStore;
 pub use ecs::{EcsLauncher, EcsSettings};
 pub use models::{ModelObject, S3Models};
