@@ -316,6 +316,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_images_warmup_workflow_and_custom_nodes_manifest_load() {
+        let docker = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let settings = RunnerSettings {
+            comfyui_url: Some("http://127.0.0.1:8188".into()),
+            warmup_workflow: Some(docker.join("docker/warmup.json")),
+            custom_nodes: Some(docker.join("custom-nodes.toml")),
+            ..RunnerSettings::default()
+        };
+        let (config, _) = settings.to_config().unwrap();
+        let warmup = config.warmup_workflow.expect("the warm-up is read");
+        assert_eq!(warmup["3"]["class_type"], "PreviewImage");
+        assert!(config.required_node_classes.is_empty(), "the stock image promises none");
+    }
+
+    #[test]
     fn a_workdir_fills_the_command_placeholders() {
         let (cmd, dirs) = owned_folders(
             "python main.py --port {port} --input-directory {input_dir} --output-directory {output_dir} --temp-directory {temp_dir}",

@@ -102,8 +102,19 @@ async fn with_every_promised_class_there_jobs_run() {
     let sim = sim(5).await;
     let env = Env::new();
     let id = env.submit(&sampler(2, 2)).await;
+    // The image's warm-up runs first (it needs no model).
+    let (with_warmup, _) = gpu_runner::cli::RunnerSettings {
+        comfyui_url: Some(sim.base_url()),
+        warmup_workflow: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/warmup.json"),
+        ),
+        ..Default::default()
+    }
+    .to_config()
+    .unwrap();
     let config = gpu_runner::RunnerConfig {
         required_node_classes: vec!["KSampler".into(), "SaveImage".into()],
+        warmup_workflow: with_warmup.warmup_workflow,
         ..test_config()
     };
     let runner = start_runner(&env, attach(&sim), config);

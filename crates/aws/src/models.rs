@@ -6,9 +6,9 @@
 //!
 //! | method | S3 call | why |
 //! |---|---|---|
-//! | [`S3Models::stat`] | `HeadObject` | size and ETag: is the cached copy current? |
+//! | [`S3Models::stat`] | `ListObjectsV2` (the key as prefix, one key) | size and ETag: is the cached copy current? |
 //! | [`S3Models::read_range`] | ranged `GetObject` with `If-Match` | one part of a parallel download; a changed object fails the part instead of mixing two versions |
-//! | [`S3Models::read_small`] | `HeadObject` + `GetObject` | the manifest itself, refused past a size cap |
+//! | [`S3Models::read_small`] | `ListObjectsV2` + `GetObject` | the manifest itself, refused past a size cap |
 //!
 //! Bodies are streamed chunk by chunk ([`jobs::ports::ByteStream`]): a model of many
 //! gigabytes is never held in memory. ETags are opaque strings here (a multipart
@@ -58,24 +58,34 @@ impl S3Models {
     }
 
     /// Size and ETag, or `None` when there is no such object.
+    ///
+    /// A `ListObjectsV2` of the key as prefix, not a `HeadObject`: for a missing key,
+    /// S3 answers `HeadObject` with 403 unless the caller may list the bucket for that
+    /// request, and the runner's role may list only under `models/` (an `s3:prefix`
+    /// condition, which a `HeadObject` does not carry). A listing answers "absent" as an
+    /// empty page, and carries the size and ETag itself: still one request.
     pub async fn stat(&self, key: &str) -> StoreResult<Option<ModelObject>> {
         let span = tracing::debug_span!("s3.models.stat", bucket = %self.bucket, key);
-        match self
+        let out = self
             .client
-            .head_object()
+            .list_objects_v2()
             .bucket(&self.bucket)
-            .key(key)
+            .prefix(key)
+            .max_keys(1)
             .send()
             .instrument(span)
             .await
-        {
-            Ok(out) => Ok(Some(ModelObject {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                etag: out.e_tag().unwrap_or_default().to_string(),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(e) => Err(self.unavailable("HeadObject", key, &e)),
-        }
+            .map_err(|e| self.unavailable("ListObjectsV2", key, &e))?;
+        // Keys list in UTF-8 binary order, so the key itself comes before any longer
+        // key it is a prefix of.
+        Ok(out
+            .contents()
+            .first()
+            .filter(|o| o.key() == Some(key))
+            .map(|o| ModelObject {
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().unwrap_or_default().to_string(),
+            }))
     }
 
     /// Bytes `first..=last` of the object, only if its ETag is still `etag`

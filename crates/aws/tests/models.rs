@@ -198,5 +198,7 @@ async fn a_ranged_read_of_a_changed_object_is_refused() {
         Err(StoreError::Conflict)
     ));
     assert!(models.stat("models/vae/none").await.unwrap().is_none());
+    // A key that is only a prefix of an object's key is no object.
+    assert!(models.stat("models/vae/a").await.unwrap().is_none());
     assert!(models.read_small("models/vae/a.safetensors", 100).await.is_err(), "over the cap");
 }
