@@ -685,8 +685,16 @@ async fn health_names_why_a_runner_refuses_jobs() {
     let now = Utc::now();
     let store = &t.app.state.jobs.ports().store;
     for (id, phase, detail) in [
-        ("runner-a", jobs::ports::WorkerPhase::Refusing, "custom node classes missing from ComfyUI: ImageResizeKJ"),
-        ("runner-b", jobs::ports::WorkerPhase::Idle, "gpu-runner pid 2"),
+        (
+            "runner-a",
+            jobs::ports::WorkerPhase::Refusing,
+            "custom node classes missing from ComfyUI: ImageResizeKJ",
+        ),
+        (
+            "runner-b",
+            jobs::ports::WorkerPhase::Idle,
+            "gpu-runner pid 2",
+        ),
     ] {
         store
             .put_worker(&jobs::ports::WorkerRecord {

@@ -103,10 +103,16 @@ pub struct EnvError {
 fn describe(missing: &[String], invalid: &[String]) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
-        parts.push(format!("missing environment variables: {}", missing.join(", ")));
+        parts.push(format!(
+            "missing environment variables: {}",
+            missing.join(", ")
+        ));
     }
     if !invalid.is_empty() {
-        parts.push(format!("invalid environment variables: {}", invalid.join("; ")));
+        parts.push(format!(
+            "invalid environment variables: {}",
+            invalid.join("; ")
+        ));
     }
     parts.join("; ")
 }
@@ -134,7 +140,11 @@ impl AwsRunnerEnv {
 
     /// Reads through `lookup`; the error names every problem at once.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let mut missing: Vec<String> = Vec::new();
         let mut invalid: Vec<String> = Vec::new();
         let data = match aws::DataConfig::from_lookup(&lookup) {
@@ -165,7 +175,9 @@ impl AwsRunnerEnv {
             Some(raw) => match raw.parse::<u32>() {
                 Ok(v) if v >= 1 => v,
                 _ => {
-                    invalid.push(format!("{MAX_ATTEMPTS}: {raw:?} is not a whole number >= 1"));
+                    invalid.push(format!(
+                        "{MAX_ATTEMPTS}: {raw:?} is not a whole number >= 1"
+                    ));
                     defaults.max_attempts
                 }
             },
@@ -302,17 +314,20 @@ pub async fn sync_models(
     settings: &ModelsSettings,
     options: &SyncOptions,
 ) -> Result<models::SyncReport, String> {
-    let manifest =
-        match models::fetch_manifest(source.as_ref(), &settings.manifest_key, MANIFEST_TIMEOUT)
-            .await
-        {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                tracing::warn!(key = %settings.manifest_key, source = %source.describe(), "no models manifest; no models synced");
-                return Ok(models::SyncReport::default());
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+    let manifest = match models::fetch_manifest(
+        source.as_ref(),
+        &settings.manifest_key,
+        MANIFEST_TIMEOUT,
+    )
+    .await
+    {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            tracing::warn!(key = %settings.manifest_key, source = %source.describe(), "no models manifest; no models synced");
+            return Ok(models::SyncReport::default());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let report = models::sync(source, &manifest, &settings.cache, options).await;
     if report.failed.is_empty() {
         Ok(report)
@@ -359,7 +374,10 @@ pub async fn run_from_env() -> ExitCode {
             clock.clone(),
         )),
         blobs: Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &env.data.bucket)),
-        queue: Arc::new(aws::SqsQueue::new(clients.sqs.clone(), env.data.queues.clone())),
+        queue: Arc::new(aws::SqsQueue::new(
+            clients.sqs.clone(),
+            env.data.queues.clone(),
+        )),
         clock,
     };
     if let Some(models) = &env.models {

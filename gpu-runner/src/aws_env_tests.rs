@@ -55,13 +55,27 @@ fn every_setting_is_read() {
     let env = read(&vars).unwrap();
     let s = &env.settings;
     assert_eq!(
-        (s.lease_seconds, s.job_timeout, s.max_attempts, s.idle_timeout),
+        (
+            s.lease_seconds,
+            s.job_timeout,
+            s.max_attempts,
+            s.idle_timeout
+        ),
         (45.0, 600.0, 5, 0.0)
     );
     assert_eq!((s.shutdown_grace, s.ready_timeout), (90.0, 120.5));
-    assert_eq!(s.comfyui_workdir.as_deref(), Some(std::path::Path::new("/work")));
-    assert_eq!(s.warmup_workflow.as_deref(), Some(std::path::Path::new("/opt/warmup.json")));
-    assert_eq!(s.custom_nodes.as_deref(), Some(std::path::Path::new("/opt/custom-nodes.toml")));
+    assert_eq!(
+        s.comfyui_workdir.as_deref(),
+        Some(std::path::Path::new("/work"))
+    );
+    assert_eq!(
+        s.warmup_workflow.as_deref(),
+        Some(std::path::Path::new("/opt/warmup.json"))
+    );
+    assert_eq!(
+        s.custom_nodes.as_deref(),
+        Some(std::path::Path::new("/opt/custom-nodes.toml"))
+    );
     assert_eq!(s.worker_id.as_deref(), Some("w-1"));
     assert_eq!(
         env.models,
@@ -105,7 +119,9 @@ async fn metadata_server(body: Option<&'static str>) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = conn.read(&mut buf).await.unwrap_or(0);
@@ -183,15 +199,32 @@ async fn the_worker_id_is_the_task_id_from_the_metadata_endpoint() {
 #[tokio::test]
 async fn without_an_answer_the_id_is_generated_within_the_timeout() {
     // No variable: generated at once.
-    assert!(worker_id_from(None, METADATA_TIMEOUT).await.starts_with("runner-"));
+    assert!(
+        worker_id_from(None, METADATA_TIMEOUT)
+            .await
+            .starts_with("runner-")
+    );
     // A document without a task ARN.
     let uri = metadata_server(Some(r#"{"Cluster": "default"}"#)).await;
-    assert!(ecs_task_id(&uri, METADATA_TIMEOUT).await.unwrap_err().contains("TaskARN"));
-    assert!(worker_id_from(Some(&uri), METADATA_TIMEOUT).await.starts_with("runner-"));
+    assert!(
+        ecs_task_id(&uri, METADATA_TIMEOUT)
+            .await
+            .unwrap_err()
+            .contains("TaskARN")
+    );
+    assert!(
+        worker_id_from(Some(&uri), METADATA_TIMEOUT)
+            .await
+            .starts_with("runner-")
+    );
     // An endpoint that never answers: the short timeout, not a hang.
     let silent = metadata_server(None).await;
     let started = std::time::Instant::now();
     let id = worker_id_from(Some(&silent), Duration::from_millis(300)).await;
     assert!(id.starts_with("runner-"));
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

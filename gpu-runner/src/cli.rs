@@ -327,7 +327,10 @@ mod tests {
         let (config, _) = settings.to_config().unwrap();
         let warmup = config.warmup_workflow.expect("the warm-up is read");
         assert_eq!(warmup["3"]["class_type"], "PreviewImage");
-        assert!(config.required_node_classes.is_empty(), "the stock image promises none");
+        assert!(
+            config.required_node_classes.is_empty(),
+            "the stock image promises none"
+        );
     }
 
     #[test]

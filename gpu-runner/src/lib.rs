@@ -62,6 +62,14 @@
 //! never retried. Job errors reach clients with server paths replaced by `<path>`
 //! ([`comfyui::scrub_paths`]). What is left of a job on ComfyUI's disk: see [`cleanup`].
 //!
+//! **Which adapters.** Cargo features pick them, so a build links only its own: `local`
+//! (the default: the SQLite data directory; the `gpu-runner` binary above and
+//! `serverless-comfyui runner`) or `aws` (DynamoDB, S3, SQS; the `gpu-runner-aws`
+//! binary, configured from the environment, see `aws_env` and docs/runner.md). Both
+//! end in [`cli::run_until_stopped`]. Before taking jobs, a runner may sync its models
+//! ([`models`], on AWS) and checks the custom nodes' classes ([`nodes`]); when either
+//! fails it registers as `refusing`, with the reason, and takes nothing.
+//!
 //! In-process (tests, benchmarks):
 //!
 //! ```no_run

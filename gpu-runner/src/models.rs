@@ -159,7 +159,10 @@ impl ModelsManifest {
 
     fn validate(&self) -> Result<(), RunnerError> {
         if self.models.len() > MAX_MODELS {
-            return Err(bad(format!("{} entries; at most {MAX_MODELS}", self.models.len())));
+            return Err(bad(format!(
+                "{} entries; at most {MAX_MODELS}",
+                self.models.len()
+            )));
         }
         let mut targets = HashSet::new();
         for entry in &self.models {
@@ -168,7 +171,9 @@ impl ModelsManifest {
             if rest.is_empty()
                 || key.len() > 1024
                 || key.ends_with('/')
-                || key.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+                || key
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
             {
                 return Err(bad(format!(
                     "key {key:?} must be an object key under {KEY_PREFIX} (no empty, . or .. segments)"
@@ -273,8 +278,8 @@ pub async fn fetch_manifest(
         .map_err(|_| RunnerError::Config(format!("{key}: no answer within {timeout:?}")))?
         .map_err(|e| RunnerError::Config(format!("{key}: {e}")))?;
     let Some(raw) = raw else { return Ok(None) };
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| RunnerError::Config(format!("{key}: not UTF-8")))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| RunnerError::Config(format!("{key}: not UTF-8")))?;
     ModelsManifest::parse(text).map(Some)
 }
 
@@ -309,7 +314,11 @@ pub async fn sync(
                     progress.total.load(Ordering::Relaxed),
                 );
                 if total > 0 {
-                    tracing::info!(done_bytes = done, total_bytes = total, "model sync progress");
+                    tracing::info!(
+                        done_bytes = done,
+                        total_bytes = total,
+                        "model sync progress"
+                    );
                 }
             }
         })
@@ -412,13 +421,20 @@ async fn sync_one(
     tracing::info!(key = %entry.key, bytes = remote.size, file = %at.file.display(), "downloading a model");
     progress.total.fetch_add(remote.size, Ordering::Relaxed);
     let tmp_dir = cache.join(".sync").join("tmp");
-    for dir in [&tmp_dir, at.file.parent().unwrap_or(cache), at.sidecar.parent().unwrap_or(cache)] {
+    for dir in [
+        &tmp_dir,
+        at.file.parent().unwrap_or(cache),
+        at.sidecar.parent().unwrap_or(cache),
+    ] {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let part_path = tmp_dir.join(format!("{}.part", ulid::Ulid::new()));
-    let result = download(source, entry, &remote, &part_path, options, permits, progress).await;
+    let result = download(
+        source, entry, &remote, &part_path, options, permits, progress,
+    )
+    .await;
     if let Err(e) = result {
         let _ = tokio::fs::remove_file(&part_path).await;
         return Err(e);
@@ -468,7 +484,10 @@ async fn download(
     // Every part of a file runs at once; the shared permits bound the requests.
     let results = futures::future::join_all(ranges.into_iter().map(|(first, last)| async move {
         let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
-        download_part(source, entry, remote, part_path, first, last, options, progress).await
+        download_part(
+            source, entry, remote, part_path, first, last, options, progress,
+        )
+        .await
     }))
     .await;
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
@@ -523,7 +542,9 @@ async fn download_part(
             return Err(format!("bytes {first}-{last}: more than asked for"));
         }
         file.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        progress.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        progress
+            .done
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     if written != expected {
         return Err(format!(

@@ -31,10 +31,15 @@ impl ModelSource for Memory {
         "memory".into()
     }
     async fn stat(&self, key: &str) -> Result<Option<RemoteObject>, StoreError> {
-        Ok(self.objects.lock().unwrap().get(key).map(|(b, e)| RemoteObject {
-            size: b.len() as u64,
-            etag: e.clone(),
-        }))
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, e)| RemoteObject {
+                size: b.len() as u64,
+                etag: e.clone(),
+            }))
     }
     async fn read_range(
         &self,
@@ -62,12 +67,19 @@ impl ModelSource for Memory {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
     async fn read_small(&self, key: &str, _max: u64) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.objects.lock().unwrap().get(key).map(|(b, _)| b.clone()))
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, _)| b.clone()))
     }
 }
 
 fn body(size: usize, seed: u8) -> Vec<u8> {
-    (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn options() -> SyncOptions {
@@ -114,7 +126,11 @@ async fn the_sync_downloads_once_then_only_what_changed_or_broke() {
 
     let second = sync(source.clone(), &manifest, cache.path(), &options()).await;
     assert_eq!((second.downloaded, second.up_to_date), (0, 2), "{second:?}");
-    assert_eq!(source.ranges.load(Ordering::Relaxed), 6, "nothing read again");
+    assert_eq!(
+        source.ranges.load(Ordering::Relaxed),
+        6,
+        "nothing read again"
+    );
 
     // A changed object (same size, new ETag) downloads again; the other stays.
     let lora2 = body(999, 9);
@@ -154,20 +170,44 @@ async fn a_missing_object_fails_alone() {
 #[test]
 fn bad_manifests_are_refused_with_the_reason() {
     let cases = [
-        ("models:\n  - key: checkpoints/a.safetensors\n    folder: checkpoints\n", "under models/"),
-        ("models:\n  - key: models/../a\n    folder: checkpoints\n", "under models/"),
-        ("models:\n  - key: models/a.ckpt\n    folder: weights\n", "not one of"),
-        ("models:\n  - key: models/a.ckpt\n    folder: vae\n    name: ../x\n", "bare name"),
-        ("models:\n  - key: models/a.ckpt\n    folder: vae\n    name: .hidden\n", "bare name"),
-        ("models:\n  - key: models/a/x.ckpt\n    folder: vae\n  - key: models/b/x.ckpt\n    folder: vae\n", "two entries"),
-        ("models:\n  - key: models/a.ckpt\n    folder: vae\n    sha: 1\n", "unknown field"),
+        (
+            "models:\n  - key: checkpoints/a.safetensors\n    folder: checkpoints\n",
+            "under models/",
+        ),
+        (
+            "models:\n  - key: models/../a\n    folder: checkpoints\n",
+            "under models/",
+        ),
+        (
+            "models:\n  - key: models/a.ckpt\n    folder: weights\n",
+            "not one of",
+        ),
+        (
+            "models:\n  - key: models/a.ckpt\n    folder: vae\n    name: ../x\n",
+            "bare name",
+        ),
+        (
+            "models:\n  - key: models/a.ckpt\n    folder: vae\n    name: .hidden\n",
+            "bare name",
+        ),
+        (
+            "models:\n  - key: models/a/x.ckpt\n    folder: vae\n  - key: models/b/x.ckpt\n    folder: vae\n",
+            "two entries",
+        ),
+        (
+            "models:\n  - key: models/a.ckpt\n    folder: vae\n    sha: 1\n",
+            "unknown field",
+        ),
         ("models: 3\n", "invalid type"),
     ];
     for (text, why) in cases {
         let err = ModelsManifest::parse(text).unwrap_err().to_string();
         assert!(err.contains(why), "{text:?}: {err}");
     }
-    assert_eq!(ModelsManifest::parse("").unwrap(), ModelsManifest::default());
+    assert_eq!(
+        ModelsManifest::parse("").unwrap(),
+        ModelsManifest::default()
+    );
     let ok = ModelsManifest::parse(MANIFEST).unwrap();
     assert_eq!(ok.models[0].file_name(), "base.safetensors");
     assert_eq!(ok.models[1].file_name(), "detail-v2.safetensors");
@@ -185,7 +225,8 @@ fn every_folder_is_one_comfyui_reads() {
     let yaml = include_str!("../docker/extra_model_paths.yaml");
     for folder in MODEL_FOLDERS {
         assert!(
-            yaml.lines().any(|l| l.trim() == *folder || l.trim().starts_with(&format!("{folder}:"))),
+            yaml.lines()
+                .any(|l| l.trim() == *folder || l.trim().starts_with(&format!("{folder}:"))),
             "{folder} is not in extra_model_paths.yaml"
         );
     }

@@ -262,7 +262,10 @@ impl MainLoop {
                     if let Some(idle) = self.sh.config.idle_timeout
                         && last_work.elapsed() >= idle
                     {
-                        tracing::info!(idle_s = idle.as_secs_f64(), "refusing jobs and idle; exiting");
+                        tracing::info!(
+                            idle_s = idle.as_secs_f64(),
+                            "refusing jobs and idle; exiting"
+                        );
                         return Ok(ExitReason::Idle);
                     }
                     tokio::select! {

@@ -89,12 +89,16 @@ async fn a_missing_custom_node_class_refuses_jobs_and_health_names_it() {
     let fleet = health_view(&env).await;
     assert_eq!(fleet.refusing, 1);
     assert!(
-        fleet.refusals[0].contains(&runner.worker_id) && fleet.refusals[0].contains("ExampleResizeNode"),
+        fleet.refusals[0].contains(&runner.worker_id)
+            && fleet.refusals[0].contains("ExampleResizeNode"),
         "{fleet:?}"
     );
     let report = runner.stop().await;
     assert_eq!(report.committed, 0);
-    assert!(env.ports.store.list_workers().await.unwrap().is_empty(), "deregistered");
+    assert!(
+        env.ports.store.list_workers().await.unwrap().is_empty(),
+        "deregistered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +133,9 @@ async fn a_refusing_runner_takes_nothing_and_still_exits_when_idle() {
     let env = Env::new();
     let id = env.submit(&sampler(2, 3)).await;
     let config = gpu_runner::RunnerConfig {
-        refuse_jobs: Some("1 of 2 models did not sync: models/a.safetensors: no such object".into()),
+        refuse_jobs: Some(
+            "1 of 2 models did not sync: models/a.safetensors: no such object".into(),
+        ),
         idle_timeout: Some(Duration::from_secs(2)),
         ..test_config()
     };
@@ -143,5 +149,8 @@ async fn a_refusing_runner_takes_nothing_and_still_exits_when_idle() {
         .unwrap();
     assert_eq!(report.reason, gpu_runner::ExitReason::Idle);
     assert_eq!(env.job(&id).await.status, JobStatus::Queued);
-    assert!(env.ports.store.list_workers().await.unwrap().is_empty(), "deregistered");
+    assert!(
+        env.ports.store.list_workers().await.unwrap().is_empty(),
+        "deregistered"
+    );
 }

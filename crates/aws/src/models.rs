@@ -53,7 +53,12 @@ impl S3Models {
         &self.bucket
     }
 
-    fn unavailable(&self, op: &str, key: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
+    fn unavailable(
+        &self,
+        op: &str,
+        key: &str,
+        err: &(dyn std::error::Error + 'static),
+    ) -> StoreError {
         StoreError::Unavailable(describe(op, &format!("s3://{}/{key}", self.bucket), err))
     }
 
@@ -97,7 +102,8 @@ impl S3Models {
         last: u64,
         etag: &str,
     ) -> StoreResult<ByteStream> {
-        let span = tracing::debug_span!("s3.models.read_range", bucket = %self.bucket, key, first, last);
+        let span =
+            tracing::debug_span!("s3.models.read_range", bucket = %self.bucket, key, first, last);
         let result = self
             .client
             .get_object()

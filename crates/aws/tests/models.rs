@@ -85,12 +85,35 @@ models:
 async fn the_sync_downloads_once_and_then_only_what_changed_or_broke() {
     let client = common::clients().await.s3;
     let bucket = common::unique("models");
-    client.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     let base = pattern(3 * MIB + 123, 1);
     let lora = pattern(MIB / 2, 2);
-    put(&client, &bucket, "models/checkpoints/base.safetensors", base.clone()).await;
-    put(&client, &bucket, "models/loras/detail.safetensors", lora.clone()).await;
-    put(&client, &bucket, "models/models.yaml", MANIFEST.as_bytes().to_vec()).await;
+    put(
+        &client,
+        &bucket,
+        "models/checkpoints/base.safetensors",
+        base.clone(),
+    )
+    .await;
+    put(
+        &client,
+        &bucket,
+        "models/loras/detail.safetensors",
+        lora.clone(),
+    )
+    .await;
+    put(
+        &client,
+        &bucket,
+        "models/models.yaml",
+        MANIFEST.as_bytes().to_vec(),
+    )
+    .await;
 
     let cache = tempfile::tempdir().unwrap();
     let ranges = Arc::new(AtomicUsize::new(0));
@@ -112,29 +135,46 @@ async fn the_sync_downloads_once_and_then_only_what_changed_or_broke() {
     let base_path = cache.path().join("models/checkpoints/base.safetensors");
     let lora_path = cache.path().join("models/loras/detail-v2.safetensors");
 
-    let first = sync_models(source.clone(), &settings, &options).await.unwrap();
+    let first = sync_models(source.clone(), &settings, &options)
+        .await
+        .unwrap();
     assert_eq!((first.downloaded, first.up_to_date), (2, 0), "{first:?}");
     assert_eq!(std::fs::read(&base_path).unwrap(), base);
     assert_eq!(std::fs::read(&lora_path).unwrap(), lora);
     // 3 MiB + 123 bytes in 1 MiB parts: four ranged GETs; the LoRA: one.
     assert_eq!(ranges.load(Ordering::SeqCst), 5);
-    assert_eq!(bytes.load(Ordering::SeqCst), (base.len() + lora.len()) as u64);
+    assert_eq!(
+        bytes.load(Ordering::SeqCst),
+        (base.len() + lora.len()) as u64
+    );
 
-    let second = sync_models(source.clone(), &settings, &options).await.unwrap();
+    let second = sync_models(source.clone(), &settings, &options)
+        .await
+        .unwrap();
     assert_eq!((second.downloaded, second.up_to_date), (0, 2), "{second:?}");
     assert_eq!(ranges.load(Ordering::SeqCst), 5, "no byte downloaded again");
 
     // Replaced in the bucket with the same size: a new ETag, downloaded again.
     let lora2 = pattern(MIB / 2, 7);
-    put(&client, &bucket, "models/loras/detail.safetensors", lora2.clone()).await;
-    let third = sync_models(source.clone(), &settings, &options).await.unwrap();
+    put(
+        &client,
+        &bucket,
+        "models/loras/detail.safetensors",
+        lora2.clone(),
+    )
+    .await;
+    let third = sync_models(source.clone(), &settings, &options)
+        .await
+        .unwrap();
     assert_eq!((third.downloaded, third.up_to_date), (1, 1), "{third:?}");
     assert_eq!(std::fs::read(&lora_path).unwrap(), lora2);
     assert_eq!(ranges.load(Ordering::SeqCst), 6);
 
     // A truncated local file (a crash, a full disk) is replaced.
     std::fs::write(&base_path, &base[..1000]).unwrap();
-    let fourth = sync_models(source.clone(), &settings, &options).await.unwrap();
+    let fourth = sync_models(source.clone(), &settings, &options)
+        .await
+        .unwrap();
     assert_eq!((fourth.downloaded, fourth.up_to_date), (1, 1), "{fourth:?}");
     assert_eq!(std::fs::read(&base_path).unwrap(), base);
     assert_eq!(ranges.load(Ordering::SeqCst), 10);
@@ -144,7 +184,12 @@ async fn the_sync_downloads_once_and_then_only_what_changed_or_broke() {
 async fn a_missing_manifest_syncs_nothing_and_a_missing_model_is_a_reason_to_refuse() {
     let client = common::clients().await.s3;
     let bucket = common::unique("models");
-    client.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     let cache = tempfile::tempdir().unwrap();
     let source: Arc<dyn ModelSource> =
         Arc::new(S3ModelSource(S3Models::new(client.clone(), &bucket)));
@@ -157,17 +202,36 @@ async fn a_missing_manifest_syncs_nothing_and_a_missing_model_is_a_reason_to_ref
         .unwrap();
     assert_eq!(none.files, 0);
 
-    put(&client, &bucket, "models/models.yaml", MANIFEST.as_bytes().to_vec()).await;
-    put(&client, &bucket, "models/checkpoints/base.safetensors", pattern(1000, 3)).await;
+    put(
+        &client,
+        &bucket,
+        "models/models.yaml",
+        MANIFEST.as_bytes().to_vec(),
+    )
+    .await;
+    put(
+        &client,
+        &bucket,
+        "models/checkpoints/base.safetensors",
+        pattern(1000, 3),
+    )
+    .await;
     let why = sync_models(source.clone(), &settings, &SyncOptions::default())
         .await
         .unwrap_err();
     assert!(
-        why.contains("1 of 2 models did not sync") && why.contains("models/loras/detail.safetensors"),
+        why.contains("1 of 2 models did not sync")
+            && why.contains("models/loras/detail.safetensors"),
         "{why}"
     );
 
-    put(&client, &bucket, "models/models.yaml", b"models:\n  - key: elsewhere/x\n    folder: vae\n".to_vec()).await;
+    put(
+        &client,
+        &bucket,
+        "models/models.yaml",
+        b"models:\n  - key: elsewhere/x\n    folder: vae\n".to_vec(),
+    )
+    .await;
     let why = sync_models(source, &settings, &SyncOptions::default())
         .await
         .unwrap_err();
@@ -178,10 +242,25 @@ async fn a_missing_manifest_syncs_nothing_and_a_missing_model_is_a_reason_to_ref
 async fn a_ranged_read_of_a_changed_object_is_refused() {
     let client = common::clients().await.s3;
     let bucket = common::unique("models");
-    client.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     let models = S3Models::new(client.clone(), &bucket);
-    put(&client, &bucket, "models/vae/a.safetensors", pattern(2000, 1)).await;
-    let old = models.stat("models/vae/a.safetensors").await.unwrap().unwrap();
+    put(
+        &client,
+        &bucket,
+        "models/vae/a.safetensors",
+        pattern(2000, 1),
+    )
+    .await;
+    let old = models
+        .stat("models/vae/a.safetensors")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(old.size, 2000);
     let mut part = models
         .read_range("models/vae/a.safetensors", 100, 199, &old.etag)
@@ -192,13 +271,27 @@ async fn a_ranged_read_of_a_changed_object_is_refused() {
         got.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(got, pattern(2000, 1)[100..200]);
-    put(&client, &bucket, "models/vae/a.safetensors", pattern(2000, 2)).await;
+    put(
+        &client,
+        &bucket,
+        "models/vae/a.safetensors",
+        pattern(2000, 2),
+    )
+    .await;
     assert!(matches!(
-        models.read_range("models/vae/a.safetensors", 0, 99, &old.etag).await,
+        models
+            .read_range("models/vae/a.safetensors", 0, 99, &old.etag)
+            .await,
         Err(StoreError::Conflict)
     ));
     assert!(models.stat("models/vae/none").await.unwrap().is_none());
     // A key that is only a prefix of an object's key is no object.
     assert!(models.stat("models/vae/a").await.unwrap().is_none());
-    assert!(models.read_small("models/vae/a.safetensors", 100).await.is_err(), "over the cap");
+    assert!(
+        models
+            .read_small("models/vae/a.safetensors", 100)
+            .await
+            .is_err(),
+        "over the cap"
+    );
 }
