@@ -47,7 +47,9 @@ use bytes::Bytes;
 use jobs::ports::{ByteStream, Clock, StoreError, SystemClock};
 
 use crate::cli::{RunnerSettings, run_until_stopped};
-use crate::config::new_worker_id;
+use crate::config::{RunnerConfig, new_worker_id};
+use crate::engine::EngineSpec;
+use crate::error::RunnerError;
 use crate::models::{self, ModelSource, RemoteObject, SyncOptions};
 
 /// The variables this module reads besides `aws::DataConfig`'s.
@@ -342,6 +344,45 @@ pub async fn sync_models(
     }
 }
 
+/// The ports on DynamoDB, S3 and SQS, over clients built once.
+pub fn ports(data: &aws::DataConfig, clients: &aws::Clients) -> jobs::service::Ports {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    jobs::service::Ports {
+        store: Arc::new(aws::DynamoJobStore::new(
+            clients.dynamodb.clone(),
+            &data.table,
+            clock.clone(),
+        )),
+        blobs: Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &data.bucket)),
+        queue: Arc::new(aws::SqsQueue::new(clients.sqs.clone(), data.queues.clone())),
+        clock,
+    }
+}
+
+/// Everything between the environment and the loop: the runner config (worker id
+/// from `metadata_uri`, models synced or a reason to refuse), ComfyUI, the ports.
+pub async fn prepare(
+    env: &AwsRunnerEnv,
+    clients: &aws::Clients,
+    metadata_uri: Option<&str>,
+) -> Result<(RunnerConfig, EngineSpec, jobs::service::Ports), RunnerError> {
+    let (mut config, engine) = env.settings.to_config()?;
+    if env.settings.worker_id.is_none() {
+        config.worker_id = worker_id_from(metadata_uri, METADATA_TIMEOUT).await;
+    }
+    if let Some(models) = &env.models {
+        let source = Arc::new(S3ModelSource(aws::S3Models::new(
+            clients.s3.clone(),
+            &env.data.bucket,
+        )));
+        if let Err(reason) = sync_models(source, models, &SyncOptions::default()).await {
+            tracing::error!(%reason, "refusing jobs: the models did not sync");
+            config.refuse_jobs = Some(reason);
+        }
+    }
+    Ok((config, engine, ports(&env.data, clients)))
+}
+
 /// `gpu-runner-aws`: the whole start-up (see the module docs). Exit codes: 0 after an
 /// idle exit or a shutdown, 1 when ComfyUI could not start, 2 on a bad environment.
 pub async fn run_from_env() -> ExitCode {
@@ -353,44 +394,16 @@ pub async fn run_from_env() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (mut config, engine) = match env.settings.to_config() {
-        Ok(x) => x,
+    let clients = aws::Clients::load().await;
+    let metadata_uri = std::env::var(METADATA_URI).ok();
+    match prepare(&env, &clients, metadata_uri.as_deref()).await {
+        Ok((config, engine, ports)) => run_until_stopped(config, ports, engine).await,
         Err(e) => {
             tracing::error!(error = %e, "bad configuration");
             eprintln!("gpu-runner-aws: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if env.settings.worker_id.is_none() {
-        let uri = std::env::var(METADATA_URI).ok();
-        config.worker_id = worker_id_from(uri.as_deref(), METADATA_TIMEOUT).await;
-    }
-    let clients = aws::Clients::load().await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let ports = jobs::service::Ports {
-        store: Arc::new(aws::DynamoJobStore::new(
-            clients.dynamodb.clone(),
-            &env.data.table,
-            clock.clone(),
-        )),
-        blobs: Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &env.data.bucket)),
-        queue: Arc::new(aws::SqsQueue::new(
-            clients.sqs.clone(),
-            env.data.queues.clone(),
-        )),
-        clock,
-    };
-    if let Some(models) = &env.models {
-        let source = Arc::new(S3ModelSource(aws::S3Models::new(
-            clients.s3.clone(),
-            &env.data.bucket,
-        )));
-        if let Err(reason) = sync_models(source, models, &SyncOptions::default()).await {
-            tracing::error!(%reason, "refusing jobs: the models did not sync");
-            config.refuse_jobs = Some(reason);
+            ExitCode::from(2)
         }
     }
-    run_until_stopped(config, ports, engine).await
 }
 
 #[cfg(test)]
