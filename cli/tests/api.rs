@@ -677,6 +677,47 @@ async fn health_reports_store_queue_and_no_workers() {
     assert_eq!(health.body["workers"]["idle"], 0);
 }
 
+/// A runner that refuses jobs (a custom node class its manifest promised is missing)
+/// shows in health with its reason; the fields are additive.
+#[tokio::test]
+async fn health_names_why_a_runner_refuses_jobs() {
+    let t = TestApp::new();
+    let now = Utc::now();
+    let store = &t.app.state.jobs.ports().store;
+    for (id, phase, detail) in [
+        (
+            "runner-a",
+            jobs::ports::WorkerPhase::Refusing,
+            "custom node classes missing from ComfyUI: ImageResizeKJ",
+        ),
+        (
+            "runner-b",
+            jobs::ports::WorkerPhase::Idle,
+            "gpu-runner pid 2",
+        ),
+    ] {
+        store
+            .put_worker(&jobs::ports::WorkerRecord {
+                v: jobs::model::SCHEMA_VERSION,
+                id: id.into(),
+                phase,
+                heartbeat_at: now,
+                launched_at: now,
+                detail: detail.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let health = t.get("/api/v2/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body["workers"]["idle"], 1);
+    assert_eq!(health.body["workers"]["refusing"], 1);
+    assert_eq!(
+        health.body["workers"]["refusals"],
+        json!(["runner-a: custom node classes missing from ComfyUI: ImageResizeKJ"])
+    );
+}
+
 #[tokio::test]
 async fn jobs_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -344,6 +344,41 @@ impl Launcher for CountingLauncher {
     }
 }
 
+/// A runner that refuses jobs (its image lacks a promised custom node class) counts as
+/// live: a replacement would run the same image and refuse too, so none is launched.
+#[tokio::test]
+async fn a_refusing_runner_is_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        ..DevConfig::default()
+    };
+    let launcher = Arc::new(CountingLauncher::default());
+    let app =
+        DevApp::build_with_launcher(&config, Arc::new(SystemClock), Some((launcher.clone(), 1)))
+            .unwrap();
+    let now = chrono::Utc::now();
+    app.state
+        .jobs
+        .ports()
+        .store
+        .put_worker(&WorkerRecord {
+            v: jobs::model::SCHEMA_VERSION,
+            id: "runner-refusing".into(),
+            phase: WorkerPhase::Refusing,
+            heartbeat_at: now,
+            launched_at: now,
+            detail: "custom node classes missing from ComfyUI: ImageResizeKJ".into(),
+        })
+        .await
+        .unwrap();
+    let t = TestApp::from_app(app, dir);
+    assert_eq!(t.submit(&invert_job()).await.status, StatusCode::CREATED);
+    let report = t.app.dispatcher.scale().await.unwrap();
+    assert_eq!((report.live, report.launched), (1, 0), "{report:?}");
+    assert_eq!(launcher.0.load(Ordering::SeqCst), 0);
+}
+
 /// After a restart, the previous process's worker record (its runner died with it)
 /// does not hold the first job back until it goes stale.
 #[tokio::test]

@@ -1,12 +1,16 @@
-//! The command line: [`RunnerArgs`] (a clap `Args` struct, so the `serverless-comfyui`
-//! CLI can flatten it into a hidden `runner` subcommand) and [`run_cli`], which builds
-//! the local ports from the data directory and runs.
+//! The command line: [`RunnerSettings`] (what every entry shares), `RunnerArgs` (a clap
+//! `Args` struct with the local data directory, so the `serverless-comfyui` CLI can
+//! flatten it into a hidden `runner` subcommand), `run_cli`, which builds the local
+//! ports from the data directory and runs (feature `local`), and
+//! [`run_until_stopped`], where every entry ends: the runner until idle or a signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "local")]
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "local")]
 use jobs::ports::SystemClock;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +20,9 @@ use crate::engine::EngineSpec;
 use crate::error::RunnerError;
 use crate::runner::{ExitReason, Runner};
 
-/// `gpu-runner` flags.
+/// `gpu-runner` flags: the local data directory, and the [`RunnerSettings`] every
+/// entry shares.
+#[cfg(feature = "local")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunnerArgs {
     /// The local installation's data directory (jobs, queue, blobs).
@@ -25,6 +31,18 @@ pub struct RunnerArgs {
     /// URL prefix of signed blob URLs (the `dev` server's origin).
     #[arg(long, default_value = "http://127.0.0.1:8787")]
     pub public_base: String,
+    #[command(flatten)]
+    pub settings: RunnerSettings,
+    /// Tests only: wrap the work queue in the fault injector (Faults::CHAOTIC) with this seed.
+    #[arg(long, hide = true)]
+    pub chaos_queue_seed: Option<u64>,
+}
+
+/// What a runner needs whatever its adapters: ComfyUI, timings, warm-up, the custom
+/// nodes to check. Flags for the local binary; the AWS entry fills it from the
+/// environment ([`crate::aws_env`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerSettings {
     /// Attach to this ComfyUI (or, with --comfyui-cmd, where the child listens).
     #[arg(long)]
     pub comfyui_url: Option<String>,
@@ -65,9 +83,31 @@ pub struct RunnerArgs {
     /// Run one job at a time (no reservation of the next).
     #[arg(long)]
     pub no_pipelining: bool,
-    /// Tests only: wrap the work queue in the fault injector (Faults::CHAOTIC) with this seed.
-    #[arg(long, hide = true)]
-    pub chaos_queue_seed: Option<u64>,
+    /// A custom nodes manifest (custom-nodes.toml): every node class it promises must be
+    /// in ComfyUI's /object_info before the runner takes a job.
+    #[arg(long)]
+    pub custom_nodes: Option<PathBuf>,
+}
+
+impl Default for RunnerSettings {
+    /// The flags' defaults (what the AWS entry starts from).
+    fn default() -> Self {
+        RunnerSettings {
+            comfyui_url: None,
+            comfyui_cmd: None,
+            comfyui_workdir: None,
+            worker_id: None,
+            idle_timeout: 300.0,
+            lease_seconds: 30.0,
+            job_timeout: 1800.0,
+            max_attempts: 3,
+            warmup_workflow: None,
+            shutdown_grace: 25.0,
+            ready_timeout: 300.0,
+            no_pipelining: false,
+            custom_nodes: None,
+        }
+    }
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, RunnerError> {
@@ -76,8 +116,8 @@ fn secs(name: &str, v: f64) -> Result<Duration, RunnerError> {
     })
 }
 
-impl RunnerArgs {
-    /// The runner config and ComfyUI spec these flags describe.
+impl RunnerSettings {
+    /// The runner config and ComfyUI spec these settings describe.
     pub fn to_config(&self) -> Result<(RunnerConfig, EngineSpec), RunnerError> {
         let (command, comfyui_dirs) = match (&self.comfyui_cmd, &self.comfyui_workdir) {
             (Some(cmd), Some(workdir)) => {
@@ -128,6 +168,10 @@ impl RunnerArgs {
                 )
             }
         };
+        let required_node_classes = match &self.custom_nodes {
+            None => Vec::new(),
+            Some(path) => crate::nodes::NodesManifest::read(path)?.classes(),
+        };
         let idle = secs("idle-timeout", self.idle_timeout)?;
         let config = RunnerConfig {
             worker_id: self.worker_id.clone().unwrap_or_else(new_worker_id),
@@ -139,6 +183,7 @@ impl RunnerArgs {
             pipelining: !self.no_pipelining,
             warmup_workflow,
             comfyui_dirs,
+            required_node_classes,
             ..RunnerConfig::default()
         }
         .with_lease(lease);
@@ -179,8 +224,9 @@ fn owned_folders(cmd: &str, workdir: &std::path::Path) -> Result<(String, ComfyD
 /// Runs a runner over the local data directory until idle or SIGTERM/SIGINT.
 /// Exit codes: 0 after an idle exit or a shutdown, 1 on a runtime failure (ComfyUI
 /// would not start), 2 on bad flags.
+#[cfg(feature = "local")]
 pub async fn run_cli(args: RunnerArgs) -> ExitCode {
-    let (config, engine) = match args.to_config() {
+    let (config, engine) = match args.settings.to_config() {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "bad configuration");
@@ -211,6 +257,16 @@ pub async fn run_cli(args: RunnerArgs) -> ExitCode {
             }
         }
     };
+    run_until_stopped(config, ports, engine).await
+}
+
+/// Runs a runner over `ports` until idle or SIGTERM/SIGINT; every entry ends here.
+/// Exit codes: 0 after an idle exit or a shutdown, 1 when ComfyUI could not start.
+pub async fn run_until_stopped(
+    config: RunnerConfig,
+    ports: jobs::service::Ports,
+    engine: EngineSpec,
+) -> ExitCode {
     tracing::info!(worker_id = %config.worker_id, engine = ?engine, lease_s = config.lease.as_secs_f64(), "gpu-runner starting");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
@@ -258,6 +314,24 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_images_warmup_workflow_and_custom_nodes_manifest_load() {
+        let docker = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let settings = RunnerSettings {
+            comfyui_url: Some("http://127.0.0.1:8188".into()),
+            warmup_workflow: Some(docker.join("docker/warmup.json")),
+            custom_nodes: Some(docker.join("custom-nodes.toml")),
+            ..RunnerSettings::default()
+        };
+        let (config, _) = settings.to_config().unwrap();
+        let warmup = config.warmup_workflow.expect("the warm-up is read");
+        assert_eq!(warmup["3"]["class_type"], "PreviewImage");
+        assert!(
+            config.required_node_classes.is_empty(),
+            "the stock image promises none"
+        );
+    }
 
     #[test]
     fn a_workdir_fills_the_command_placeholders() {

@@ -51,6 +51,12 @@ pub struct RunnerConfig {
     /// ComfyUI on them): each job's files are deleted when it ends ([`crate::cleanup`]).
     /// `None` (attach): ComfyUI offers no delete route, so files stay, unreachable.
     pub comfyui_dirs: Option<crate::cleanup::ComfyDirs>,
+    /// Node classes ComfyUI must offer (`/object_info`) before the runner takes a job:
+    /// the custom nodes manifest's promise ([`crate::nodes`]). Empty: no check.
+    pub required_node_classes: Vec<String>,
+    /// Set before the start when the runner must take no job (the models did not
+    /// sync): it registers as `refusing` with this reason, as for a missing node class.
+    pub refuse_jobs: Option<String>,
     /// Hooks for measurements (benchmarks); `None` in production.
     pub observer: Option<Arc<dyn RunnerObserver>>,
 }
@@ -87,6 +93,8 @@ impl Default for RunnerConfig {
             poll_wait: Duration::from_secs(1),
             warmup_workflow: None,
             comfyui_dirs: None,
+            required_node_classes: Vec::new(),
+            refuse_jobs: None,
             observer: None,
         }
     }

@@ -102,6 +102,9 @@ pub enum EngineState {
     },
     /// Could not be (re)started: the runner must exit.
     Failed(String),
+    /// Up, but without node classes the custom nodes manifest promises: the runner
+    /// takes no job and says why in the registry (health shows it).
+    Refused(String),
 }
 
 impl EngineState {
@@ -156,6 +159,8 @@ pub(crate) struct SupervisorConfig {
     pub ready_timeout: Duration,
     pub warmup: Option<serde_json::Map<String, serde_json::Value>>,
     pub worker_id: String,
+    /// Checked in `/object_info` before the warm-up ([`crate::nodes`]).
+    pub required_classes: Vec<String>,
 }
 
 pub(crate) fn spawn_supervisor(
@@ -256,6 +261,38 @@ async fn supervise(
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not clear leftovers"),
+        }
+        if !config.required_classes.is_empty() {
+            match client.object_info().await {
+                Ok(info) => {
+                    if let Some(missing) =
+                        crate::nodes::missing_classes(&info, &config.required_classes)
+                    {
+                        let message = crate::nodes::refusal_message(&missing);
+                        tracing::error!(missing = ?missing, "refusing jobs: {message}");
+                        // No job will run: ComfyUI is not needed until the runner exits.
+                        kill(&mut process).await;
+                        let _ = tx.send(EngineState::Refused(message));
+                        stop.cancelled().await;
+                        return;
+                    }
+                    tracing::info!(
+                        classes = config.required_classes.len(),
+                        "the custom nodes' classes are all there"
+                    );
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "cannot read ComfyUI's /object_info");
+                    kill(&mut process).await;
+                    if failures >= MAX_START_FAILURES {
+                        let _ = tx.send(EngineState::Failed(e.to_string()));
+                        return;
+                    }
+                    sleep_or_stop(Duration::from_secs(1), &stop).await;
+                    continue;
+                }
+            }
         }
         if let Some(wf) = &config.warmup {
             warm_up(&client, wf, &config).await;

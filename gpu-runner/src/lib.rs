@@ -15,7 +15,10 @@
 //! | `stage` | `core/ASSET` inputs → `/upload/image`; `filename_prefix` rewriting; outputs via `/view` → assets |
 //! | [`events`] | one WebSocket per ComfyUI generation, events routed to prompts by id |
 //! | `progress` | WebSocket events → v2 `Progress` (value, nodes, step/steps, node class, message) |
-//! | [`cli`] | [`cli::RunnerArgs`] and [`cli::run_cli`] (the binary and `serverless-comfyui runner`) |
+//! | [`cli`] | `RunnerArgs` and `run_cli` (the local binary and `serverless-comfyui runner`), [`cli::RunnerSettings`] and [`cli::run_until_stopped`] (every entry) |
+//! | [`models`] | `models.yaml` and its sync from object storage into the instance's model cache |
+//! | `aws_env` | the runner on AWS (feature `aws`): environment, ECS task id, S3 models, ports |
+//! | [`nodes`] | the custom nodes boot check: promised classes in `/object_info`, or refuse jobs |
 //! | [`config`] | [`RunnerConfig`], and an observer hook for benchmarks |
 //!
 //! ## The protocol, as the runner plays it
@@ -59,6 +62,14 @@
 //! never retried. Job errors reach clients with server paths replaced by `<path>`
 //! ([`comfyui::scrub_paths`]). What is left of a job on ComfyUI's disk: see [`cleanup`].
 //!
+//! **Which adapters.** Cargo features pick them, so a build links only its own: `local`
+//! (the default: the SQLite data directory; the `gpu-runner` binary above and
+//! `serverless-comfyui runner`) or `aws` (DynamoDB, S3, SQS; the `gpu-runner-aws`
+//! binary, configured from the environment, see `aws_env` and docs/runner.md). Both
+//! end in [`cli::run_until_stopped`]. Before taking jobs, a runner may sync its models
+//! ([`models`], on AWS) and checks the custom nodes' classes ([`nodes`]); when either
+//! fails it registers as `refusing`, with the reason, and takes nothing.
+//!
 //! In-process (tests, benchmarks):
 //!
 //! ```no_run
@@ -80,6 +91,8 @@
 //! and each delivery absorbed without running the job again (a duplicate, a copy of a job
 //! held elsewhere or already ended) with `event = "duplicate"`.
 
+#[cfg(feature = "aws")]
+pub mod aws_env;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
@@ -87,6 +100,8 @@ pub mod engine;
 pub mod error;
 pub mod events;
 mod job;
+pub mod models;
+pub mod nodes;
 mod progress;
 pub mod runner;
 mod stage;

@@ -100,6 +100,7 @@ impl Runner {
                 ready_timeout: self.config.ready_timeout,
                 warmup: self.config.warmup_workflow.clone(),
                 worker_id: self.config.worker_id.clone(),
+                required_classes: self.config.required_node_classes.clone(),
             },
             stop_engine.clone(),
         );
@@ -155,6 +156,9 @@ struct Registry {
     detail: String,
 }
 
+/// A registry detail is free text shown in health: bounded.
+const MAX_DETAIL: usize = 1000;
+
 impl Registry {
     async fn new(sh: &Shared) -> Self {
         // Keep the launcher's launch time if it pre-registered us.
@@ -171,6 +175,23 @@ impl Registry {
             last: None,
             detail: format!("gpu-runner pid {}", std::process::id()),
         }
+    }
+
+    /// Registers as refusing jobs, with the reason as the record's detail.
+    async fn refuse(&mut self, sh: &Shared, reason: &str) {
+        let mut detail = reason.to_string();
+        if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        if self.detail != detail {
+            self.detail = detail;
+            self.last = None;
+        }
+        self.put(sh, WorkerPhase::Refusing).await;
     }
 
     async fn put(&mut self, sh: &Shared, phase: WorkerPhase) {
@@ -228,9 +249,31 @@ impl MainLoop {
             if !self.active.is_empty() {
                 last_work = Instant::now();
             }
-            let state = engine_rx.borrow_and_update().clone();
+            let state = match &self.sh.config.refuse_jobs {
+                Some(reason) => EngineState::Refused(reason.clone()),
+                None => engine_rx.borrow_and_update().clone(),
+            };
             match state {
                 EngineState::Failed(e) => return Err(RunnerError::Engine(e)),
+                EngineState::Refused(reason) => {
+                    // No job is taken; the idle timeout still ends a runner that cannot
+                    // work, so a broken image does not hold a GPU forever.
+                    self.registry.refuse(&self.sh, &reason).await;
+                    if let Some(idle) = self.sh.config.idle_timeout
+                        && last_work.elapsed() >= idle
+                    {
+                        tracing::info!(
+                            idle_s = idle.as_secs_f64(),
+                            "refusing jobs and idle; exiting"
+                        );
+                        return Ok(ExitReason::Idle);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(self.sh.config.heartbeat()) => {}
+                    }
+                    continue;
+                }
                 EngineState::Up(_) => {
                     if !was_up {
                         was_up = true;

@@ -19,6 +19,9 @@
 //! | `SERVERLESS_COMFYUI_CAPACITY_PROVIDER` | the capacity provider RunTask places on |
 //! | `SERVERLESS_COMFYUI_ECS_STARTED_BY` | optional; `startedBy` on RunTask (default `serverless-comfyui`) |
 //!
+//! The runner reads only the first six ([`DataConfig`]): it launches nothing. Its own
+//! settings are read by `gpu_runner::aws_env`.
+//!
 //! Credentials, region and endpoints are not ours: they come from the SDK's usual
 //! chain (`AWS_REGION`, the Lambda or ECS role, `AWS_ENDPOINT_URL*` for emulators).
 
@@ -68,6 +71,66 @@ pub struct AwsConfig {
     pub ecs: EcsSettings,
 }
 
+/// The data resources alone (table, bucket, queues): what the runner needs. It starts
+/// no task, so it reads no ECS name (the runner's task definition cannot name itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataConfig {
+    pub table: String,
+    pub bucket: String,
+    pub queues: QueueUrls,
+}
+
+/// Reads required variables, remembering every one that is missing or empty.
+struct Required<F> {
+    lookup: F,
+    missing: Vec<&'static str>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Required<F> {
+    fn get(&mut self, name: &'static str) -> String {
+        match (self.lookup)(name) {
+            Some(value) if !value.trim().is_empty() => value.trim().to_string(),
+            _ => {
+                self.missing.push(name);
+                String::new()
+            }
+        }
+    }
+
+    fn data(&mut self) -> DataConfig {
+        DataConfig {
+            table: self.get(TABLE),
+            bucket: self.get(BUCKET),
+            queues: QueueUrls {
+                work: self.get(WORK_QUEUE),
+                wake: self.get(WAKE_QUEUE),
+                work_dead_letter: self.get(WORK_DLQ),
+                wake_dead_letter: self.get(WAKE_DLQ),
+            },
+        }
+    }
+}
+
+impl DataConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads through `lookup`; the error names every missing variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut required = Required {
+            lookup,
+            missing: Vec::new(),
+        };
+        let data = required.data();
+        if !required.missing.is_empty() {
+            return Err(ConfigError::Missing(required.missing));
+        }
+        Ok(data)
+    }
+}
+
 impl AwsConfig {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -76,36 +139,28 @@ impl AwsConfig {
 
     /// Reads through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut missing = Vec::new();
-        let mut required = |name: &'static str| match lookup(name) {
-            Some(value) if !value.trim().is_empty() => value.trim().to_string(),
-            _ => {
-                missing.push(name);
-                String::new()
-            }
+        let mut required = Required {
+            lookup,
+            missing: Vec::new(),
         };
-        let config = AwsConfig {
-            table: required(TABLE),
-            bucket: required(BUCKET),
-            queues: QueueUrls {
-                work: required(WORK_QUEUE),
-                wake: required(WAKE_QUEUE),
-                work_dead_letter: required(WORK_DLQ),
-                wake_dead_letter: required(WAKE_DLQ),
-            },
-            ecs: EcsSettings {
-                cluster: required(CLUSTER),
-                task_definition: required(TASK_DEFINITION),
-                capacity_provider: required(CAPACITY_PROVIDER),
-                started_by: DEFAULT_STARTED_BY.to_string(),
-                tags: vec![("app".to_string(), DEFAULT_STARTED_BY.to_string())],
-            },
+        let data = required.data();
+        let ecs = EcsSettings {
+            cluster: required.get(CLUSTER),
+            task_definition: required.get(TASK_DEFINITION),
+            capacity_provider: required.get(CAPACITY_PROVIDER),
+            started_by: DEFAULT_STARTED_BY.to_string(),
+            tags: vec![("app".to_string(), DEFAULT_STARTED_BY.to_string())],
         };
-        if !missing.is_empty() {
-            return Err(ConfigError::Missing(missing));
+        if !required.missing.is_empty() {
+            return Err(ConfigError::Missing(required.missing));
         }
-        let mut config = config;
-        if let Some(by) = lookup(STARTED_BY).filter(|v| !v.trim().is_empty()) {
+        let mut config = AwsConfig {
+            table: data.table,
+            bucket: data.bucket,
+            queues: data.queues,
+            ecs,
+        };
+        if let Some(by) = (required.lookup)(STARTED_BY).filter(|v| !v.trim().is_empty()) {
             config.ecs.started_by = by.trim().to_string();
         }
         Ok(config)
@@ -197,6 +252,23 @@ mod tests {
         let none = AwsConfig::from_lookup(|_| None).unwrap_err();
         let ConfigError::Missing(names) = none;
         assert_eq!(names.len(), 9, "all nine required variables are named");
+    }
+
+    #[test]
+    fn the_runner_reads_the_data_resources_only() {
+        let mut env = full();
+        env.remove(CLUSTER);
+        env.remove(TASK_DEFINITION);
+        env.remove(CAPACITY_PROVIDER);
+        let data = DataConfig::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(data.table, "jobs");
+        assert_eq!(data.queues.work, "https://sqs/work");
+        env.remove(TABLE);
+        env.remove(WORK_DLQ);
+        assert_eq!(
+            DataConfig::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap_err(),
+            ConfigError::Missing(vec![TABLE, WORK_DLQ])
+        );
     }
 
     #[test]

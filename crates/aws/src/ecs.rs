@@ -18,8 +18,9 @@
 //! progress. SDK failures (throttling, permissions, a missing cluster) are
 //! [`LaunchError::Unavailable`].
 //!
-//! A worker's id is its task ARN: what `StopTask` takes, and what the runner reads from
-//! the task metadata endpoint (v4) to register itself under the same id.
+//! A worker's id is its task id, the ARN's last segment ([`task_id`]): what the runner
+//! reads from the task metadata endpoint (v4) to register itself under the same id,
+//! and what `StopTask` takes along with the cluster.
 
 use async_trait::async_trait;
 use aws_sdk_ecs::Client;
@@ -28,6 +29,12 @@ use jobs::ports::{LaunchError, LaunchedWorker, Launcher};
 use tracing::Instrument;
 
 use crate::error::describe;
+
+/// The task id in a task ARN (`arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID`, or the
+/// older `.../task/ID`): its last segment. The worker id of a runner on ECS.
+pub fn task_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
 
 /// ECS's largest `count` per `RunTask`.
 pub const MAX_TASKS_PER_CALL: u32 = 10;
@@ -128,7 +135,7 @@ impl EcsLauncher {
             .iter()
             .filter_map(|t| t.task_arn())
             .map(|arn| LaunchedWorker {
-                id: arn.to_string(),
+                id: task_id(arn).to_string(),
                 detail: format!("ECS task {arn} in cluster {}", s.cluster),
             })
             .collect();

@@ -9,6 +9,7 @@
 //! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
 //! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
 //! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
+//! | the runner's model sync | [`S3Models`] | S3 (the bucket's `models/` prefix) | [`models`] |
 //!
 //! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
 //! (table, bucket, queue URLs, cluster...) and fails naming *every* missing variable at
@@ -30,11 +31,13 @@ pub mod config;
 pub mod dynamodb;
 pub mod ecs;
 mod error;
+pub mod models;
 pub mod s3;
 pub mod sqs;
 
-pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
+pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
 pub use dynamodb::DynamoJobStore;
 pub use ecs::{EcsLauncher, EcsSettings};
+pub use models::{ModelObject, S3Models};
 pub use s3::S3BlobStore;
 pub use sqs::SqsQueue;

@@ -185,6 +185,15 @@ fn encode_copy_source(bucket: &str, key: &str) -> String {
 }
 
 /// The total size from a `Content-Range: bytes a-b/total` header.
+/// The SDK's body as the ports' byte stream, chunk by chunk (never collected).
+pub(crate) fn body_stream(body: SdkByteStream) -> ByteStream {
+    Box::pin(futures::stream::unfold(body, |mut body| async move {
+        body.next()
+            .await
+            .map(|chunk| (chunk.map_err(std::io::Error::other), body))
+    }))
+}
+
 fn total_from_content_range(range: &str) -> Option<u64> {
     range.rsplit('/').next()?.trim().parse().ok()
 }
@@ -487,14 +496,9 @@ impl BlobStore for S3BlobStore {
             _ => out.content_length().and_then(|n| u64::try_from(n).ok()),
         }
         .ok_or_else(|| StoreError::Unavailable(format!("GetObject on {key}: no size")))?;
-        let stream = futures::stream::unfold(out.body, |mut body| async move {
-            body.next()
-                .await
-                .map(|chunk| (chunk.map_err(std::io::Error::other), body))
-        });
         Ok(Some(BlobRead {
             size,
-            stream: Box::pin(stream),
+            stream: body_stream(out.body),
         }))
     }
 

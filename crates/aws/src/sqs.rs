@@ -55,6 +55,11 @@ impl SqsQueue {
         SqsQueue { client, urls }
     }
 
+    /// The queues' URLs (what a process configured from the environment reads).
+    pub fn urls(&self) -> &QueueUrls {
+        &self.urls
+    }
+
     fn url(&self, queue: QueueName) -> &str {
         match queue {
             QueueName::Work => &self.urls.work,

@@ -1194,6 +1194,8 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
             "idle": f.idle,
             "busy": f.busy,
             "draining": f.draining,
+            "refusing": f.refusing,
+            "refusals": f.refusals,
             "desired": f.desired,
             "max": f.max,
         })),

@@ -113,10 +113,18 @@ pub struct FleetSummary {
     pub idle: u32,
     pub busy: u32,
     pub draining: u32,
+    /// Workers up but taking no job (a promised custom node class is missing).
+    pub refusing: u32,
+    /// Why, `"{worker}: {detail}"` for at most [`MAX_REFUSALS_SHOWN`] of them.
+    pub refusals: Vec<String>,
     pub desired: u32,
     pub max: u32,
     pub capacity_error: Option<String>,
 }
+
+/// Refusing workers whose reasons health lists (every runner of one image refuses for
+/// the same reason; a few say it).
+pub const MAX_REFUSALS_SHOWN: usize = 3;
 
 /// What [`update_fleet`] should do with the fleet it read.
 enum FleetChange {
@@ -186,6 +194,14 @@ impl FleetView {
                 WorkerPhase::Idle => summary.idle += 1,
                 WorkerPhase::Busy => summary.busy += 1,
                 WorkerPhase::Draining => summary.draining += 1,
+                WorkerPhase::Refusing => {
+                    summary.refusing += 1;
+                    if summary.refusals.len() < MAX_REFUSALS_SHOWN {
+                        summary
+                            .refusals
+                            .push(format!("{}: {}", worker.id, worker.detail));
+                    }
+                }
             }
         }
         Ok(summary)
@@ -286,7 +302,9 @@ impl Dispatcher {
             .iter()
             .filter(|w| w.phase == WorkerPhase::Busy)
             .count() as u32;
-        // Draining workers take no new work, so they do not cover the queue.
+        // Draining workers take no new work, so they do not cover the queue. Refusing
+        // ones take none either, but count: a replacement runs the same image and would
+        // refuse too, so launching more only spends GPU hours.
         let live = workers
             .iter()
             .filter(|w| w.phase != WorkerPhase::Draining)

@@ -105,6 +105,9 @@ pub enum WorkerPhase {
     Idle,
     Busy,
     Draining,
+    /// Up but taking no job: ComfyUI lacks something the runner was promised (a custom
+    /// node class). The record's `detail` says what; health shows it.
+    Refusing,
 }
 
 /// One runner's registry item.
