@@ -21,7 +21,9 @@
 //! **Shutdown** (the token, SIGTERM in the binary): stop receiving; reserved jobs are
 //! given up at once; the running job gets `shutdown_grace` to finish, then is handed
 //! back (`preemptions + 1`, message visible). Then ComfyUI is stopped and the worker
-//! deregistered. **Idle exit** after `idle_timeout` without work does the same.
+//! deregistered. **Idle exit** after `idle_timeout` without work does the same, unless
+//! the fleet's last decision keeps this runner warm (`MinWarmWorkers`, see
+//! [`jobs::dispatch::keeps_warm`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -306,8 +308,13 @@ impl MainLoop {
                 && self.active.is_empty()
                 && last_work.elapsed() >= idle
             {
-                tracing::info!(idle_s = idle.as_secs_f64(), "idle; exiting");
-                return Ok(ExitReason::Idle);
+                if !self.kept_warm().await {
+                    tracing::info!(idle_s = idle.as_secs_f64(), "idle; exiting");
+                    return Ok(ExitReason::Idle);
+                }
+                // One of the MinWarmWorkers: stay, and ask again after another idle spell.
+                tracing::debug!("idle, but kept warm by the fleet's decision");
+                last_work = Instant::now();
             }
             match self.want() {
                 Want::Nothing => {
@@ -388,6 +395,26 @@ impl MainLoop {
                 if near { Want::Reserve } else { Want::Nothing }
             }
             _ => Want::Nothing,
+        }
+    }
+
+    /// Whether the fleet's last decision wants this idle runner kept
+    /// ([`jobs::dispatch::keeps_warm`]). A store error answers no: an idle runner that
+    /// cannot tell leaves, as it did before warm floors existed.
+    async fn kept_warm(&self) -> bool {
+        let store = &self.sh.ports.store;
+        match tokio::try_join!(store.get_fleet(), store.list_workers()) {
+            Ok((fleet, workers)) => jobs::dispatch::keeps_warm(
+                &self.sh.config.worker_id,
+                &fleet,
+                &workers,
+                self.sh.ports.clock.now(),
+                jobs::dispatch::DispatchConfig::default().worker_stale_after,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the fleet; leaving on idle");
+                false
+            }
         }
     }
 

@@ -542,6 +542,47 @@ async fn idle_exit_deregisters() {
     );
 }
 
+/// MinWarmWorkers: an idle runner the fleet's decision wants kept outlives its idle
+/// timeout, and leaves once the decision no longer wants it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_the_fleet_keeps_warm_outlives_its_idle_timeout() {
+    let env = Env::new();
+    let sim = sim(20).await;
+    let set_desired = |desired: u32| {
+        let store = env.ports.store.clone();
+        async move {
+            let fleet = store.get_fleet().await.unwrap();
+            let rev = fleet.rev;
+            store
+                .put_fleet(
+                    &jobs::ports::Fleet {
+                        desired,
+                        rev: rev + 1,
+                        ..fleet
+                    },
+                    rev,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_desired(1).await;
+    let config = RunnerConfig {
+        idle_timeout: Some(Duration::from_millis(500)),
+        ..test_config()
+    };
+    let mut runner = start_runner(&env, attach(&sim), config);
+    let stayed = tokio::time::timeout(Duration::from_secs(3), &mut runner.task).await;
+    assert!(stayed.is_err(), "a kept runner must not leave on idle");
+    set_desired(0).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), runner.task)
+        .await
+        .expect("leaves once no longer wanted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.reason, ExitReason::Idle);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_exhausted_after_a_lapsed_lease() {
     let env = Env::new();

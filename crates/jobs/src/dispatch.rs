@@ -74,6 +74,38 @@ pub fn desired_workers(busy: u32, unclaimed_queued: u64, config: &DispatchConfig
     wanted.min(u64::from(config.max_workers)) as u32
 }
 
+/// Whether the idle runner `worker_id` is one of the runners the last decision wants
+/// kept (`MinWarmWorkers`), so that its idle timeout must not end it.
+///
+/// The runners themselves decide, from the same records the dispatcher reads: the
+/// last decision's `desired` count minus the busy runners leaves that many places for
+/// runners without work, given to the live idle and starting ones in the order of
+/// their ids. Every runner ranks the same list, so exactly the spare ones leave and a
+/// kept one never waits for a tick to be relaunched.
+pub fn keeps_warm(
+    worker_id: &str,
+    fleet: &Fleet,
+    workers: &[WorkerRecord],
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> bool {
+    let live = |w: &&WorkerRecord| now - w.heartbeat_at <= stale_after;
+    let busy = workers
+        .iter()
+        .filter(live)
+        .filter(|w| w.phase == WorkerPhase::Busy)
+        .count();
+    let places = (fleet.desired as usize).saturating_sub(busy);
+    let mut spare: Vec<&str> = workers
+        .iter()
+        .filter(live)
+        .filter(|w| matches!(w.phase, WorkerPhase::Idle | WorkerPhase::Starting))
+        .map(|w| w.id.as_str())
+        .collect();
+    spare.sort_unstable();
+    spare.iter().take(places).any(|id| *id == worker_id)
+}
+
 /// What one scaling decision did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ScaleReport {
@@ -590,5 +622,66 @@ mod tests {
             ..c
         };
         assert_eq!(desired_workers(0, 0, &warm), 1);
+    }
+
+    fn worker(id: &str, phase: WorkerPhase, heartbeat_at: DateTime<Utc>) -> WorkerRecord {
+        WorkerRecord {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            phase,
+            heartbeat_at,
+            launched_at: heartbeat_at,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn exactly_the_desired_idle_runners_are_kept_warm() {
+        let now = Utc::now();
+        let stale = Duration::minutes(2);
+        let fleet = |desired| Fleet {
+            desired,
+            ..Fleet::default()
+        };
+        let idle_pair = [
+            worker("b", WorkerPhase::Idle, now),
+            worker("a", WorkerPhase::Idle, now),
+        ];
+        let kept = |desired, workers: &[WorkerRecord]| -> Vec<&'static str> {
+            ["a", "b", "c"]
+                .into_iter()
+                .filter(|id| keeps_warm(id, &fleet(desired), workers, now, stale))
+                .collect()
+        };
+        assert_eq!(
+            kept(0, &idle_pair),
+            Vec::<&str>::new(),
+            "no warm floor: all leave"
+        );
+        assert_eq!(
+            kept(1, &idle_pair),
+            ["a"],
+            "one place, the first id keeps it"
+        );
+        assert_eq!(kept(2, &idle_pair), ["a", "b"]);
+        assert_eq!(
+            kept(5, &idle_pair),
+            ["a", "b"],
+            "never one that is not there"
+        );
+        // A busy runner fills a place: the floor counts every live runner.
+        let with_busy = [
+            worker("a", WorkerPhase::Idle, now),
+            worker("b", WorkerPhase::Idle, now),
+            worker("c", WorkerPhase::Busy, now),
+        ];
+        assert_eq!(kept(1, &with_busy), Vec::<&str>::new());
+        assert_eq!(kept(2, &with_busy), ["a"]);
+        // A dead record takes no place, so the live runner behind it is kept.
+        let with_dead = [
+            worker("a", WorkerPhase::Idle, now - Duration::minutes(5)),
+            worker("b", WorkerPhase::Idle, now),
+        ];
+        assert_eq!(kept(1, &with_dead), ["b"]);
     }
 }
