@@ -56,6 +56,7 @@
 //! | `get_tenant_quota` / `put_tenant_quota` | `GetItem` / `PutItem` `TENANT#{t}` `QUOTA` |
 //! | `tenant_usage` | `GetItem` `TENANT#{t}` `USAGE` (consistent; counters clamped at 0) |
 //! | `get_job` | one `Query pk = JOB#{id}` (strongly consistent): the job and its outputs |
+//! | `job_status` | `GetItem META`, eventually consistent, `ProjectionExpression status, attempt, ttl`: half a read unit (the item is under 4 KB), what a runner polls every second while its job runs, so a cancel lands within a second |
 //! | `load_snapshot` | the same `Query` (job, progress, outputs), plus the position count while queued |
 //! | `put_job` | the finishing attempt's outputs first (`BatchWriteItem` of `OUT#{attempt}#{n}`: harmless if the move then loses, since reads take only `out_count` items of the attempt the job names), then the move of `META`: `SET body, status, rev, attempt, out_count, labels, reserved_until, gsi2*` (or `REMOVE gsi2pk, gsi2sk` when terminal) `IF rev = :expected AND attribute_exists(gsi2pk)` (the stored job is active). Within a class (active to active) that is one `UpdateItem`; from active to terminal it is a `TransactWriteItems` with `ADD active :-1` on the tenant's `USAGE` item. If the stored job was terminal after all (`ALL_OLD` shows the expected `rev` without `gsi2pk`), the move is made again conditioned on `attribute_not_exists(gsi2pk)` (one `UpdateItem`, or with `ADD active :1` when it becomes active again). `enqueued` is never named, so no copy read before `mark_enqueued` can clear it. The revision is bumped by every move, so one condition on it covers status, owner and attempt; a refused condition (another `rev`) → `StoreError::Conflict`, never an SDK error. |
 //! | `mark_enqueued` | `UpdateItem SET enqueued = true IF attribute_exists(pk)`; a refusal (unknown job) is Ok |
@@ -137,7 +138,7 @@ use jobs::model::{
     ProgressRecord, UploadRecord,
 };
 use jobs::ports::{
-    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
     StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
@@ -1053,6 +1054,41 @@ impl JobStore for DynamoJobStore {
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
         Ok(self.read_job(id).await?.map(|(job, _)| job))
+    }
+
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        // Eventually consistent and projected: half a read unit, polled every second
+        // by a runner while its job runs.
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), "META")))
+            .consistent_read(false)
+            .projection_expression("#status, #attempt, #ttl")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#attempt", "attempt")
+            .expression_attribute_names("#ttl", "ttl")
+            .send()
+            .await
+            .map_err(|e| self.unavailable("GetItem status", &e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        // TTL deletes late: a job past its retention is gone, as `get_job` says (`ttl`
+        // is `expires_at` in whole seconds: only a second past it is surely expired).
+        if number(&item, "ttl").is_some_and(|ttl| (ttl as i64) < self.clock.now().timestamp()) {
+            return Ok(None);
+        }
+        let status = match item.get("status") {
+            Some(AttributeValue::S(raw)) => JobStatus::parse(raw),
+            _ => None,
+        }
+        .ok_or_else(|| StoreError::Unavailable("job item without a known status".into()))?;
+        let attempt = number(&item, "attempt")
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or_else(|| StoreError::Unavailable("job item without an attempt".into()))?;
+        Ok(Some(JobStatusRead { status, attempt }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, job = %job.id.as_str()))]

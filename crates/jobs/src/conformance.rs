@@ -556,6 +556,8 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     );
     assert_eq!(store.get_progress(&r.id).await.unwrap(), None);
 
+    job_status_follows_the_moves(store, clock.as_ref()).await;
+
     // The fleet item is optimistic-locked, starting from revision 0.
     let fleet = store.get_fleet().await.unwrap();
     assert_eq!(fleet.rev, 0, "a fresh store has an unwritten fleet");
@@ -615,6 +617,51 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     store.delete_worker("never-there").await.unwrap();
     assert_eq!(store.list_workers().await.unwrap().len(), 1);
     store.ping().await.unwrap();
+}
+
+/// `job_status`, the read a runner polls every second: it names the status and attempt
+/// of the job as moves leave it. It may be eventually consistent, so each check waits
+/// (bounded) for the read to catch up with the write.
+async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
+    let job = sample_job("status", clock.now(), &[]);
+    create(store, &job).await;
+    expect_status(store, &job.id, JobStatus::Queued, 0).await;
+    let claim = Move::Claim {
+        runner: "a".into(),
+        lease: Duration::seconds(30),
+        max_attempts: 3,
+    };
+    let job = apply_move(store, clock, job, &claim).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Running, 1).await;
+    let job = apply_move(store, clock, job, &Move::Cancel).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Canceling, 1).await;
+    let finish = Move::Finish {
+        fence: Fence {
+            owner: "a".into(),
+            attempt: 1,
+        },
+        finish: Finish::Canceled,
+    };
+    let job = apply_move(store, clock, job, &finish).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Canceled, 1).await;
+    assert_eq!(
+        store.job_status(&JobId::generate()).await.unwrap(),
+        None,
+        "an unknown job has no status"
+    );
+}
+
+async fn expect_status(store: &dyn JobStore, id: &JobId, status: JobStatus, attempt: u32) {
+    let want = Some(crate::ports::JobStatusRead { status, attempt });
+    let mut read = None;
+    for _ in 0..50 {
+        read = store.job_status(id).await.expect("job_status");
+        if read == want {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    panic!("job_status must catch up with the moves within 5 s: want {want:?}, read {read:?}");
 }
 
 const VIS: StdDuration = StdDuration::from_secs(30);

@@ -42,6 +42,16 @@ pub struct JobSnapshot {
     pub queue_position: Option<u64>,
 }
 
+/// What a running job's runner polls for, every second: where the job stands, from the
+/// smallest read the store can make ([`JobStore::job_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStatusRead {
+    /// `canceling` is the cancel flag: a client asked to stop the job.
+    pub status: JobStatus,
+    /// The fencing token of the lease the job is under (or last was).
+    pub attempt: u32,
+}
+
 /// One page request of a tenant's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
@@ -166,6 +176,18 @@ pub trait JobStore: Send + Sync + 'static {
     async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::quota::TenantUsage>;
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
+
+    /// The job's status and attempt only: the cheap read a runner makes every second
+    /// while a job runs, so that a cancel lands within a second. It may be *eventually
+    /// consistent* (DynamoDB: a projected `GetItem` of the job item, half a read unit):
+    /// a caller acts on it only by making a fenced move, which decides on the latest
+    /// state. The default reads the whole job.
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        Ok(self.get_job(id).await?.map(|job| JobStatusRead {
+            status: job.status,
+            attempt: job.attempt,
+        }))
+    }
 
     /// Replaces the job if its stored `rev` is still `expected_rev`, else `Conflict`.
     /// Leaves the stored `enqueued` flag as it is, whatever `job.enqueued` says.

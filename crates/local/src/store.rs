@@ -14,7 +14,7 @@ use jobs::model::{
     UploadRecord,
 };
 use jobs::ports::{
-    CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
+    CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
     StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
@@ -601,6 +601,30 @@ impl JobStore for SqliteJobStore {
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
         self.db.read(|conn| job_by_id(conn, id))
+    }
+
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        // The status column and one field of the body: no job decoded.
+        let row: Option<(String, i64)> = self.db.read(|conn| {
+            conn.prepare_cached(
+                "SELECT status, json_extract(body, '$.attempt') FROM jobs WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(unavailable)
+        })?;
+        row.map(|(status, attempt)| {
+            Ok(JobStatusRead {
+                status: JobStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Unavailable(format!("unknown job status {status:?}"))
+                })?,
+                attempt: u32::try_from(attempt)
+                    .map_err(|_| StoreError::Unavailable(format!("bad attempt {attempt}")))?,
+            })
+        })
+        .transpose()
     }
 
     async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()> {
