@@ -16,11 +16,11 @@
 //! #   (the poll off: what the heartbeat alone gives)
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use comfyui_sim::{SimConfig, Simulator};
-use gpu_runner::{EngineSpec, Runner, RunnerConfig};
+use gpu_runner::{EngineSpec, JobTiming, Runner, RunnerConfig, RunnerObserver};
 use jobs::model::{JobId, JobStatus};
 use jobs::ports::SystemClock;
 use jobs::service::{JobService, JobsConfig};
@@ -47,6 +47,16 @@ fn sampler(steps: u64, seed: u64) -> Value {
     wf["5"]["inputs"]["width"] = json!(64);
     wf["5"]["inputs"]["height"] = json!(64);
     wf
+}
+
+/// The runner's own timings, to show where a slow cancel spent its time.
+#[derive(Default)]
+struct Timings(Mutex<Vec<JobTiming>>);
+
+impl RunnerObserver for Timings {
+    fn job_done(&self, t: &JobTiming) {
+        self.0.lock().unwrap().push(t.clone());
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -90,9 +100,11 @@ async fn main() {
         .ports(Arc::new(SystemClock), "http://127.0.0.1:8787")
         .unwrap();
     let jobs = JobService::new(api.clone(), JobsConfig::default(), vec![7; 32]);
+    let timings = Arc::new(Timings::default());
     let config = RunnerConfig {
         idle_timeout: None,
         status_poll: Duration::from_millis(poll_ms),
+        observer: Some(timings.clone() as Arc<dyn RunnerObserver>),
         ..RunnerConfig::default()
     };
     println!(
@@ -146,7 +158,21 @@ async fn main() {
         );
         assert!(job.outputs.is_empty());
         took.push(t.as_secs_f64() * 1000.0);
-        println!("  sample {i:>3}: {:>7.1} ms", t.as_secs_f64() * 1000.0);
+        // The task reports once it has cleaned up; wait for it (bounded).
+        let mut stopped = None;
+        for _ in 0..500 {
+            let seen = timings.0.lock().unwrap().iter().find(|x| x.job_id == id).cloned();
+            if let Some(x) = seen {
+                stopped = x.exec_end.map(|e| e.saturating_duration_since(asked));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        println!(
+            "  sample {i:>3}: {:>7.1} ms (the prompt's end seen by the runner after {})",
+            t.as_secs_f64() * 1000.0,
+            stopped.map_or("?".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+        );
     }
     took.sort_by(f64::total_cmp);
     println!(

@@ -621,7 +621,8 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
 
 /// `job_status`, the read a runner polls every second: it names the status and attempt
 /// of the job as moves leave it. It may be eventually consistent, so each check waits
-/// (bounded) for the read to catch up with the write.
+/// (bounded) for the read to catch up with the write. And a progress write that comes
+/// after the job ended is dropped.
 async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
     let job = sample_job("status", clock.now(), &[]);
     create(store, &job).await;
@@ -633,8 +634,19 @@ async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
     };
     let job = apply_move(store, clock, job, &claim).await.unwrap();
     expect_status(store, &job.id, JobStatus::Running, 1).await;
+    let progress = |value| ProgressRecord {
+        v: SCHEMA_VERSION,
+        attempt: 1,
+        progress: Progress {
+            value,
+            ..Progress::default()
+        },
+        updated_at: clock.now(),
+    };
+    store.put_progress(&job.id, &progress(0.3)).await.unwrap();
     let job = apply_move(store, clock, job, &Move::Cancel).await.unwrap();
     expect_status(store, &job.id, JobStatus::Canceling, 1).await;
+    store.put_progress(&job.id, &progress(0.4)).await.unwrap();
     let finish = Move::Finish {
         fence: Fence {
             owner: "a".into(),
@@ -644,6 +656,29 @@ async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
     };
     let job = apply_move(store, clock, job, &finish).await.unwrap();
     expect_status(store, &job.id, JobStatus::Canceled, 1).await;
+    // A runner that has not yet seen the end writes progress late: it is dropped.
+    store.put_progress(&job.id, &progress(0.9)).await.unwrap();
+    assert_eq!(
+        store.get_progress(&job.id).await.unwrap(),
+        Some(progress(0.4)),
+        "a finished job's progress stays as it was when it ended"
+    );
+    assert_eq!(
+        store.load_snapshot(&job.id, 10).await.unwrap().unwrap().progress,
+        Some(progress(0.4))
+    );
+    // A job that ended before any progress: none, before and after a late write.
+    let early = sample_job("status", clock.now(), &[]);
+    create(store, &early).await;
+    let early = apply_move(store, clock, early, &Move::Cancel).await.unwrap();
+    assert_eq!(early.status, JobStatus::Canceled);
+    assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
+    store.put_progress(&early.id, &progress(0.5)).await.unwrap();
+    assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
+    assert_eq!(
+        store.load_snapshot(&early.id, 10).await.unwrap().unwrap().progress,
+        None
+    );
     assert_eq!(
         store.job_status(&JobId::generate()).await.unwrap(),
         None,

@@ -252,7 +252,10 @@ pub trait JobStore: Send + Sync + 'static {
         key: &str,
     ) -> StoreResult<Option<IdempotencyRecord>>;
 
-    /// Writes the progress item unless a later attempt's progress is already there.
+    /// Writes the progress item unless a later attempt's progress is already there, or
+    /// the job has ended (a late write is dropped: a canceled job's progress stays as
+    /// it was when it ended). Renewals, outputs and finishes are fenced by
+    /// `jobs::lifecycle`; this is the fence of the one write that is not a move.
     async fn put_progress(&self, id: &JobId, record: &ProgressRecord) -> StoreResult<()>;
 
     async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>>;

@@ -775,7 +775,11 @@ impl JobStore for SqliteJobStore {
         let body = to_json(record)?;
         self.db
             .execute(
-                "INSERT INTO progress (job_id, attempt, body) VALUES (?1, ?2, ?3)
+                // Dropped once the job has ended: a runner's late write (it had not yet
+                // seen the cancel) must not change a finished job's progress.
+                "INSERT INTO progress (job_id, attempt, body) SELECT ?1, ?2, ?3
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = ?1
+                     AND status IN ('succeeded', 'failed', 'canceled', 'expired'))
                  ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt, body = excluded.body
                  WHERE excluded.attempt >= progress.attempt",
                 vec![
