@@ -161,7 +161,13 @@ async fn main() {
         // The task reports once it has cleaned up; wait for it (bounded).
         let mut stopped = None;
         for _ in 0..500 {
-            let seen = timings.0.lock().unwrap().iter().find(|x| x.job_id == id).cloned();
+            let seen = timings
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|x| x.job_id == id)
+                .cloned();
             if let Some(x) = seen {
                 stopped = x.exec_end.map(|e| e.saturating_duration_since(asked));
                 break;
@@ -171,7 +177,10 @@ async fn main() {
         println!(
             "  sample {i:>3}: {:>7.1} ms (the prompt's end seen by the runner after {})",
             t.as_secs_f64() * 1000.0,
-            stopped.map_or("?".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+            stopped.map_or("?".into(), |d| format!(
+                "{:.1} ms",
+                d.as_secs_f64() * 1000.0
+            ))
         );
     }
     took.sort_by(f64::total_cmp);

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use comfyui::PromptOutcome;
+use common::*;
 use gpu_runner::{EngineSpec, RunnerConfig};
 use jobs::model::JobStatus;
 

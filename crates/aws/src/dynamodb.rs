@@ -138,8 +138,8 @@ use jobs::model::{
     ProgressRecord, UploadRecord,
 };
 use jobs::ports::{
-    Clock, CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
-    StoreError, StoreResult, WorkerRecord,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs,
+    QUEUE_POSITION_CAP, StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use serde::Serialize;

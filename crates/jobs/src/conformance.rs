@@ -664,19 +664,31 @@ async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
         "a finished job's progress stays as it was when it ended"
     );
     assert_eq!(
-        store.load_snapshot(&job.id, 10).await.unwrap().unwrap().progress,
+        store
+            .load_snapshot(&job.id, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
         Some(progress(0.4))
     );
     // A job that ended before any progress: none, before and after a late write.
     let early = sample_job("status", clock.now(), &[]);
     create(store, &early).await;
-    let early = apply_move(store, clock, early, &Move::Cancel).await.unwrap();
+    let early = apply_move(store, clock, early, &Move::Cancel)
+        .await
+        .unwrap();
     assert_eq!(early.status, JobStatus::Canceled);
     assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
     store.put_progress(&early.id, &progress(0.5)).await.unwrap();
     assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
     assert_eq!(
-        store.load_snapshot(&early.id, 10).await.unwrap().unwrap().progress,
+        store
+            .load_snapshot(&early.id, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
         None
     );
     assert_eq!(

@@ -14,8 +14,8 @@ use jobs::model::{
     UploadRecord,
 };
 use jobs::ports::{
-    CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
-    StoreError, StoreResult, WorkerRecord,
+    CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs,
+    QUEUE_POSITION_CAP, StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use rusqlite::types::Value;
