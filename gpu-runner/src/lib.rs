@@ -35,7 +35,7 @@
 //!   prompt stops at its next node boundary or sampler step. **Expected cancel
 //!   latency: up to `status_poll` (0.5 s on average) + the next step + a few writes**;
 //!   measured on the simulator (50 ms steps, `cargo bench -p gpu-runner --bench
-//!   cancel_bench -- --samples 100`, a shared 2-core machine): p50 0.58 s, p99 0.99 s;
+//!   cancel_bench -- --samples 100`, a busy 2-core machine): p50 0.58 s, p99 0.99 s;
 //!   nearly all of it is the wait for the next poll (a first 30-sample run had one
 //!   2.4 s outlier, p50 0.54 s).
 //!   A cancel that arrives after the prompt ended (outputs being stored) is too late:
