@@ -613,6 +613,44 @@ fn no_wait_then_jobs_get_list_and_cancel() {
 }
 
 #[test]
+fn dev_cancels_a_running_job_within_seconds() {
+    let dev = Dev::start();
+    let txt2img = workflow_path("txt2img-sd15.json");
+    // 1000 steps at the simulator's 50 ms: 50 s, and the runner's heartbeat is 10 s.
+    let out = dev.cli(&[
+        "run",
+        txt2img.to_str().unwrap(),
+        "--set",
+        "3.steps=1000",
+        "--no-wait",
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let id = out.json()["job"]["id"].as_str().unwrap().to_string();
+    let running = dev.wait_for(&id, 60, |s| s == "running");
+    assert_eq!(running["status"], "running", "{running:#}");
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let canceled = dev.cli(&["jobs", "cancel", &id, "--json"]);
+    assert_eq!(canceled.code, Some(0), "{canceled:#?}");
+    assert_eq!(canceled.json()["status"], "canceling");
+    let mut job = dev.get(&format!("/api/v2/jobs/{id}"));
+    while job["status"] != "canceled" && asked.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+        job = dev.get(&format!("/api/v2/jobs/{id}"));
+    }
+    // The runner-level bound is 2 s (gpu-runner/tests/cancel.rs); here the CLI's own
+    // start-up counts too.
+    assert_eq!(
+        job["status"],
+        "canceled",
+        "canceled within 3 s, not at a 10 s heartbeat: {:?} {job:#}",
+        asked.elapsed()
+    );
+    assert_eq!(job["outputs"], json!([]));
+}
+
+#[test]
 fn inputs_are_uploaded_once_and_referenced_as_assets() {
     let dev = Dev::start();
     let photo = dev.path().join("photo.png");

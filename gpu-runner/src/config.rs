@@ -19,9 +19,12 @@ pub struct RunnerConfig {
     pub worker_id: String,
     /// How long a claim (or a renewal) holds a job. Also the visibility timeout of the
     /// messages we hold: the lease is never longer than the visibility. The heartbeat
-    /// runs every `lease / 3`, so a cancel is noticed within `lease / 3` plus the time to
-    /// the next node boundary.
+    /// runs every `lease / 3`.
     pub lease: Duration,
+    /// While a job runs under our lease, its status is read this often
+    /// ([`jobs::ports::JobStore::job_status`], one cheap read), so a cancel is noticed
+    /// within this interval rather than at the next heartbeat.
+    pub status_poll: Duration,
     /// A job that executes longer than this is interrupted and fails with `timeout`.
     pub job_timeout: Duration,
     /// Charged attempts before a job fails with `attempts_exhausted` (on claim).
@@ -66,6 +69,7 @@ impl std::fmt::Debug for RunnerConfig {
         f.debug_struct("RunnerConfig")
             .field("worker_id", &self.worker_id)
             .field("lease", &self.lease)
+            .field("status_poll", &self.status_poll)
             .field("job_timeout", &self.job_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("idle_timeout", &self.idle_timeout)
@@ -80,6 +84,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             worker_id: new_worker_id(),
             lease: Duration::from_secs(30),
+            status_poll: Duration::from_secs(1),
             job_timeout: Duration::from_secs(30 * 60),
             max_attempts: 3,
             idle_timeout: Some(Duration::from_secs(300)),

@@ -23,6 +23,14 @@
 //! [`comfyui::Client::cancel_prompt`] and finish as `canceled`; refused (fenced, or
 //! the job moved on) → interrupt the prompt and stop writing at once.
 //!
+//! **Status poll** (every `status_poll`, 1 s): while a leased job runs, one cheap read
+//! of its status ([`jobs::ports::JobStore::job_status`]). When it is anything but
+//! `running` under our attempt, the heartbeat runs at once, and its answer is handled
+//! as above: so a cancel lands within about a second, through the same fenced renewal.
+//! The read may lag (eventually consistent): it only ever triggers a beat, never
+//! decides. A stopped prompt's outputs are never fetched, and the finish as
+//! `canceled` clears the job's outputs (`jobs::lifecycle`).
+//!
 //! **Letting go.** When ComfyUI dies, the lease is *released*: renewed to zero, so it
 //! has lapsed and the next claim is a takeover (the next charged attempt, so a job
 //! that keeps killing ComfyUI ends `attempts_exhausted`), and the message is made
@@ -464,8 +472,15 @@ impl JobTask {
         let mut flush_at: Option<tokio::time::Instant> = None;
         let drain = self.drain.clone();
         let hand_back = self.hand_back.clone();
+        let poll_every = self.sh.config.status_poll;
+        let mut status_poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
+        status_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reserved = matches!(self.hold, Hold::Reserved { .. });
+            // Only a leased job can be canceled while we run it (a reserved one is
+            // queued: a cancel ends it outright, and its claim then fails).
+            let polling = !reserved && stop.is_none();
             tokio::select! {
                 biased;
                 res = &mut run => {
@@ -505,28 +520,22 @@ impl JobTask {
                         return Flow::Exit(end);
                     }
                 }
-                _ = heartbeat.tick() => match self.heartbeat().await {
-                    Beat::Ok => {}
-                    Beat::Canceling => {
-                        if stop.is_none() {
-                            tracing::info!(job_id = %self.job.id, "cancel requested; stopping the prompt");
-                            stop = Some(Stop::Cancel);
-                            stop_deadline = Some(tokio::time::Instant::now() + STOP_WAIT);
-                            self.spawn_cancel(engine, prompt_id);
+                _ = heartbeat.tick() => {
+                    let beat = self.heartbeat().await;
+                    if let Some(flow) = self.on_beat(beat, &run, engine, prompt_id, &mut stop, &mut stop_deadline).await {
+                        return flow;
+                    }
+                }
+                _ = status_poll.tick(), if polling => {
+                    // The cheap read says something changed (canceled, taken over):
+                    // beat now, so the fenced renewal decides on the latest state.
+                    if self.status_changed().await {
+                        let beat = self.heartbeat().await;
+                        if let Some(flow) = self.on_beat(beat, &run, engine, prompt_id, &mut stop, &mut stop_deadline).await {
+                            return flow;
                         }
                     }
-                    Beat::Lost(end) => {
-                        run.abort();
-                        self.spawn_cancel(engine, prompt_id);
-                        return Flow::Exit(end);
-                    }
-                    Beat::ReservationTooLong => {
-                        tracing::info!(job_id = %self.job.id, "the job ahead runs long; giving the reservation up");
-                        run.abort();
-                        self.cancel_now(engine, prompt_id).await;
-                        return Flow::Exit(self.release("reservation given up").await);
-                    }
-                },
+                }
                 Some(receipt) = self.receipts.recv() => self.adopt(receipt).await,
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && stop.is_none() => {
                     tracing::warn!(job_id = %self.job.id, "job timeout; interrupting");
@@ -546,6 +555,60 @@ impl JobTask {
                     flush_at = None;
                     self.write_progress(tracker).await;
                 }
+            }
+        }
+    }
+
+    /// What a heartbeat's answer means for the prompt: the one place where a cancel
+    /// lands (seen by the timed heartbeat or by the status poll). `Some(flow)`: the
+    /// task must stop following the prompt.
+    async fn on_beat(
+        &mut self,
+        beat: Beat,
+        run: &JoinHandle<comfyui::Result<PromptRun>>,
+        engine: &Engine,
+        prompt_id: &str,
+        stop: &mut Option<Stop>,
+        stop_deadline: &mut Option<tokio::time::Instant>,
+    ) -> Option<Flow> {
+        match beat {
+            Beat::Ok => None,
+            Beat::Canceling => {
+                if stop.is_none() {
+                    tracing::info!(job_id = %self.job.id, "cancel requested; stopping the prompt");
+                    *stop = Some(Stop::Cancel);
+                    *stop_deadline = Some(tokio::time::Instant::now() + STOP_WAIT);
+                    self.spawn_cancel(engine, prompt_id);
+                }
+                None
+            }
+            Beat::Lost(end) => {
+                run.abort();
+                self.spawn_cancel(engine, prompt_id);
+                Some(Flow::Exit(end))
+            }
+            Beat::ReservationTooLong => {
+                tracing::info!(job_id = %self.job.id, "the job ahead runs long; giving the reservation up");
+                run.abort();
+                self.cancel_now(engine, prompt_id).await;
+                Some(Flow::Exit(self.release("reservation given up").await))
+            }
+        }
+    }
+
+    /// The status poll: true when the job is no longer `running` under our attempt as
+    /// far as the cheap (maybe eventually consistent) read can tell. A read that failed
+    /// or lags says nothing; the heartbeat still runs on its own schedule.
+    async fn status_changed(&self) -> bool {
+        let Some(fence) = self.fence() else {
+            return false;
+        };
+        match self.ports().store.job_status(&self.job.id).await {
+            Ok(Some(read)) => read.status != JobStatus::Running || read.attempt != fence.attempt,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::debug!(job_id = %self.job.id, error = %e, "status poll failed");
+                false
             }
         }
     }

@@ -28,9 +28,31 @@
 //!   mine`. A refused write means someone took over: interrupt the prompt, write nothing.
 //! - **Heartbeat** every lease/3: renew the lease and extend the message's visibility
 //!   (the lease is never longer than the visibility). The renewal returns the job, so a
-//!   cancel is seen within one heartbeat; the prompt then stops at its next node
-//!   boundary or sampler step. **Expected cancel latency: lease/3 + the time to the next
-//!   node boundary or progress tick** (10 s + a step with the default 30 s lease).
+//!   `canceling` job is seen by it.
+//! - **Cancel within a second.** Between heartbeats, while a leased job runs, the runner
+//!   reads the job's status every [`RunnerConfig::status_poll`] (1 s) with
+//!   [`jobs::ports::JobStore::job_status`]; anything but `running` under its attempt
+//!   makes it beat at once. The beat's answer is the one place a cancel lands: the
+//!   prompt is stopped with ComfyUI's state-aware cancel, nothing of it is fetched, and
+//!   the job ends `canceled` through `jobs::lifecycle` (which clears its outputs). The
+//!   prompt stops at its next node boundary or sampler step. **Expected cancel
+//!   latency: up to `status_poll` (0.5 s on average) + the next step + a few writes**;
+//!   measured on the simulator (50 ms steps, `cargo bench -p gpu-runner --bench
+//!   cancel_bench -- --samples 100`, a busy 2-core machine): p50 0.58 s, p99 0.99 s;
+//!   nearly all of it is the wait for the next poll (a first 30-sample run had one
+//!   2.4 s outlier, p50 0.54 s).
+//!   A cancel that arrives after the prompt ended (outputs being stored) is too late:
+//!   the job succeeds, and a cancel of a finished job returns it unchanged.
+//! - **What the poll costs on AWS**: one eventually consistent `GetItem` of the job's
+//!   `META` item per second per running job. DynamoDB bills it on the item's size, not
+//!   the projection: half a read request unit for an item up to 4 KB (a job's `META`
+//!   is well under that unless its labels are large). 3,600 × 0.5 = 1,800 read request
+//!   units per GPU-hour; at the DynamoDB on-demand list price in us-east-1, $0.125 per
+//!   million read request units (the list price since AWS halved on-demand prices on
+//!   1 November 2024; taken from that announcement, not re-read from the live price
+//!   page), that is **$0.000225 per GPU-hour** (a 1 s poll on
+//!   1,000 GPUs running all month: about $160). The cancel itself adds one renewal
+//!   write; a stale read right after a claim may add another.
 //! - **Messages** are deleted only once their job is terminal; a copy of a job someone
 //!   else holds is pushed back, never deleted.
 //! - **Pipelining by reservation**: near the end of job N, job N+1 is reserved (it stays

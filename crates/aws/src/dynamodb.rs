@@ -28,7 +28,7 @@
 //! | item | `pk` | `sk` | attributes | index keys |
 //! |---|---|---|---|---|
 //! | job | `JOB#{id}` | `META` | `body` (the job as JSON, without outputs or `enqueued`), `status`, `rev`, `attempt`, `out_count`, `tenant`, `labels` (map), `reserved_until` (ms), `enqueued` (set only by `mark_enqueued`), `ttl` | `gsi1pk = TENANT#{tenant}`, `gsi1sk = {id}`; while active `gsi2pk = ACTIVE#{status}`, `gsi2sk = {id}` |
-//! | progress | `JOB#{id}` | `PROGRESS` | `attempt`, `body` | — |
+//! | progress | `JOB#{id}` | `PROGRESS` | `attempt`, `body`, `closed` (set by the write that ends the job) | — |
 //! | output | `JOB#{id}` | `OUT#{attempt:05}#{n:04}` | `body`, `ttl` | — |
 //! | idempotency | `IDEM#{len}:{tenant}#{key}` | `IDEM` | `body`, `expires` (ms), `ttl` | — |
 //! | fleet | `FLEET` | `FLEET` | `body`, `rev` | — |
@@ -59,14 +59,15 @@
 //! | `get_tenant_quota` / `put_tenant_quota` | `GetItem` / `PutItem` `TENANT#{t}` `QUOTA` |
 //! | `tenant_usage` | `GetItem` `TENANT#{t}` `USAGE` (consistent; counters clamped at 0) |
 //! | `get_job` | one `Query pk = JOB#{id}` (strongly consistent): the job and its outputs |
+//! | `job_status` | `GetItem META`, eventually consistent, `ProjectionExpression status, attempt, ttl`: half a read unit (the item is under 4 KB), what a runner polls every second while its job runs, so a cancel lands within a second |
 //! | `load_snapshot` | the same `Query` (job, progress, outputs), plus the position count while queued |
-//! | `put_job` | the finishing attempt's outputs first (`BatchWriteItem` of `OUT#{attempt}#{n}`: harmless if the move then loses, since reads take only `out_count` items of the attempt the job names), then the move of `META`: `SET body, status, rev, attempt, out_count, labels, reserved_until, gsi2*` (or `REMOVE gsi2pk, gsi2sk` when terminal) `IF rev = :expected AND attribute_exists(gsi2pk)` (the stored job is active). Within a class (active to active) that is one `UpdateItem`; from active to terminal it is a `TransactWriteItems` with `ADD active :-1` on the tenant's `USAGE` item. If the stored job was terminal after all (`ALL_OLD` shows the expected `rev` without `gsi2pk`), the move is made again conditioned on `attribute_not_exists(gsi2pk)` (one `UpdateItem`, or with `ADD active :1` when it becomes active again). `enqueued` is never named, so no copy read before `mark_enqueued` can clear it. The revision is bumped by every move, so one condition on it covers status, owner and attempt; a refused condition (another `rev`) → `StoreError::Conflict`, never an SDK error. |
+//! | `put_job` | the finishing attempt's outputs first (`BatchWriteItem` of `OUT#{attempt}#{n}`: harmless if the move then loses, since reads take only `out_count` items of the attempt the job names), then the move of `META`: `SET body, status, rev, attempt, out_count, labels, reserved_until, gsi2*` (or `REMOVE gsi2pk, gsi2sk` when terminal) `IF rev = :expected AND attribute_exists(gsi2pk)` (the stored job is active). Within a class (active to active) that is one `UpdateItem`; from active to terminal it is a `TransactWriteItems` with `ADD active :-1` on the tenant's `USAGE` item and `SET closed = true` on the job's `PROGRESS` item (so no late progress write lands on a finished job). If the stored job was terminal after all (`ALL_OLD` shows the expected `rev` without `gsi2pk`), the move is made again conditioned on `attribute_not_exists(gsi2pk)` (one `UpdateItem`, or with `ADD active :1` when it becomes active again). `enqueued` is never named, so no copy read before `mark_enqueued` can clear it. The revision is bumped by every move, so one condition on it covers status, owner and attempt; a refused condition (another `rev`) → `StoreError::Conflict`, never an SDK error. |
 //! | `mark_enqueued` | `UpdateItem SET enqueued = true IF attribute_exists(pk)`; a refusal (unknown job) is Ok |
 //! | `list_jobs` / `list_jobs_page` | `Query gsi1 TENANT#{tenant}`, `gsi1sk < :before`, newest first, label filters as a `FilterExpression` on `labels.#k = :v`. A filter is applied after `Limit`, so a filtered listing reads pages of 100 rows until the page is full or a read budget ([`LIST_READ_BUDGET`] rows examined, by `ScannedCount`) is spent; then it answers with a short page and `resume_before` = the `gsi1sk` of `LastEvaluatedKey`, which the API's cursor (MAC'd, as today) carries |
 //! | `jobs_in_status` | `Query gsi2 ACTIVE#{status}`, oldest first, `Limit`. Terminal statuses are not indexed: asking for one is an error (`Unavailable`), never a Scan |
 //! | `queue_position` | `Query gsi2 ACTIVE#queued`, `gsi2sk < :id`, `Select = COUNT`, `Limit = cap` (ids grow with time: older means ahead) |
 //! | `count_unclaimed_queued` | the same partition with `FilterExpression attribute_not_exists(reserved_until) OR reserved_until <= :now`, paged until `cap` or the end |
-//! | `put_progress` / `get_progress` | `UpdateItem PROGRESS IF attribute_not_exists(attempt) OR attempt <= :attempt` (a refusal means a later attempt wrote: dropped, Ok) / `GetItem` |
+//! | `put_progress` / `get_progress` | `UpdateItem PROGRESS IF attribute_not_exists(closed) AND (attribute_not_exists(attempt) OR attempt <= :attempt)` (a refusal means the job ended or a later attempt wrote: dropped, Ok) / `GetItem` (an item without `body` is no progress) |
 //! | `get_fleet` / `put_fleet` | `GetItem` / `PutItem IF rev = :expected` (`attribute_not_exists(pk)` for 0) |
 //! | workers | `PutItem` / `DeleteItem` / `Query pk = WORKERS` |
 //! | assets | `PutItem` / `GetItem` / `DeleteItem ReturnValues=ALL_OLD`; `find_asset`: `Query gsi1 AHASH#…`, newest first, the first with that `file_path` |
@@ -140,8 +141,8 @@ use jobs::model::{
     ProgressRecord, UploadRecord,
 };
 use jobs::ports::{
-    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
-    StoreError, StoreResult, WorkerRecord,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs,
+    QUEUE_POSITION_CAP, StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use serde::Serialize;
@@ -375,7 +376,7 @@ impl DynamoJobStore {
             .collect::<StoreResult<_>>()?;
         let progress = items
             .iter()
-            .find(|i| sort_key(i) == "PROGRESS")
+            .find(|i| sort_key(i) == "PROGRESS" && i.contains_key("body"))
             .map(body_of)
             .transpose()?;
         Ok(Some((job, progress)))
@@ -636,6 +637,21 @@ impl DynamoJobStore {
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
+    /// Part of the write that ends a job: marks its progress item `closed`, so that a
+    /// runner's late progress write (it had not yet seen the cancel) is refused and the
+    /// finished job's progress stays as it was. Creates a bare item if none was written.
+    fn close_progress(&self, id: &JobId) -> StoreResult<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), "PROGRESS")))
+            .update_expression("SET #closed = :t")
+            .expression_attribute_names("#closed", "closed")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .build()
+            .map_err(|e| self.unavailable("TransactWriteItems progress", &e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     /// The admission of one more active job: `ADD active 1` on the tenant's usage item,
     /// conditioned on the quota. The submit rate is a fixed one-second window kept in
     /// the same item (`window`, the epoch second; `in_window`, jobs recorded in it);
@@ -781,10 +797,13 @@ impl DynamoJobStore {
             .build()
             .map_err(|e| self.unavailable("TransactWriteItems job", &e))?;
         let delta = if is_active { 1 } else { -1 };
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().update(update).build(),
             self.usage_delta(&job.tenant, "active", delta)?,
         ];
+        if !is_active {
+            items.push(self.close_progress(&job.id)?);
+        }
         match self.transact("TransactWriteItems job", items).await? {
             Transacted::Done => Ok(true),
             refused => match refused.refused_at(0) {
@@ -1058,6 +1077,41 @@ impl JobStore for DynamoJobStore {
         Ok(self.read_job(id).await?.map(|(job, _)| job))
     }
 
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        // Eventually consistent and projected: half a read unit, polled every second
+        // by a runner while its job runs.
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), "META")))
+            .consistent_read(false)
+            .projection_expression("#status, #attempt, #ttl")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#attempt", "attempt")
+            .expression_attribute_names("#ttl", "ttl")
+            .send()
+            .await
+            .map_err(|e| self.unavailable("GetItem status", &e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        // TTL deletes late: a job past its retention is gone, as `get_job` says (`ttl`
+        // is `expires_at` in whole seconds: only a second past it is surely expired).
+        if number(&item, "ttl").is_some_and(|ttl| (ttl as i64) < self.clock.now().timestamp()) {
+            return Ok(None);
+        }
+        let status = match item.get("status") {
+            Some(AttributeValue::S(raw)) => JobStatus::parse(raw),
+            _ => None,
+        }
+        .ok_or_else(|| StoreError::Unavailable("job item without a known status".into()))?;
+        let attempt = number(&item, "attempt")
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or_else(|| StoreError::Unavailable("job item without an attempt".into()))?;
+        Ok(Some(JobStatusRead { status, attempt }))
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, job = %job.id.as_str()))]
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()> {
         self.write_outputs(job).await?;
@@ -1259,16 +1313,20 @@ impl JobStore for DynamoJobStore {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(id), "PROGRESS")))
             .update_expression("SET #body = :b, #attempt = :a")
-            .condition_expression("attribute_not_exists(#attempt) OR #attempt <= :a")
+            .condition_expression(
+                "attribute_not_exists(#closed) AND (attribute_not_exists(#attempt) OR #attempt <= :a)",
+            )
             .expression_attribute_names("#body", "body")
             .expression_attribute_names("#attempt", "attempt")
+            .expression_attribute_names("#closed", "closed")
             .expression_attribute_values(":b", s(to_json(record)?))
             .expression_attribute_values(":a", n(record.attempt))
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            // A later attempt's progress is there: this one is stale, dropped.
+            // The job has ended, or a later attempt's progress is there: this one is
+            // stale, dropped.
             Err(e)
                 if matches!(
                     e.as_service_error(),
@@ -1282,7 +1340,11 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>> {
-        self.get_body(job_pk(id), "PROGRESS").await
+        // A job that ended before any progress was written has a bare `closed` item.
+        match self.get_item(job_pk(id), "PROGRESS").await? {
+            Some(item) if item.contains_key("body") => body_of(&item).map(Some),
+            _ => Ok(None),
+        }
     }
 
     async fn get_fleet(&self) -> StoreResult<Fleet> {

@@ -568,6 +568,8 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     );
     assert_eq!(store.get_progress(&r.id).await.unwrap(), None);
 
+    job_status_follows_the_moves(store, clock.as_ref()).await;
+
     // The fleet item is optimistic-locked, starting from revision 0.
     let fleet = store.get_fleet().await.unwrap();
     assert_eq!(fleet.rev, 0, "a fresh store has an unwritten fleet");
@@ -627,6 +629,98 @@ pub async fn job_store(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) {
     store.delete_worker("never-there").await.unwrap();
     assert_eq!(store.list_workers().await.unwrap().len(), 1);
     store.ping().await.unwrap();
+}
+
+/// `job_status`, the read a runner polls every second: it names the status and attempt
+/// of the job as moves leave it. It may be eventually consistent, so each check waits
+/// (bounded) for the read to catch up with the write. And a progress write that comes
+/// after the job ended is dropped.
+async fn job_status_follows_the_moves(store: &dyn JobStore, clock: &dyn Clock) {
+    let job = sample_job("status", clock.now(), &[]);
+    create(store, &job).await;
+    expect_status(store, &job.id, JobStatus::Queued, 0).await;
+    let claim = Move::Claim {
+        runner: "a".into(),
+        lease: Duration::seconds(30),
+        max_attempts: 3,
+    };
+    let job = apply_move(store, clock, job, &claim).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Running, 1).await;
+    let progress = |value| ProgressRecord {
+        v: SCHEMA_VERSION,
+        attempt: 1,
+        progress: Progress {
+            value,
+            ..Progress::default()
+        },
+        updated_at: clock.now(),
+    };
+    store.put_progress(&job.id, &progress(0.3)).await.unwrap();
+    let job = apply_move(store, clock, job, &Move::Cancel).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Canceling, 1).await;
+    store.put_progress(&job.id, &progress(0.4)).await.unwrap();
+    let finish = Move::Finish {
+        fence: Fence {
+            owner: "a".into(),
+            attempt: 1,
+        },
+        finish: Finish::Canceled,
+    };
+    let job = apply_move(store, clock, job, &finish).await.unwrap();
+    expect_status(store, &job.id, JobStatus::Canceled, 1).await;
+    // A runner that has not yet seen the end writes progress late: it is dropped.
+    store.put_progress(&job.id, &progress(0.9)).await.unwrap();
+    assert_eq!(
+        store.get_progress(&job.id).await.unwrap(),
+        Some(progress(0.4)),
+        "a finished job's progress stays as it was when it ended"
+    );
+    assert_eq!(
+        store
+            .load_snapshot(&job.id, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
+        Some(progress(0.4))
+    );
+    // A job that ended before any progress: none, before and after a late write.
+    let early = sample_job("status", clock.now(), &[]);
+    create(store, &early).await;
+    let early = apply_move(store, clock, early, &Move::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(early.status, JobStatus::Canceled);
+    assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
+    store.put_progress(&early.id, &progress(0.5)).await.unwrap();
+    assert_eq!(store.get_progress(&early.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .load_snapshot(&early.id, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
+        None
+    );
+    assert_eq!(
+        store.job_status(&JobId::generate()).await.unwrap(),
+        None,
+        "an unknown job has no status"
+    );
+}
+
+async fn expect_status(store: &dyn JobStore, id: &JobId, status: JobStatus, attempt: u32) {
+    let want = Some(crate::ports::JobStatusRead { status, attempt });
+    let mut read = None;
+    for _ in 0..50 {
+        read = store.job_status(id).await.expect("job_status");
+        if read == want {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    panic!("job_status must catch up with the moves within 5 s: want {want:?}, read {read:?}");
 }
 
 const VIS: StdDuration = StdDuration::from_secs(30);

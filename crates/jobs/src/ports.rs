@@ -42,6 +42,16 @@ pub struct JobSnapshot {
     pub queue_position: Option<u64>,
 }
 
+/// What a running job's runner polls for, every second: where the job stands, from the
+/// smallest read the store can make ([`JobStore::job_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStatusRead {
+    /// `canceling` is the cancel flag: a client asked to stop the job.
+    pub status: JobStatus,
+    /// The fencing token of the lease the job is under (or last was).
+    pub attempt: u32,
+}
+
 /// One page request of a tenant's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
@@ -170,6 +180,18 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 
+    /// The job's status and attempt only: the cheap read a runner makes every second
+    /// while a job runs, so that a cancel lands within a second. It may be *eventually
+    /// consistent* (DynamoDB: a projected `GetItem` of the job item, half a read unit):
+    /// a caller acts on it only by making a fenced move, which decides on the latest
+    /// state. The default reads the whole job.
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        Ok(self.get_job(id).await?.map(|job| JobStatusRead {
+            status: job.status,
+            attempt: job.attempt,
+        }))
+    }
+
     /// Replaces the job if its stored `rev` is still `expected_rev`, else `Conflict`.
     /// Leaves the stored `enqueued` flag as it is, whatever `job.enqueued` says.
     async fn put_job(&self, job: &Job, expected_rev: u64) -> StoreResult<()>;
@@ -233,7 +255,10 @@ pub trait JobStore: Send + Sync + 'static {
         key: &str,
     ) -> StoreResult<Option<IdempotencyRecord>>;
 
-    /// Writes the progress item unless a later attempt's progress is already there.
+    /// Writes the progress item unless a later attempt's progress is already there, or
+    /// the job has ended (a late write is dropped: a canceled job's progress stays as
+    /// it was when it ended). Renewals, outputs and finishes are fenced by
+    /// `jobs::lifecycle`; this is the fence of the one write that is not a move.
     async fn put_progress(&self, id: &JobId, record: &ProgressRecord) -> StoreResult<()>;
 
     async fn get_progress(&self, id: &JobId) -> StoreResult<Option<ProgressRecord>>;

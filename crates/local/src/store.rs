@@ -14,8 +14,8 @@ use jobs::model::{
     UploadRecord,
 };
 use jobs::ports::{
-    CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, ListedJobs, QUEUE_POSITION_CAP,
-    StoreError, StoreResult, WorkerRecord,
+    CreateOutcome, Fleet, JobSnapshot, JobStatusRead, JobStore, ListQuery, ListedJobs,
+    QUEUE_POSITION_CAP, StoreError, StoreResult, WorkerRecord,
 };
 use jobs::quota::{QuotaRefusal, TenantQuota, TenantUsage};
 use rusqlite::types::Value;
@@ -603,6 +603,30 @@ impl JobStore for SqliteJobStore {
         self.db.read(|conn| job_by_id(conn, id))
     }
 
+    async fn job_status(&self, id: &JobId) -> StoreResult<Option<JobStatusRead>> {
+        // The status column and one field of the body: no job decoded.
+        let row: Option<(String, i64)> = self.db.read(|conn| {
+            conn.prepare_cached(
+                "SELECT status, json_extract(body, '$.attempt') FROM jobs WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(unavailable)
+        })?;
+        row.map(|(status, attempt)| {
+            Ok(JobStatusRead {
+                status: JobStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Unavailable(format!("unknown job status {status:?}"))
+                })?,
+                attempt: u32::try_from(attempt)
+                    .map_err(|_| StoreError::Unavailable(format!("bad attempt {attempt}")))?,
+            })
+        })
+        .transpose()
+    }
+
     async fn mark_enqueued(&self, id: &JobId) -> StoreResult<()> {
         self.db
             .execute(
@@ -751,7 +775,11 @@ impl JobStore for SqliteJobStore {
         let body = to_json(record)?;
         self.db
             .execute(
-                "INSERT INTO progress (job_id, attempt, body) VALUES (?1, ?2, ?3)
+                // Dropped once the job has ended: a runner's late write (it had not yet
+                // seen the cancel) must not change a finished job's progress.
+                "INSERT INTO progress (job_id, attempt, body) SELECT ?1, ?2, ?3
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = ?1
+                     AND status IN ('succeeded', 'failed', 'canceled', 'expired'))
                  ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt, body = excluded.body
                  WHERE excluded.attempt >= progress.attempt",
                 vec![
