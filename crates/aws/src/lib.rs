@@ -32,6 +32,8 @@ pub mod ecs;
 mod error;
 pub mod s3;
 pub mod sqs;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{AwsConfig, Clients, ConfigError, QueueUrls};
 pub use dynamodb::DynamoJobStore;
