@@ -26,10 +26,11 @@ bins=()
 for f in "${functions[@]}"; do bins+=(--bin "$f"); done
 cargo lambda build --release --locked "$arch" --output-format zip "${bins[@]}"
 
+target_dir="${CARGO_TARGET_DIR:-target}"
 limit=$((8 * 1000 * 1000))
 status=0
 for f in "${functions[@]}"; do
-  zip="target/lambda/$f/bootstrap.zip"
+  zip="$target_dir/lambda/$f/bootstrap.zip"
   size=$(stat -c %s "$zip")
   awk -v f="$f" -v z="$zip" -v s="$size" 'BEGIN { printf "%-9s %s  %6.2f MB\n", f, z, s / 1e6 }'
   if [ "$size" -gt "$limit" ]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, the Rust suites, the Python
+# Runs every test of the project: formatting, lints, the Rust suites, the release
+# build of the Lambda functions (scripts/lambda-build.sh), the Python
 # suite that drives `serverless-comfyui dev` with the official comfy-sdk, a
 # Schemathesis run of dev's OpenAPI document, the offline deployment lints
 # (scripts/lint-deploy.sh), and the web app's suites.
@@ -22,6 +23,10 @@ step "cargo test"
 # crates/aws tests run against moto_server, installed into .venv-moto.
 scripts/moto.sh
 cargo test --workspace --locked
+
+step "Lambda functions: cargo lambda build --release (x86_64), zips under 8 MB"
+# cargo-lambda (pinned) goes into .venv-lambda; its release build shares ./target.
+scripts/lambda-build.sh
 
 step "Python suite: comfy-sdk against dev"
 cargo build -p serverless-comfyui --locked

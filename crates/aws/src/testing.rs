@@ -257,3 +257,102 @@ pub async fn fresh_resources(max_receive_count: u32) -> AwsConfig {
         },
     }
 }
+
+/// Requests a mocked client received, in order.
+pub type Seen<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
+
+/// The container instance ARN [`mock_ecs_instance`] gives its one instance.
+pub const MOCK_CONTAINER_INSTANCE: &str =
+    "arn:aws:ecs:us-east-1:123456789012:container-instance/gpu-cluster/0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// An ECS cluster mocked with `aws-smithy-mocks` (moto's ECS cannot list an instance's
+/// tasks by filter, and its `RunTask` needs registered instances): one container
+/// instance on the EC2 instance `instance_id`, running `tasks`, listed one task per
+/// page so that paging is exercised; `RunTask` starts what it is asked. Records every
+/// `RunTask`, `ListContainerInstances`, `ListTasks` and `StopTask` request. Retries
+/// are off: the SDK's backoff really sleeps.
+pub struct MockEcs {
+    pub client: aws_sdk_ecs::Client,
+    pub runs: Seen<aws_sdk_ecs::operation::run_task::RunTaskInput>,
+    pub list_instances: Seen<aws_sdk_ecs::operation::list_container_instances::ListContainerInstancesInput>,
+    pub list_tasks: Seen<aws_sdk_ecs::operation::list_tasks::ListTasksInput>,
+    pub stops: Seen<aws_sdk_ecs::operation::stop_task::StopTaskInput>,
+}
+
+pub fn mock_ecs_instance(instance_id: &str, tasks: &[&str]) -> MockEcs {
+    use aws_sdk_ecs::Client;
+    use aws_sdk_ecs::config::retry::RetryConfig;
+    use aws_sdk_ecs::operation::list_container_instances::ListContainerInstancesOutput;
+    use aws_sdk_ecs::operation::list_tasks::ListTasksOutput;
+    use aws_sdk_ecs::operation::run_task::RunTaskOutput;
+    use aws_sdk_ecs::operation::stop_task::StopTaskOutput;
+    use aws_sdk_ecs::types::Task;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    let runs: Seen<_> = Default::default();
+    let list_instances: Seen<_> = Default::default();
+    let list_tasks: Seen<_> = Default::default();
+    let stops: Seen<_> = Default::default();
+    let (seen, filter) = (list_instances.clone(), format!("ec2InstanceId == {instance_id}"));
+    let instances = mock!(Client::list_container_instances).then_compute_output(move |input| {
+        seen.lock().unwrap().push(input.clone());
+        let ours = input.filter() == Some(filter.as_str());
+        ListContainerInstancesOutput::builder()
+            .set_container_instance_arns(Some(if ours {
+                vec![MOCK_CONTAINER_INSTANCE.to_string()]
+            } else {
+                vec![]
+            }))
+            .build()
+    });
+    let (seen, tasks) = (
+        list_tasks.clone(),
+        tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+    );
+    let listing = mock!(Client::list_tasks).then_compute_output(move |input| {
+        seen.lock().unwrap().push(input.clone());
+        if input.container_instance() != Some(MOCK_CONTAINER_INSTANCE) {
+            return ListTasksOutput::builder().build();
+        }
+        // One task per page; the token is the index of the next task.
+        let at: usize = input.next_token().map_or(0, |t| t.parse().unwrap());
+        ListTasksOutput::builder()
+            .set_task_arns(Some(tasks.get(at).cloned().into_iter().collect()))
+            .set_next_token((at + 1 < tasks.len()).then(|| (at + 1).to_string()))
+            .build()
+    });
+    let seen = stops.clone();
+    let stopping = mock!(Client::stop_task).then_compute_output(move |input| {
+        seen.lock().unwrap().push(input.clone());
+        StopTaskOutput::builder().build()
+    });
+    let seen = runs.clone();
+    let running = mock!(Client::run_task).then_compute_output(move |input| {
+        let mut seen = seen.lock().unwrap();
+        let started = (0..input.count().unwrap_or(1))
+            .map(|i| {
+                Task::builder()
+                    .task_arn(format!(
+                        "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/run{}-{i}",
+                        seen.len()
+                    ))
+                    .build()
+            })
+            .collect();
+        seen.push(input.clone());
+        RunTaskOutput::builder().set_tasks(Some(started)).build()
+    });
+    let client = mock_client!(
+        aws_sdk_ecs,
+        RuleMode::MatchAny,
+        &[&running, &instances, &listing, &stopping],
+        |c| c.retry_config(RetryConfig::disabled())
+    );
+    MockEcs {
+        client,
+        runs,
+        list_instances,
+        list_tasks,
+        stops,
+    }
+}
