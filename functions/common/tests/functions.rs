@@ -13,7 +13,8 @@ use std::sync::Arc;
 use aws::testing::{MockEcs, mock_ecs_instance};
 use functions_common::dispatch::{DispatchError, DispatchHandler};
 use functions_common::{Deployment, Function, Tunables, status_router, submit_router};
-use jobs::ports::{JobStore, QueueName, SystemClock};
+use jobs::model::JobId;
+use jobs::ports::{QueueName, SystemClock};
 use serde_json::{Value, json};
 
 const INSTANCE: &str = "i-0abcdef1234567890";
@@ -125,8 +126,8 @@ async fn a_job_submitted_through_submit_is_read_and_canceled() {
     let queue = deployment.ports().queue;
     assert_eq!(queue.depth(QueueName::Work).await.unwrap().visible, 1);
     assert_eq!(queue.depth(QueueName::Wake).await.unwrap().visible, 1);
-    let stored = deployment.ports().store.get_job(&id.parse().unwrap()).await;
-    assert!(stored.unwrap().unwrap().job.enqueued);
+    let stored = deployment.ports().store.get_job(&JobId::parse(&id).unwrap()).await;
+    assert!(stored.unwrap().unwrap().enqueued);
 
     let (code, read) = json_of(
         http.get(format!("{status}/api/v2/jobs/{id}"))
@@ -189,13 +190,16 @@ async fn asset_content_is_a_redirect_to_s3_and_large_uploads_are_refused() {
     let http = http();
 
     let bytes = b"hello from an asset".to_vec();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes.clone())
-            .file_name("note.txt")
-            .mime_str("text/plain")
-            .unwrap(),
-    );
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes.clone())
+                .file_name("note.txt")
+                .mime_str("text/plain")
+                .unwrap(),
+        )
+        .text("content_type", "text/plain")
+        .text("file_path", "note.txt");
     let (code, asset) = json_of(
         http.post(format!("{submit}/api/v2/assets"))
             .bearer_auth(&key)
@@ -228,13 +232,16 @@ async fn asset_content_is_a_redirect_to_s3_and_large_uploads_are_refused() {
 
     // Past what a synchronous invocation can carry, the upload extension is the way.
     let big = vec![0u8; functions_common::MAX_LAMBDA_UPLOAD_BYTES as usize + 1024];
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(big)
-            .file_name("big.bin")
-            .mime_str("application/octet-stream")
-            .unwrap(),
-    );
+    let form = reqwest::multipart::Form::new()
+        .text("content_type", "application/octet-stream")
+        .text("file_path", "big.bin")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(big)
+                .file_name("big.bin")
+                .mime_str("application/octet-stream")
+                .unwrap(),
+        );
     let (code, refused) = json_of(
         http.post(format!("{submit}/api/v2/assets"))
             .bearer_auth(&key)
@@ -361,7 +368,7 @@ async fn the_tick_enqueues_a_job_recorded_without_its_message() {
         .unwrap();
     assert_eq!(report["reenqueued"], 1, "{report}");
     assert_eq!(ports.queue.depth(QueueName::Work).await.unwrap().visible, 1);
-    assert!(ports.store.get_job(&job.id).await.unwrap().unwrap().job.enqueued);
+    assert!(ports.store.get_job(&job.id).await.unwrap().unwrap().enqueued);
     assert_eq!(report["scale"]["launched"], 1, "{report}");
     assert_eq!(ecs.runs.lock().unwrap().len(), 1);
 
