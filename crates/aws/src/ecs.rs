@@ -221,7 +221,11 @@ impl EcsLauncher {
                     Err(e) => failed.push(describe("StopTask", &s.cluster, &e)),
                 }
             }
-            tracing::info!(stopped = stopped.len(), failed = failed.len(), "stopped the instance's runners");
+            tracing::info!(
+                stopped = stopped.len(),
+                failed = failed.len(),
+                "stopped the instance's runners"
+            );
             if failed.is_empty() {
                 Ok(stopped)
             } else {

@@ -13,7 +13,6 @@
 //! Each test makes its own uniquely named resources ([`unique`], [`fresh_resources`]):
 //! moto's reset is global, and tests run concurrently in one server.
 
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -262,8 +261,7 @@ pub async fn fresh_resources(max_receive_count: u32) -> AwsConfig {
 pub type Seen<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
 
 /// The container instance ARN [`mock_ecs_instance`] gives its one instance.
-pub const MOCK_CONTAINER_INSTANCE: &str =
-    "arn:aws:ecs:us-east-1:123456789012:container-instance/gpu-cluster/0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+pub const MOCK_CONTAINER_INSTANCE: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/gpu-cluster/0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// An ECS cluster mocked with `aws-smithy-mocks` (moto's ECS cannot list an instance's
 /// tasks by filter, and its `RunTask` needs registered instances): one container
@@ -274,7 +272,8 @@ pub const MOCK_CONTAINER_INSTANCE: &str =
 pub struct MockEcs {
     pub client: aws_sdk_ecs::Client,
     pub runs: Seen<aws_sdk_ecs::operation::run_task::RunTaskInput>,
-    pub list_instances: Seen<aws_sdk_ecs::operation::list_container_instances::ListContainerInstancesInput>,
+    pub list_instances:
+        Seen<aws_sdk_ecs::operation::list_container_instances::ListContainerInstancesInput>,
     pub list_tasks: Seen<aws_sdk_ecs::operation::list_tasks::ListTasksInput>,
     pub stops: Seen<aws_sdk_ecs::operation::stop_task::StopTaskInput>,
 }
@@ -293,7 +292,10 @@ pub fn mock_ecs_instance(instance_id: &str, tasks: &[&str]) -> MockEcs {
     let list_instances: Seen<_> = Default::default();
     let list_tasks: Seen<_> = Default::default();
     let stops: Seen<_> = Default::default();
-    let (seen, filter) = (list_instances.clone(), format!("ec2InstanceId == {instance_id}"));
+    let (seen, filter) = (
+        list_instances.clone(),
+        format!("ec2InstanceId == {instance_id}"),
+    );
     let instances = mock!(Client::list_container_instances).then_compute_output(move |input| {
         seen.lock().unwrap().push(input.clone());
         let ours = input.filter() == Some(filter.as_str());

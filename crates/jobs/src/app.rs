@@ -68,7 +68,11 @@ impl App {
         cursor_key: Vec<u8>,
         config: AppConfig,
     ) -> App {
-        let assets = Arc::new(AssetService::new(ports.clone(), config.assets, &config.jobs));
+        let assets = Arc::new(AssetService::new(
+            ports.clone(),
+            config.assets,
+            &config.jobs,
+        ));
         let jobs = Arc::new(JobService::new(ports, config.jobs, cursor_key));
         let state = Arc::new(ApiState {
             jobs,

@@ -37,7 +37,8 @@ fn target_dir() -> PathBuf {
 
 /// The environment Lambda gives a function, plus the template's variables.
 fn environment(function: &str, runtime_api: &str) -> Vec<(String, String)> {
-    let queue = |name: &str| format!("https://sqs.us-east-1.amazonaws.com/123456789012/bench-{name}");
+    let queue =
+        |name: &str| format!("https://sqs.us-east-1.amazonaws.com/123456789012/bench-{name}");
     [
         ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", format!("bench-{function}")),
@@ -57,7 +58,10 @@ fn environment(function: &str, runtime_api: &str) -> Vec<(String, String)> {
         ("SERVERLESS_COMFYUI_ECS_CLUSTER", "bench-cluster".into()),
         ("SERVERLESS_COMFYUI_TASK_DEFINITION", "bench-runner".into()),
         ("SERVERLESS_COMFYUI_CAPACITY_PROVIDER", "bench-gpu".into()),
-        ("SERVERLESS_COMFYUI_ECS_STARTED_BY", "serverless-comfyui".into()),
+        (
+            "SERVERLESS_COMFYUI_ECS_STARTED_BY",
+            "serverless-comfyui".into(),
+        ),
         ("SERVERLESS_COMFYUI_MAX_WORKERS", "2".into()),
         ("SERVERLESS_COMFYUI_MIN_WARM_WORKERS", "0".into()),
         ("SERVERLESS_COMFYUI_QUEUE_TIMEOUT_SECONDS", "3600".into()),
@@ -65,7 +69,10 @@ fn environment(function: &str, runtime_api: &str) -> Vec<(String, String)> {
         ("SERVERLESS_COMFYUI_RETENTION_DAYS", "7".into()),
         ("SERVERLESS_COMFYUI_IDEMPOTENCY_TTL_HOURS", "24".into()),
         ("SERVERLESS_COMFYUI_UPLOAD_TTL_MINUTES", "60".into()),
-        ("SERVERLESS_COMFYUI_ALLOWED_ORIGINS", "https://comfy.example.com".into()),
+        (
+            "SERVERLESS_COMFYUI_ALLOWED_ORIGINS",
+            "https://comfy.example.com".into(),
+        ),
         ("SERVERLESS_COMFYUI_CURSOR_KEY", "k".repeat(64)),
     ]
     .into_iter()
@@ -123,8 +130,13 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, emulator).await.unwrap() });
 
     let dir = target_dir().join("lambda");
-    println!("cold init: process start → first Runtime API `next`, {runs} runs each (target ≤ 30 ms)");
-    println!("{:<9} {:>9} {:>9} {:>9} {:>10}", "function", "median", "min", "max", "zip");
+    println!(
+        "cold init: process start → first Runtime API `next`, {runs} runs each (target ≤ 30 ms)"
+    );
+    println!(
+        "{:<9} {:>9} {:>9} {:>9} {:>10}",
+        "function", "median", "min", "max", "zip"
+    );
     let mut failed = false;
     for function in FUNCTIONS {
         let binary = dir.join(function).join("bootstrap");
@@ -132,7 +144,10 @@ async fn main() {
             .map(|m| format!("{:.2} MB", m.len() as f64 / 1e6))
             .unwrap_or_else(|_| "-".into());
         if !binary.exists() {
-            println!("{function:<9} not built: run scripts/lambda-build.sh ({} missing)", binary.display());
+            println!(
+                "{function:<9} not built: run scripts/lambda-build.sh ({} missing)",
+                binary.display()
+            );
             failed = true;
             continue;
         }

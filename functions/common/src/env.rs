@@ -197,15 +197,26 @@ mod tests {
         env.remove(MAX_ATTEMPTS);
         env.insert(MAX_WORKERS, "two");
         env.insert(QUEUE_TIMEOUT_SECONDS, "5");
-        env.insert(ALLOWED_ORIGINS, "https://ok.example.com, https://bad.example.com/");
+        env.insert(
+            ALLOWED_ORIGINS,
+            "https://ok.example.com, https://bad.example.com/",
+        );
         let err = read(&env).unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
         let text = err.to_string();
-        for name in [MAX_ATTEMPTS, MAX_WORKERS, QUEUE_TIMEOUT_SECONDS, ALLOWED_ORIGINS] {
+        for name in [
+            MAX_ATTEMPTS,
+            MAX_WORKERS,
+            QUEUE_TIMEOUT_SECONDS,
+            ALLOWED_ORIGINS,
+        ] {
             assert!(text.contains(name), "{name} not named in: {text}");
         }
         assert!(text.contains("\"two\""), "{text}");
-        assert!(!text.contains("ok.example.com"), "good values are not reported: {text}");
+        assert!(
+            !text.contains("ok.example.com"),
+            "good values are not reported: {text}"
+        );
     }
 
     #[test]
@@ -225,7 +236,10 @@ mod tests {
         let mut reader = Reader::new(&lookup);
         reader.secret(CURSOR_KEY, MIN_CURSOR_KEY_BYTES);
         let text = reader.problems.join("; ");
-        assert!(text.contains(CURSOR_KEY) && text.contains("18 bytes"), "{text}");
+        assert!(
+            text.contains(CURSOR_KEY) && text.contains("18 bytes"),
+            "{text}"
+        );
         assert!(!text.contains("short-secret-value"), "{text}");
     }
 }

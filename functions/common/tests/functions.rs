@@ -18,7 +18,8 @@ use jobs::ports::{QueueName, SystemClock};
 use serde_json::{Value, json};
 
 const INSTANCE: &str = "i-0abcdef1234567890";
-const RUNNER_TASK: &str = "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/5f2c9a7e1b3d4c6a8e0f2b4d6c8a0e1f";
+const RUNNER_TASK: &str =
+    "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/5f2c9a7e1b3d4c6a8e0f2b4d6c8a0e1f";
 
 /// The template's defaults for the tunables.
 fn template_env(name: &str) -> Option<String> {
@@ -108,7 +109,10 @@ async fn a_job_submitted_through_submit_is_read_and_canceled() {
             .unwrap(),
     )
     .await;
-    assert_eq!((code, &body["error"]["code"]), (401, &json!("unauthorized")));
+    assert_eq!(
+        (code, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
 
     let (code, job) = json_of(
         http.post(format!("{submit}/api/v2/jobs"))
@@ -126,7 +130,11 @@ async fn a_job_submitted_through_submit_is_read_and_canceled() {
     let queue = deployment.ports().queue;
     assert_eq!(queue.depth(QueueName::Work).await.unwrap().visible, 1);
     assert_eq!(queue.depth(QueueName::Wake).await.unwrap().visible, 1);
-    let stored = deployment.ports().store.get_job(&JobId::parse(&id).unwrap()).await;
+    let stored = deployment
+        .ports()
+        .store
+        .get_job(&JobId::parse(&id).unwrap())
+        .await;
     assert!(stored.unwrap().unwrap().enqueued);
 
     let (code, read) = json_of(
@@ -359,7 +367,11 @@ async fn the_tick_enqueues_a_job_recorded_without_its_message() {
     let recorded_at = chrono::Utc::now() - chrono::Duration::minutes(1);
     let job = jobs::conformance::sample_job("acme", recorded_at, &[]);
     assert!(!job.enqueued);
-    ports.store.create_job(&job, None, recorded_at).await.unwrap();
+    ports
+        .store
+        .create_job(&job, None, recorded_at)
+        .await
+        .unwrap();
     assert_eq!(ports.queue.depth(QueueName::Work).await.unwrap().visible, 0);
 
     let report = DispatchHandler::new(&deployment)
@@ -368,14 +380,25 @@ async fn the_tick_enqueues_a_job_recorded_without_its_message() {
         .unwrap();
     assert_eq!(report["reenqueued"], 1, "{report}");
     assert_eq!(ports.queue.depth(QueueName::Work).await.unwrap().visible, 1);
-    assert!(ports.store.get_job(&job.id).await.unwrap().unwrap().enqueued);
+    assert!(
+        ports
+            .store
+            .get_job(&job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .enqueued
+    );
     assert_eq!(report["scale"]["launched"], 1, "{report}");
     assert_eq!(ecs.runs.lock().unwrap().len(), 1);
 
     // EventBridge Scheduler's shape is a tick too.
     let mut scheduler = scheduled_event();
     scheduler["source"] = json!("aws.scheduler");
-    let again = DispatchHandler::new(&deployment).handle(scheduler).await.unwrap();
+    let again = DispatchHandler::new(&deployment)
+        .handle(scheduler)
+        .await
+        .unwrap();
     assert_eq!(again["reenqueued"], 0, "{again}");
 }
 

@@ -20,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
     let handler = Arc::new(DispatchHandler::new(&deployment));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let handler = handler.clone();
-        async move { handler.handle(event.payload).await.map_err(lambda_runtime::Error::from) }
+        async move {
+            handler
+                .handle(event.payload)
+                .await
+                .map_err(lambda_runtime::Error::from)
+        }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
