@@ -523,3 +523,31 @@ fn every_missing_setting_of_a_function_is_named_at_once() {
     assert!(Deployment::settings(Function::Submit, env).is_ok());
     assert!(Deployment::settings(Function::Dispatch, env).is_ok());
 }
+
+#[test]
+fn every_variable_the_functions_read_is_set_by_the_template() {
+    use functions_common::env;
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml"))
+            .unwrap();
+    let Err(aws::ConfigError::Missing(resources)) = aws::AwsConfig::from_lookup(|_| None) else {
+        panic!("an empty environment is incomplete");
+    };
+    let tunables = [
+        env::MAX_WORKERS,
+        env::MIN_WARM_WORKERS,
+        env::QUEUE_TIMEOUT_SECONDS,
+        env::MAX_ATTEMPTS,
+        env::RETENTION_DAYS,
+        env::IDEMPOTENCY_TTL_HOURS,
+        env::UPLOAD_TTL_MINUTES,
+        env::ALLOWED_ORIGINS,
+        env::CURSOR_KEY,
+    ];
+    for name in resources.iter().copied().chain(tunables) {
+        assert!(
+            template.contains(&format!("{name}: ")),
+            "template.yaml does not set {name}"
+        );
+    }
+}
