@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust suites, the dispatch
-# simulation's short check, the Python suite that drives `serverless-comfyui dev` with
-# the official comfy-sdk, a Schemathesis run of dev's OpenAPI document, the offline
-# deployment lints (scripts/lint-deploy.sh), and the web app's suites.
+# simulation's short check, the release build of the Lambda functions
+# (scripts/lambda-build.sh), the Python suite that drives `serverless-comfyui dev`
+# with the official comfy-sdk, a Schemathesis run of dev's OpenAPI document, the
+# offline deployment lints (scripts/lint-deploy.sh), and the web app's suites.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ step "dispatch simulation (short): our scaling policy against a queue-depth alar
 # One simulated day through the real dispatcher; fails unless our policy beats the
 # baseline on p95 queue wait at no more GPU-hours (docs/costs.md has the full run).
 cargo run -p local --example dispatch_sim --locked -- --short --check
+
+step "Lambda functions: cargo lambda build --release (x86_64), zips under 8 MB"
+# cargo-lambda (pinned) goes into .venv-lambda; its release build shares ./target.
+scripts/lambda-build.sh
 
 step "Python suite: comfy-sdk against dev"
 cargo build -p serverless-comfyui --locked

@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use jobs::api::{self, ApiState, ServerInfo};
-use jobs::assets::{AssetService, AssetsConfig};
+use jobs::app::{App, AppConfig};
+use jobs::assets::AssetsConfig;
 use jobs::auth::KeyAuthenticator;
 use jobs::dispatch::{DispatchConfig, Dispatcher};
 use jobs::ports::{Clock, NoLauncher, QueueName, SystemClock};
-use jobs::service::{JobService, JobsConfig};
+use jobs::service::JobsConfig;
 use local::DataDir;
 use serde_json::json;
 use tokio::sync::watch;
@@ -95,7 +96,8 @@ pub struct DevApp {
     pub state: Arc<ApiState>,
     pub dispatcher: Arc<Dispatcher>,
     pub data_dir: DataDir,
-    pub max_body_bytes: usize,
+    /// The services and routers, as every entry point builds them.
+    pub app: App,
     blob_server: axum::Router,
     /// A web app on disk that replaces the embedded one (`DevConfig::frontend_dir`).
     site: Option<PathBuf>,
@@ -155,56 +157,51 @@ impl DevApp {
             gpu_price_per_hour: config.gpu_price_per_hour,
             ..JobsConfig::default()
         };
-        let assets = Arc::new(AssetService::new(
-            ports.clone(),
-            AssetsConfig {
-                upload_ttl: config.upload_ttl,
-                ..AssetsConfig::default()
-            },
-            &jobs_config,
-        ));
         let auth = Arc::new(KeyAuthenticator::new(
             ports.store.clone(),
             clock.clone(),
             config.listen.ip().is_loopback(),
         ));
         let blob_server = local::serve::blob_routes(file_blobs, clock);
-        let jobs = Arc::new(JobService::new(ports, jobs_config, secret));
         let (launcher, max_workers) = launcher.unwrap_or_else(|| (Arc::new(NoLauncher), 0));
-        let dispatcher = Arc::new(Dispatcher::new(
-            jobs.clone(),
-            launcher,
-            DispatchConfig {
-                max_workers,
-                // A runner that stopped reporting for two minutes is gone.
-                ..DispatchConfig::default()
-            },
-        ));
-        let state = Arc::new(ApiState {
-            jobs,
-            assets,
-            fleet: dispatcher.view(),
+        let app = App::build(
+            ports,
             auth,
-            events: jobs::events::EventsConfig::default(),
-            streams: Default::default(),
-            cross_site: Arc::new(jobs::cross_site::CrossSitePolicy::local(
-                config
-                    .allowed_origins
-                    .iter()
-                    .chain(&config.public_url)
-                    .cloned()
-                    .collect(),
-            )),
-            info: ServerInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                comfyui: comfyui_info(config),
+            secret,
+            AppConfig {
+                jobs: jobs_config,
+                assets: AssetsConfig {
+                    upload_ttl: config.upload_ttl,
+                    ..AssetsConfig::default()
+                },
+                dispatch: DispatchConfig {
+                    max_workers,
+                    // A runner that stopped reporting for two minutes is gone.
+                    ..DispatchConfig::default()
+                },
+                events: jobs::events::EventsConfig::default(),
+                cross_site: jobs::cross_site::CrossSitePolicy::local(
+                    config
+                        .allowed_origins
+                        .iter()
+                        .chain(&config.public_url)
+                        .cloned()
+                        .collect(),
+                ),
+                info: ServerInfo {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    comfyui: comfyui_info(config),
+                },
+                max_body_bytes: config.max_body_bytes,
+                launcher_kind: launcher.kind(),
             },
-        });
+        );
+        let dispatcher = Arc::new(app.dispatcher(launcher));
         Ok(DevApp {
-            state,
+            state: app.state().clone(),
             dispatcher,
             data_dir,
-            max_body_bytes: config.max_body_bytes,
+            app,
             blob_server,
             site: config
                 .frontend_dir
@@ -225,7 +222,7 @@ impl DevApp {
     /// The v2 API, the signed blob URLs the local blob store hands out, and the web
     /// app at `/` (from disk when one is given, else the one embedded by the build).
     pub fn router(&self) -> axum::Router {
-        let (api, _) = api::router_and_openapi(self.state.clone(), self.max_body_bytes);
+        let api = self.app.all();
         // API paths never fall through to the web app.
         let api_misses =
             axum::Router::new().route("/api/{*rest}", axum::routing::any(api::not_found));

@@ -146,6 +146,104 @@ impl EcsLauncher {
     }
 }
 
+/// ECS's page size for `ListTasks` is 100; a GPU instance runs a handful of tasks, so
+/// this many pages is far more than one instance can hold.
+const MAX_LIST_PAGES: usize = 10;
+
+/// Whether `id` looks like an EC2 instance id (`i-` and 8 or 17 hex digits). Checked
+/// before it goes into a `ListContainerInstances` filter expression.
+fn is_instance_id(id: &str) -> bool {
+    id.strip_prefix("i-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+impl EcsLauncher {
+    /// Stops every runner task on one EC2 instance, for a Spot interruption warning
+    /// or a rebalance recommendation: ECS drains only *service* tasks, and a task
+    /// started by `RunTask` keeps running until the instance dies. `StopTask` sends
+    /// the runner SIGTERM, on which it hands its job back. Finds the instance's
+    /// container instance (`ListContainerInstances` with an `ec2InstanceId` filter),
+    /// its tasks started by us (`ListTasks`), and stops each; one failed stop does
+    /// not keep the others from being sent. Returns the task ARNs stopped.
+    pub async fn stop_tasks_on_instance(
+        &self,
+        ec2_instance_id: &str,
+        reason: &str,
+    ) -> Result<Vec<String>, LaunchError> {
+        let s = &self.settings;
+        if !is_instance_id(ec2_instance_id) {
+            return Err(LaunchError::Unavailable(format!(
+                "{ec2_instance_id:?} is not an EC2 instance id"
+            )));
+        }
+        let span = tracing::info_span!("ecs.stop_instance_tasks", cluster = %s.cluster, instance = ec2_instance_id);
+        async {
+            let instances = self
+                .client
+                .list_container_instances()
+                .cluster(&s.cluster)
+                .filter(format!("ec2InstanceId == {ec2_instance_id}"))
+                .send()
+                .await
+                .map_err(|e| {
+                    LaunchError::Unavailable(describe("ListContainerInstances", &s.cluster, &e))
+                })?;
+            let mut tasks = Vec::new();
+            for container_instance in instances.container_instance_arns() {
+                let mut token = None;
+                for _ in 0..MAX_LIST_PAGES {
+                    let page = self
+                        .client
+                        .list_tasks()
+                        .cluster(&s.cluster)
+                        .container_instance(container_instance)
+                        .started_by(&s.started_by)
+                        .set_next_token(token.take())
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            LaunchError::Unavailable(describe("ListTasks", &s.cluster, &e))
+                        })?;
+                    tasks.extend(page.task_arns().iter().cloned());
+                    match page.next_token() {
+                        Some(next) if !next.is_empty() => token = Some(next.to_string()),
+                        _ => break,
+                    }
+                }
+            }
+            let mut stopped = Vec::new();
+            let mut failed = Vec::new();
+            for task in tasks {
+                let sent = self
+                    .client
+                    .stop_task()
+                    .cluster(&s.cluster)
+                    .task(&task)
+                    .reason(reason)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(_) => stopped.push(task),
+                    Err(e) => failed.push(describe("StopTask", &s.cluster, &e)),
+                }
+            }
+            tracing::info!(
+                stopped = stopped.len(),
+                failed = failed.len(),
+                "stopped the instance's runners"
+            );
+            if failed.is_empty() {
+                Ok(stopped)
+            } else {
+                Err(LaunchError::Unavailable(failed.join("; ")))
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
 #[async_trait]
 impl Launcher for EcsLauncher {
     async fn launch(

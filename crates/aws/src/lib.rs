@@ -34,6 +34,8 @@ mod error;
 pub mod models;
 pub mod s3;
 pub mod sqs;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
 pub use dynamodb::DynamoJobStore;

@@ -214,3 +214,88 @@ async fn stop_sends_stop_task_for_the_worker() {
         Err(LaunchError::Unavailable(m)) if m.contains("StopTask on gpu-cluster")
     ));
 }
+
+#[tokio::test]
+async fn a_spot_notice_stops_every_runner_task_on_that_instance() {
+    let tasks = [
+        "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/aaa",
+        "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/bbb",
+    ];
+    let ecs = aws::testing::mock_ecs_instance("i-0abcdef1234567890", &tasks);
+    let launcher = EcsLauncher::new(ecs.client.clone(), settings());
+    let stopped = launcher
+        .stop_tasks_on_instance(
+            "i-0abcdef1234567890",
+            "EC2 Spot Instance Interruption Warning",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped, tasks);
+
+    let lists = ecs.list_instances.lock().unwrap().clone();
+    assert_eq!(lists.len(), 1);
+    assert_eq!(lists[0].cluster(), Some("gpu-cluster"));
+    assert_eq!(
+        lists[0].filter(),
+        Some("ec2InstanceId == i-0abcdef1234567890")
+    );
+    let pages = ecs.list_tasks.lock().unwrap().clone();
+    assert_eq!(
+        pages.len(),
+        2,
+        "one task per page: the second page is fetched"
+    );
+    for page in &pages {
+        assert_eq!(page.cluster(), Some("gpu-cluster"));
+        assert_eq!(
+            page.container_instance(),
+            Some(aws::testing::MOCK_CONTAINER_INSTANCE)
+        );
+        assert_eq!(
+            page.started_by(),
+            Some("serverless-comfyui"),
+            "only our runners"
+        );
+    }
+    assert_eq!(pages[1].next_token(), Some("1"));
+    let stops = ecs.stops.lock().unwrap().clone();
+    assert_eq!(
+        stops.iter().map(|s| s.task().unwrap()).collect::<Vec<_>>(),
+        tasks
+    );
+    for stop in &stops {
+        assert_eq!(stop.cluster(), Some("gpu-cluster"));
+        assert_eq!(
+            stop.reason(),
+            Some("EC2 Spot Instance Interruption Warning")
+        );
+    }
+}
+
+#[tokio::test]
+async fn another_instance_stops_nothing_and_a_bad_instance_id_calls_nothing() {
+    let ecs = aws::testing::mock_ecs_instance("i-0abcdef1234567890", &["arn:task/x"]);
+    let launcher = EcsLauncher::new(ecs.client.clone(), settings());
+    let stopped = launcher
+        .stop_tasks_on_instance("i-0123456789abcdef0", "rebalance")
+        .await
+        .unwrap();
+    assert!(stopped.is_empty());
+    assert!(ecs.list_tasks.lock().unwrap().is_empty());
+    assert!(ecs.stops.lock().unwrap().is_empty());
+
+    // A filter expression is built from the id: anything but an instance id is refused.
+    for bad in [
+        "i-0abc or 1 == 1",
+        "",
+        "i-xyz12345",
+        "vol-0abcdef1234567890",
+    ] {
+        let error = launcher.stop_tasks_on_instance(bad, "x").await.unwrap_err();
+        assert!(
+            matches!(error, LaunchError::Unavailable(_)),
+            "{bad}: {error:?}"
+        );
+    }
+    assert_eq!(ecs.list_instances.lock().unwrap().len(), 1);
+}

@@ -437,6 +437,23 @@ impl Dispatcher {
         Ok(report)
     }
 
+    /// Records a capacity failure reported from outside a launch (on AWS: the Auto
+    /// Scaling group could not start a GPU instance), so health and queued jobs'
+    /// progress show it as they show `RunTask` failures. It clears as those do: at the
+    /// next successful launch, or after `capacity_error_ttl`.
+    pub async fn record_capacity_error(&self, reason: &str) -> Result<(), StoreError> {
+        let now = self.clock().now();
+        tracing::warn!(%reason, "capacity failure reported");
+        update_fleet(store(&self.jobs), |fleet| {
+            let mut next = fleet.clone();
+            next.capacity_error = Some(reason.to_string());
+            next.capacity_error_at = Some(now);
+            FleetChange::Write(next)
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The safety net. Each part is independent: one failing does not stop the others.
     pub async fn tick(&self) -> TickReport {
         let mut report = TickReport::default();

@@ -13,6 +13,7 @@
 //! | [`dispatch`] | the scaling decision and the tick (the safety net) |
 //! | [`retention`] | the sweep that removes what is past its deadline |
 //! | [`api`] | the Comfy API v2 router (axum) and its error envelope |
+//! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
 //! | [`content_policy`] | which stored bytes a browser may render, and the headers blobs carry |
 //! | [`conformance`] | the shared test suite every adapter must pass |
 //!
@@ -21,6 +22,7 @@
 //! losing or double-committing a job.
 
 pub mod api;
+pub mod app;
 pub mod assets;
 pub mod auth;
 pub mod conformance;
