@@ -17,6 +17,7 @@ pub const IDEMPOTENCY_TTL_HOURS: &str = "SERVERLESS_COMFYUI_IDEMPOTENCY_TTL_HOUR
 pub const UPLOAD_TTL_MINUTES: &str = "SERVERLESS_COMFYUI_UPLOAD_TTL_MINUTES";
 pub const ALLOWED_ORIGINS: &str = "SERVERLESS_COMFYUI_ALLOWED_ORIGINS";
 pub const CURSOR_KEY: &str = "SERVERLESS_COMFYUI_CURSOR_KEY";
+pub const GPU_PRICE_PER_HOUR: &str = "SERVERLESS_COMFYUI_GPU_PRICE_PER_HOUR";
 
 /// The shortest cursor key accepted: 32 bytes, as many as the MAC's output.
 pub const MIN_CURSOR_KEY_BYTES: usize = 32;
@@ -29,7 +30,7 @@ pub struct EnvError {
 }
 
 /// The policy settings every function reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tunables {
     pub max_workers: u32,
     /// Clamped to `max_workers`, as the template's parameter says.
@@ -41,6 +42,9 @@ pub struct Tunables {
     pub upload_ttl: Duration,
     /// Web origins allowed to call from a browser; empty allows none.
     pub allowed_origins: Vec<String>,
+    /// Dollars per GPU-hour, recorded on each accepted job for its `cost_usd`; 0: no
+    /// estimate.
+    pub gpu_price_per_hour: f64,
 }
 
 /// Reads variables through `lookup`, recording every problem instead of stopping at
@@ -83,6 +87,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A non-negative price in dollars; 0 when unset (no estimate), and when bad (the
+    /// error is recorded).
+    fn price(&mut self, name: &str) -> f64 {
+        let Some(text) = (self.lookup)(name).map(|v| v.trim().to_string()) else {
+            return 0.0;
+        };
+        if text.is_empty() {
+            return 0.0;
+        }
+        match text.parse::<f64>() {
+            Ok(p) if p.is_finite() && p >= 0.0 => p,
+            _ => {
+                self.problems.push(format!(
+                    "{name} is {text:?}: expected a price in dollars, 0 or more"
+                ));
+                0.0
+            }
+        }
+    }
+
     /// A secret: its length is checked, its value never quoted.
     pub(crate) fn secret(&mut self, name: &str, min_bytes: usize) -> Vec<u8> {
         let Some(value) = self.raw(name) else {
@@ -107,6 +131,7 @@ impl Tunables {
         let retention = Duration::days(r.number(RETENTION_DAYS, 1, 36_500) as i64);
         let idempotency_ttl = Duration::hours(r.number(IDEMPOTENCY_TTL_HOURS, 1, 876_000) as i64);
         let upload_ttl = Duration::minutes(r.number(UPLOAD_TTL_MINUTES, 1, 10_080) as i64);
+        let gpu_price_per_hour = r.price(GPU_PRICE_PER_HOUR);
         // Unset means no browser origin; the template always sets it.
         let allowed_origins: Vec<String> = (r.lookup)(ALLOWED_ORIGINS)
             .unwrap_or_default()
@@ -140,6 +165,7 @@ impl Tunables {
             idempotency_ttl,
             upload_ttl,
             allowed_origins,
+            gpu_price_per_hour,
         }
     }
 
@@ -173,6 +199,7 @@ mod tests {
             (IDEMPOTENCY_TTL_HOURS, "24"),
             (UPLOAD_TTL_MINUTES, "60"),
             (ALLOWED_ORIGINS, "http://localhost:5173"),
+            (GPU_PRICE_PER_HOUR, "0.8048"),
         ])
     }
 
@@ -189,6 +216,24 @@ mod tests {
         assert_eq!(t.idempotency_ttl, Duration::hours(24));
         assert_eq!(t.upload_ttl, Duration::minutes(60));
         assert_eq!(t.allowed_origins, vec!["http://localhost:5173"]);
+        assert_eq!(t.gpu_price_per_hour, 0.8048);
+    }
+
+    #[test]
+    fn the_gpu_price_is_optional_but_never_negative() {
+        let mut env = template_defaults();
+        env.remove(GPU_PRICE_PER_HOUR);
+        assert_eq!(
+            read(&env).unwrap().gpu_price_per_hour,
+            0.0,
+            "unset: no estimate"
+        );
+        env.insert(GPU_PRICE_PER_HOUR, "-1");
+        let err = read(&env).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains(GPU_PRICE_PER_HOUR)),
+            "{err}"
+        );
     }
 
     #[test]

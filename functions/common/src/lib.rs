@@ -145,6 +145,7 @@ impl Deployment {
                 queue_timeout: t.queue_timeout,
                 idempotency_ttl: t.idempotency_ttl,
                 max_attempts: t.max_attempts,
+                gpu_price_per_hour: t.gpu_price_per_hour,
                 // A Lambda may be frozen right after it answers: no deferred work
                 // (the defaults: no wake coalescing, enqueue recorded before answering).
                 ..JobsConfig::default()
