@@ -1,4 +1,6 @@
-//! `serverless-comfyui keys`: API keys for `dev`, stored in its data directory.
+//! `serverless-comfyui keys`: API keys, stored in `dev`'s data directory or, with
+//! `--table NAME`, in a deployed stack's DynamoDB table (credentials and region from
+//! the usual AWS chain: `AWS_PROFILE`, `AWS_REGION`...).
 //!
 //! A key is shown once, at creation; only its SHA-256 is stored. Keys belong to
 //! tenants, and a tenant's jobs and assets belong to the tenant, not the key, so
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use jobs::auth::mint_key;
-use jobs::ports::{Clock, SystemClock};
+use jobs::ports::{Clock, JobStore, SystemClock};
 use local::DataDir;
 
 #[derive(Debug, Subcommand)]
@@ -46,7 +48,8 @@ pub enum KeysCommand {
     },
 }
 
-/// `--data-dir` of the commands that manage a `dev` data directory offline.
+/// Where the commands that manage keys and tenants find the store: a `dev` data
+/// directory, or a deployed stack's table.
 #[derive(Debug, clap::Args)]
 pub struct DataDirArg {
     #[arg(
@@ -55,14 +58,39 @@ pub struct DataDirArg {
         env = "SERVERLESS_COMFYUI_DATA_DIR"
     )]
     pub data_dir: PathBuf,
+    /// A deployed stack's DynamoDB table (the stack's `TableName` output) instead of a
+    /// data directory. Credentials and region come from the usual AWS chain.
+    #[cfg(feature = "aws")]
+    #[arg(long, env = "SERVERLESS_COMFYUI_TABLE")]
+    pub table: Option<String>,
 }
 
 impl DataDirArg {
-    /// The ports over the data directory.
-    pub(crate) fn open(&self) -> anyhow::Result<jobs::service::Ports> {
+    /// The store the flags name.
+    pub(crate) async fn open(&self) -> anyhow::Result<Arc<dyn JobStore>> {
+        #[cfg(feature = "aws")]
+        if let Some(table) = &self.table {
+            let clients = aws::Clients::load().await;
+            return Ok(Arc::new(aws::DynamoJobStore::new(
+                clients.dynamodb,
+                table.clone(),
+                Arc::new(SystemClock),
+            )));
+        }
         let dir = DataDir::open(&self.data_dir)?;
-        dir.ports(Arc::new(SystemClock), "http://127.0.0.1")
-            .with_context(|| format!("opening {}", self.data_dir.display()))
+        let ports = dir
+            .ports(Arc::new(SystemClock), "http://127.0.0.1")
+            .with_context(|| format!("opening {}", self.data_dir.display()))?;
+        Ok(ports.store)
+    }
+
+    /// What serves requests from this store, for messages.
+    fn server(&self) -> &'static str {
+        #[cfg(feature = "aws")]
+        if self.table.is_some() {
+            return "the deployed API";
+        }
+        "dev"
     }
 }
 
@@ -70,9 +98,9 @@ impl DataDirArg {
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { tenant, data_dir } => {
-            let ports = data_dir.open()?;
+            let store = data_dir.open().await?;
             let minted = mint_key(&tenant, SystemClock.now()).map_err(anyhow::Error::msg)?;
-            ports.store.put_api_key(&minted.record).await?;
+            store.put_api_key(&minted.record).await?;
             println!("{}", minted.secret);
             eprintln!(
                 "created {} for tenant {tenant}. Store it now: it is not shown again.\n\
@@ -81,10 +109,12 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { data_dir } => {
-            let ports = data_dir.open()?;
-            let keys = ports.store.list_api_keys().await?;
-            if keys.is_empty() {
+            let store = data_dir.open().await?;
+            let keys = store.list_api_keys().await?;
+            if keys.is_empty() && data_dir.server() == "dev" {
                 println!("no keys: dev serves one default tenant on loopback");
+            } else if keys.is_empty() {
+                println!("no keys: the deployed API refuses every request until one exists");
             }
             for key in keys {
                 let state = match key.revoked_at {
@@ -101,18 +131,18 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, data_dir } => {
-            let ports = data_dir.open()?;
-            let keys = ports.store.list_api_keys().await?;
+            let server = data_dir.server();
+            let store = data_dir.open().await?;
+            let keys = store.list_api_keys().await?;
             let Some(mut key) = keys.into_iter().find(|k| k.id == id) else {
                 bail!("no key {id}; see `serverless-comfyui keys list`");
             };
             if key.revoked_at.is_none() {
                 key.revoked_at = Some(SystemClock.now());
-                ports.store.put_api_key(&key).await?;
+                store.put_api_key(&key).await?;
             }
             println!("revoked {id} (tenant {})", key.tenant);
-            let active = ports
-                .store
+            let active = store
                 .list_api_keys()
                 .await?
                 .iter()
@@ -120,9 +150,13 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                 .count();
             if active == 0 {
                 eprintln!(
-                    "no active key is left: dev refuses every request until you create one \
-                     (`keys purge --yes-serve-without-auth` goes back to no authentication)"
+                    "no active key is left: {server} refuses every request until you create one"
                 );
+                if server == "dev" {
+                    eprintln!(
+                        "(`keys purge --yes-serve-without-auth` goes back to no authentication)"
+                    );
+                }
             }
         }
         KeysCommand::Purge {
@@ -135,8 +169,14 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                      pass --yes-serve-without-auth to confirm"
                 );
             }
-            let ports = data_dir.open()?;
-            let deleted = ports.store.delete_all_api_keys().await?;
+            if data_dir.server() != "dev" {
+                bail!(
+                    "purge is for dev's data directory: a deployed API never serves without \
+                     a key; revoke keys one by one (`keys revoke ID --table ...`)"
+                );
+            }
+            let store = data_dir.open().await?;
+            let deleted = store.delete_all_api_keys().await?;
             println!(
                 "deleted {deleted} key(s): once restarted, dev serves one default tenant \
                  without authentication, on loopback only"

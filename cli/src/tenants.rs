@@ -89,12 +89,8 @@ pub async fn run(command: TenantsCommand) -> anyhow::Result<()> {
             data_dir,
         } => {
             validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
-            let ports = data_dir.open()?;
-            let mut quota = ports
-                .store
-                .get_tenant_quota(&tenant)
-                .await?
-                .unwrap_or_default();
+            let store = data_dir.open().await?;
+            let mut quota = store.get_tenant_quota(&tenant).await?.unwrap_or_default();
             if let Some(n) = max_active_jobs {
                 quota.max_active_jobs = n;
             }
@@ -105,15 +101,15 @@ pub async fn run(command: TenantsCommand) -> anyhow::Result<()> {
                 quota.max_stored_bytes = n;
             }
             quota::validate(&quota).map_err(anyhow::Error::msg)?;
-            ports.store.put_tenant_quota(&tenant, &quota).await?;
+            store.put_tenant_quota(&tenant, &quota).await?;
             print(&tenant, &quota, true);
         }
         TenantsCommand::Show { tenant, data_dir } => {
             validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
-            let ports = data_dir.open()?;
-            let set = ports.store.get_tenant_quota(&tenant).await?;
+            let store = data_dir.open().await?;
+            let set = store.get_tenant_quota(&tenant).await?;
             print(&tenant, &set.unwrap_or_default(), set.is_some());
-            let usage = ports.store.tenant_usage(&tenant).await?;
+            let usage = store.tenant_usage(&tenant).await?;
             println!(
                 "  active jobs now     {}\n  stored bytes now    {}",
                 usage.active_jobs, usage.stored_bytes
