@@ -24,16 +24,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{DomainError, ErrorKind};
 use crate::model::{Asset, BlobRecord, SCHEMA_VERSION, UploadRecord, new_asset_id, timestamp};
+use crate::ports::Ports;
 use crate::ports::{BlobWriteError, ByteStream, SignedAccess, StoreError};
-use crate::service::Ports;
 
 #[derive(Debug, Clone)]
 pub struct AssetsConfig {
@@ -123,9 +122,9 @@ pub struct UploadView {
 }
 
 /// Checks a placement path: relative, no `..`, no NUL, no backslash.
-pub fn validate_file_path(path: &str) -> Result<(), ApiError> {
+pub fn validate_file_path(path: &str) -> Result<(), DomainError> {
     let bad = |why: &str| {
-        ApiError::unprocessable(
+        DomainError::unprocessable(
             "invalid_file_path",
             format!("file_path {path:?} is not allowed: {why}"),
         )
@@ -155,11 +154,11 @@ pub fn validate_file_path(path: &str) -> Result<(), ApiError> {
 }
 
 /// Parses `blake3:<64 hex digits>`, case-insensitively, into its canonical lowercase form.
-pub fn parse_hash(raw: &str) -> Result<String, ApiError> {
+pub fn parse_hash(raw: &str) -> Result<String, DomainError> {
     let hex = raw.strip_prefix("blake3:").unwrap_or_default();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(DomainError::new(
+            ErrorKind::InvalidRequest,
             "invalid_hash",
             format!("{raw:?} is not a hash: expected blake3:<64 hex digits>"),
         ));
@@ -170,9 +169,9 @@ pub fn parse_hash(raw: &str) -> Result<String, ApiError> {
 /// The most tags an asset may carry.
 pub const MAX_TAGS: usize = 16;
 
-fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
+fn validate_tags(tags: &[String]) -> Result<(), DomainError> {
     if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "invalid_tags",
             "tags: at most 16, each 1 to 64 bytes",
         ));
@@ -180,14 +179,14 @@ fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_content_type(content_type: &str) -> Result<(), ApiError> {
+fn validate_content_type(content_type: &str) -> Result<(), DomainError> {
     let plausible = content_type.len() <= 255
         && content_type.contains('/')
         && content_type
             .bytes()
             .all(|b| b.is_ascii_graphic() || b == b' ');
     if !plausible {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "invalid_content_type",
             format!("{content_type:?} is not a media type such as image/png"),
         ));
@@ -196,7 +195,7 @@ fn validate_content_type(content_type: &str) -> Result<(), ApiError> {
 }
 
 /// Validates what a client says about an upload, before any byte is kept.
-pub fn validate_meta(meta: &AssetMeta) -> Result<(), ApiError> {
+pub fn validate_meta(meta: &AssetMeta) -> Result<(), DomainError> {
     validate_content_type(&meta.content_type)?;
     validate_file_path(&meta.file_path)?;
     validate_tags(&meta.tags)?;
@@ -395,9 +394,9 @@ pub struct Staged {
 /// How many times a mint retries when concurrent deletes keep retiring its blob.
 const MINT_ROUNDS: usize = 3;
 
-fn blob_not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
+fn blob_not_found() -> DomainError {
+    DomainError::new(
+        ErrorKind::NotFound,
         "blob_not_found",
         "no blob with this hash that you may mint from; upload the bytes instead",
     )
@@ -434,7 +433,7 @@ impl AssetService {
     }
 
     /// Refuses `adding` new bytes that would take the tenant past its storage quota.
-    async fn check_storage_room(&self, tenant: &str, adding: u64) -> Result<(), ApiError> {
+    async fn check_storage_room(&self, tenant: &str, adding: u64) -> Result<(), DomainError> {
         let limit = self.quotas.quota(tenant).await?.max_stored_bytes;
         let used = self.ports.store.tenant_usage(tenant).await?.stored_bytes;
         if used.saturating_add(adding) > limit {
@@ -448,7 +447,7 @@ impl AssetService {
     }
 
     /// The v2 view of an asset, with a fresh signed URL.
-    pub fn view(&self, asset: &Asset, created_new: Option<bool>) -> Result<AssetView, ApiError> {
+    pub fn view(&self, asset: &Asset, created_new: Option<bool>) -> Result<AssetView, DomainError> {
         let (url, url_expires_at) = self.signed_get(&asset.blob_key, &asset.content_type)?;
         Ok(AssetView {
             id: asset.id.clone(),
@@ -470,7 +469,7 @@ impl AssetService {
         &self,
         blob_key: &str,
         content_type: &str,
-    ) -> Result<(String, String), ApiError> {
+    ) -> Result<(String, String), DomainError> {
         let expires = self.now() + self.url_ttl;
         let url = self.ports.blobs.signed_url(
             blob_key,
@@ -482,7 +481,7 @@ impl AssetService {
     }
 
     /// Streams bytes into a staging blob, hashing as they pass.
-    pub async fn stage(&self, body: ByteStream, max_bytes: u64) -> Result<Staged, ApiError> {
+    pub async fn stage(&self, body: ByteStream, max_bytes: u64) -> Result<Staged, DomainError> {
         let key = format!("staging/{}", ulid::Ulid::new());
         let (stream, hasher) = hashing(body);
         let size = self
@@ -491,8 +490,8 @@ impl AssetService {
             .put_stream(&key, stream, max_bytes)
             .await
             .map_err(|e| match e {
-                BlobWriteError::TooLarge { max_bytes } => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                BlobWriteError::TooLarge { max_bytes } => DomainError::new(
+                    ErrorKind::TooLarge,
                     "payload_too_large",
                     format!(
                         "the file is larger than {max_bytes} bytes; use the large-file upload \
@@ -500,7 +499,7 @@ impl AssetService {
                     ),
                 ),
                 BlobWriteError::Body(e) => {
-                    ApiError::invalid_request(format!("the upload was interrupted: {e}"))
+                    DomainError::invalid_request(format!("the upload was interrupted: {e}"))
                 }
                 BlobWriteError::Store(e) => e.into(),
             })?;
@@ -518,13 +517,13 @@ impl AssetService {
         tenant: &str,
         staged: Staged,
         meta: AssetMeta,
-    ) -> Result<(Asset, bool), ApiError> {
+    ) -> Result<(Asset, bool), DomainError> {
         if let Some(expected) = &meta.expected_hash
             && parse_hash(expected)? != staged.hash
         {
             let _ = self.ports.blobs.delete(&staged.key).await;
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(DomainError::new(
+                ErrorKind::Conflict,
                 "hash_mismatch",
                 format!(
                     "expected_hash {expected} does not match the received bytes ({}); nothing was stored",
@@ -605,7 +604,7 @@ impl AssetService {
     /// Writes an asset over a blob record, then checks that the record still stands;
     /// if a concurrent delete retired it meanwhile, withdraws the asset (false). See the
     /// module docs for why this order makes deletes safe.
-    async fn mint_over(&self, blob: &BlobRecord, asset: &Asset) -> Result<bool, ApiError> {
+    async fn mint_over(&self, blob: &BlobRecord, asset: &Asset) -> Result<bool, DomainError> {
         let store = &self.ports.store;
         store.put_asset(asset).await?;
         let standing = store.get_blob_record(&blob.tenant, &blob.hash).await?;
@@ -621,7 +620,7 @@ impl AssetService {
         &self,
         tenant: &str,
         request: FromHashRequest,
-    ) -> Result<(Asset, bool), ApiError> {
+    ) -> Result<(Asset, bool), DomainError> {
         let hash = parse_hash(&request.hash)?;
         if let Some(path) = &request.file_path {
             validate_file_path(path)?;
@@ -678,7 +677,7 @@ impl AssetService {
     }
 
     /// `HEAD /api/v2/assets/by-hash/{hash}`: may this tenant mint from the hash?
-    pub async fn has_blob(&self, tenant: &str, raw_hash: &str) -> Result<bool, ApiError> {
+    pub async fn has_blob(&self, tenant: &str, raw_hash: &str) -> Result<bool, DomainError> {
         let Ok(hash) = parse_hash(raw_hash) else {
             return Ok(false);
         };
@@ -691,15 +690,15 @@ impl AssetService {
     }
 
     /// Reads an asset of this tenant; another tenant's is "not found".
-    pub async fn load(&self, tenant: &str, id: &str) -> Result<Asset, ApiError> {
+    pub async fn load(&self, tenant: &str, id: &str) -> Result<Asset, DomainError> {
         match self.ports.store.get_asset(id).await? {
             Some(asset) if asset.tenant == tenant => Ok(asset),
-            _ => Err(ApiError::not_found("asset")),
+            _ => Err(DomainError::not_found("asset")),
         }
     }
 
     /// Deletes an asset, and its bytes once no asset of the tenant references them.
-    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), DomainError> {
         let asset = self.load(tenant, id).await?;
         if self.ports.store.delete_asset(id).await? {
             self.release_bytes(&asset).await?;
@@ -708,7 +707,7 @@ impl AssetService {
         Ok(())
     }
 
-    async fn release_bytes(&self, deleted: &Asset) -> Result<(), ApiError> {
+    async fn release_bytes(&self, deleted: &Asset) -> Result<(), DomainError> {
         Ok(release_bytes(&self.ports, deleted).await?)
     }
 
@@ -717,7 +716,7 @@ impl AssetService {
         &self,
         tenant: &str,
         request: CreateUploadRequest,
-    ) -> Result<UploadView, ApiError> {
+    ) -> Result<UploadView, DomainError> {
         validate_meta(&AssetMeta {
             content_type: request.content_type.clone(),
             file_path: request.file_path.clone(),
@@ -725,7 +724,7 @@ impl AssetService {
             tags: request.tags.clone(),
         })?;
         if request.size_bytes == 0 || request.size_bytes > self.config.max_large_upload_bytes {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "invalid_size",
                 format!(
                     "size_bytes must be from 1 to {}",
@@ -773,17 +772,21 @@ impl AssetService {
     }
 
     /// Completes a large-file upload: hash the uploaded object, dedup, mint.
-    pub async fn complete_upload(&self, tenant: &str, id: &str) -> Result<(Asset, bool), ApiError> {
+    pub async fn complete_upload(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(Asset, bool), DomainError> {
         let upload = match self.ports.store.get_upload(id).await? {
             Some(upload) if upload.tenant == tenant => upload,
-            _ => return Err(ApiError::not_found("upload")),
+            _ => return Err(DomainError::not_found("upload")),
         };
         if upload.expires_at <= self.now() {
             return Err(upload_expired());
         }
         if self.ports.blobs.size(&upload.blob_key).await?.is_none() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(DomainError::new(
+                ErrorKind::Conflict,
                 "upload_incomplete",
                 "no bytes were uploaded yet: PUT the file to upload_url first",
             ));
@@ -878,9 +881,9 @@ pub async fn release_bytes(ports: &Ports, deleted: &Asset) -> Result<(), StoreEr
 /// Where an upload's bytes are PUT: `uploads/{upload id}`.
 const UPLOAD_KEY_PREFIX: &str = "uploads/";
 
-fn upload_expired() -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
+fn upload_expired() -> DomainError {
+    DomainError::new(
+        ErrorKind::Gone,
         "upload_expired",
         "this upload expired before it was completed; start a new one",
     )
@@ -893,10 +896,10 @@ pub async fn check_upload_put(
     store: &dyn crate::ports::JobStore,
     key: &str,
     now: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let refused = |why: &str| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
+        DomainError::new(
+            ErrorKind::Forbidden,
             "forbidden",
             format!("{why}; create a new upload"),
         )
@@ -930,45 +933,6 @@ pub async fn sweep_expired_uploads(
         removed += 1;
     }
     Ok(removed)
-}
-
-/// Checks that every `core/ASSET` reference of a workflow names an existing asset of
-/// the tenant; otherwise 422 `missing_asset`, naming the node and the input.
-pub async fn check_references(
-    store: &dyn crate::ports::JobStore,
-    tenant: &str,
-    workflow: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), ApiError> {
-    for (node_id, input, asset_id) in crate::validate::asset_references(workflow) {
-        let found = if asset_id.is_empty() {
-            None
-        } else {
-            store
-                .get_asset(&asset_id)
-                .await?
-                .filter(|a| a.tenant == tenant)
-        };
-        if found.is_none() {
-            let class = workflow
-                .get(&node_id)
-                .and_then(|n| n.get("class_type"))
-                .and_then(|c| c.as_str())
-                .unwrap_or("?");
-            return Err(ApiError::unprocessable(
-                "missing_asset",
-                format!(
-                    "node {node_id} ({class}) input `{input}` references asset {asset_id:?}, \
-                     which does not exist or is not yours; upload it first"
-                ),
-            )
-            .with_details(serde_json::json!({
-                "node_id": node_id,
-                "input": input,
-                "asset_id": asset_id,
-            })));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::Job;
+use crate::ports::Ports;
 use crate::ports::StoreError;
-use crate::service::Ports;
 
 /// Jobs one batch removes at most; the tick runs batches until the budget is spent.
 pub const SWEEP_BATCH: usize = 500;

@@ -16,13 +16,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::cursor::CursorCodec;
-use crate::error::ApiError;
+use crate::error::{DomainError, ErrorKind};
 use crate::lifecycle::{self, Move, Refusal};
 use crate::model::{
     IdempotencyRecord, Job, JobId, JobInput, JobStatus, Progress, SCHEMA_VERSION, WorkMessage,
@@ -30,8 +29,7 @@ use crate::model::{
 };
 use crate::ports::SignedAccess;
 use crate::ports::{
-    BlobStore, Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, Queue, QueueName,
-    StoreError,
+    Clock, CreateOutcome, Fleet, JobSnapshot, JobStore, ListQuery, Queue, QueueName, StoreError,
 };
 use crate::validate::{self, Submission};
 use crate::views::{JobUrls, JobView, Metrics, OutputView, WorkflowView};
@@ -91,14 +89,7 @@ impl Default for JobsConfig {
     }
 }
 
-/// The ports the services run on.
-#[derive(Clone)]
-pub struct Ports {
-    pub store: Arc<dyn JobStore>,
-    pub blobs: Arc<dyn BlobStore>,
-    pub queue: Arc<dyn Queue>,
-    pub clock: Arc<dyn Clock>,
-}
+pub use crate::ports::Ports;
 
 /// The result of a submit.
 #[derive(Debug, Clone)]
@@ -138,9 +129,9 @@ pub struct JobService {
     quotas: crate::quota::QuotaBook,
 }
 
-fn conflict_exhausted() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
+fn conflict_exhausted() -> DomainError {
+    DomainError::new(
+        ErrorKind::Conflict,
         "conflict",
         "the job changed too often while updating it; retry",
     )
@@ -148,7 +139,7 @@ fn conflict_exhausted() -> ApiError {
 }
 
 /// Records that the job's work message is out (see [`JobStore::mark_enqueued`]).
-async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, ApiError> {
+async fn record_enqueued(store: &dyn JobStore, mut job: Job) -> Result<Job, DomainError> {
     if !job.enqueued {
         store.mark_enqueued(&job.id).await?;
         job.enqueued = true;
@@ -223,11 +214,10 @@ impl JobService {
         tenant: &str,
         body: &[u8],
         idempotency_key: Option<&str>,
-    ) -> Result<Submitted, ApiError> {
+    ) -> Result<Submitted, DomainError> {
         crate::json_budget::check_value_count(body)?;
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
-        crate::assets::check_references(self.ports.store.as_ref(), tenant, &submission.workflow)
-            .await?;
+        check_references(self.ports.store.as_ref(), tenant, &submission.workflow).await?;
         let now = self.ports.clock.now();
         let fingerprint = hex::encode(Sha256::digest(body));
 
@@ -249,7 +239,7 @@ impl JobService {
                 cache_bypass: submission.cache_bypass,
             };
             let mut buffer = Vec::with_capacity(body.len() + 64);
-            serde_json::to_writer(&mut buffer, &input).map_err(|_| ApiError::unavailable())?;
+            serde_json::to_writer(&mut buffer, &input).map_err(|_| DomainError::unavailable())?;
             buffer
         };
         self.ports
@@ -336,9 +326,9 @@ impl JobService {
         tenant: &str,
         record: &IdempotencyRecord,
         fingerprint: &str,
-    ) -> Result<Submitted, ApiError> {
+    ) -> Result<Submitted, DomainError> {
         if record.fingerprint != fingerprint {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "idempotency_key_reuse",
                 "this Idempotency-Key was used with a different request body; use a new key for a new request",
             ));
@@ -365,13 +355,13 @@ impl JobService {
     }
 
     /// Sends the work message and a wake nudge, then records that it did.
-    pub async fn enqueue(&self, job: Job) -> Result<Job, ApiError> {
+    pub async fn enqueue(&self, job: Job) -> Result<Job, DomainError> {
         self.send_work(&job).await?;
         record_enqueued(self.ports.store.as_ref(), job).await
     }
 
     /// Sends the job's work message and nudges the dispatcher.
-    async fn send_work(&self, job: &Job) -> Result<(), ApiError> {
+    async fn send_work(&self, job: &Job) -> Result<(), DomainError> {
         let message = WorkMessage::for_job(&job.id).body();
         self.ports.queue.send(QueueName::Work, &message).await?;
         self.wake().await;
@@ -379,17 +369,17 @@ impl JobService {
     }
 
     /// Reads a job of this tenant. Another tenant's job is "not found", never "forbidden".
-    pub async fn load(&self, tenant: &str, raw_id: &str) -> Result<Job, ApiError> {
-        let id = JobId::parse(raw_id).ok_or_else(|| ApiError::not_found("job"))?;
+    pub async fn load(&self, tenant: &str, raw_id: &str) -> Result<Job, DomainError> {
+        let id = JobId::parse(raw_id).ok_or_else(|| DomainError::not_found("job"))?;
         match self.ports.store.get_job(&id).await? {
             Some(job) if job.tenant == tenant => Ok(job),
-            _ => Err(ApiError::not_found("job")),
+            _ => Err(DomainError::not_found("job")),
         }
     }
 
     /// `GET /api/v2/jobs/{id}`.
-    pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<JobView, ApiError> {
-        let id = JobId::parse(raw_id).ok_or_else(|| ApiError::not_found("job"))?;
+    pub async fn get(&self, tenant: &str, raw_id: &str) -> Result<JobView, DomainError> {
+        let id = JobId::parse(raw_id).ok_or_else(|| DomainError::not_found("job"))?;
         match self
             .ports
             .store
@@ -397,12 +387,12 @@ impl JobService {
             .await?
         {
             Some(snapshot) if snapshot.job.tenant == tenant => self.view_snapshot(snapshot).await,
-            _ => Err(ApiError::not_found("job")),
+            _ => Err(DomainError::not_found("job")),
         }
     }
 
     /// `POST /api/v2/jobs/{id}/cancel`: idempotent; returns the job as it now is.
-    pub async fn cancel(&self, tenant: &str, raw_id: &str) -> Result<JobView, ApiError> {
+    pub async fn cancel(&self, tenant: &str, raw_id: &str) -> Result<JobView, DomainError> {
         let job = self.load(tenant, raw_id).await?;
         let job = self.apply_move(job, &Move::Cancel).await?;
         tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
@@ -410,7 +400,7 @@ impl JobService {
     }
 
     /// Applies a move with read-decide-write retries. A refusal is returned as-is.
-    pub async fn apply_move(&self, job: Job, mv: &Move) -> Result<Job, ApiError> {
+    pub async fn apply_move(&self, job: Job, mv: &Move) -> Result<Job, DomainError> {
         match apply_move(
             self.ports.store.as_ref(),
             self.ports.clock.as_ref(),
@@ -421,18 +411,18 @@ impl JobService {
         {
             Ok(job) => Ok(job),
             Err(MoveError::Store(e)) => Err(e.into()),
-            Err(MoveError::Refused(r)) => Err(ApiError::new(
-                StatusCode::CONFLICT,
+            Err(MoveError::Refused(r)) => Err(DomainError::new(
+                ErrorKind::Conflict,
                 "conflict",
                 r.to_string(),
             )),
-            Err(MoveError::Gone) => Err(ApiError::not_found("job")),
+            Err(MoveError::Gone) => Err(DomainError::not_found("job")),
             Err(MoveError::Contended) => Err(conflict_exhausted()),
         }
     }
 
     /// `GET /api/v2/jobs/{id}/workflow`.
-    pub async fn workflow(&self, tenant: &str, raw_id: &str) -> Result<WorkflowView, ApiError> {
+    pub async fn workflow(&self, tenant: &str, raw_id: &str) -> Result<WorkflowView, DomainError> {
         let job = self.load(tenant, raw_id).await?;
         let input = self.input(&job).await?;
         Ok(WorkflowView {
@@ -442,16 +432,16 @@ impl JobService {
     }
 
     /// The stored input of a job (workflow and `extra_data`). For runners.
-    pub async fn input(&self, job: &Job) -> Result<JobInput, ApiError> {
+    pub async fn input(&self, job: &Job) -> Result<JobInput, DomainError> {
         let bytes = self
             .ports
             .blobs
             .get(&job.input_key)
             .await?
-            .ok_or_else(|| ApiError::not_found("job workflow"))?;
+            .ok_or_else(|| DomainError::not_found("job workflow"))?;
         serde_json::from_slice(&bytes).map_err(|e| {
             tracing::error!(job_id = %job.id, error = %e, "stored job input is unreadable");
-            ApiError::unavailable()
+            DomainError::unavailable()
         })
     }
 
@@ -462,12 +452,12 @@ impl JobService {
         metadata: Vec<(String, String)>,
         limit: usize,
         cursor: Option<&str>,
-    ) -> Result<JobPage, ApiError> {
+    ) -> Result<JobPage, DomainError> {
         let before = match cursor {
             None => None,
             Some(raw) => Some(self.cursors.decode(tenant, &metadata, raw).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
+                DomainError::new(
+                    ErrorKind::InvalidRequest,
                     "invalid_cursor",
                     "the cursor is invalid or was issued for a different query; start again without it",
                 )
@@ -578,7 +568,7 @@ impl JobService {
     }
 
     /// The full v2 job object.
-    pub async fn view(&self, job: &Job) -> Result<JobView, ApiError> {
+    pub async fn view(&self, job: &Job) -> Result<JobView, DomainError> {
         let progress = self.ports.store.get_progress(&job.id).await?;
         let queue_position = if job.status == JobStatus::Queued {
             Some(
@@ -599,7 +589,7 @@ impl JobService {
     }
 
     /// The v2 job object from a snapshot read in one go.
-    async fn view_snapshot(&self, snapshot: JobSnapshot) -> Result<JobView, ApiError> {
+    async fn view_snapshot(&self, snapshot: JobSnapshot) -> Result<JobView, DomainError> {
         let JobSnapshot {
             job,
             progress: stored,
@@ -626,7 +616,7 @@ impl JobService {
     }
 
     /// The progress shown while a job waits: honest about capacity problems.
-    async fn waiting_progress(&self, position: u64) -> Result<Progress, ApiError> {
+    async fn waiting_progress(&self, position: u64) -> Result<Progress, DomainError> {
         let fleet = self.fleet_cached().await?;
         let message = match fleet.capacity_error {
             Some(reason) => format!("waiting for GPU capacity: {reason}"),
@@ -642,7 +632,7 @@ impl JobService {
         })
     }
 
-    async fn fleet_cached(&self) -> Result<Fleet, ApiError> {
+    async fn fleet_cached(&self) -> Result<Fleet, DomainError> {
         let now = self.ports.clock.now();
         let cached = self
             .fleet_cache
@@ -659,20 +649,59 @@ impl JobService {
     }
 }
 
-fn in_flight_conflict() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
+fn in_flight_conflict() -> DomainError {
+    DomainError::new(
+        ErrorKind::Conflict,
         "idempotency_conflict",
         "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay",
     )
     .with_retry_after(1)
 }
 
-fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
+fn validate_idempotency_key(key: &str) -> Result<(), DomainError> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid_request(
+        return Err(DomainError::invalid_request(
             "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is recommended)",
         ));
+    }
+    Ok(())
+}
+
+/// Checks that every `core/ASSET` reference of a workflow names an existing asset of
+/// the tenant; otherwise 422 `missing_asset`, naming the node and the input.
+async fn check_references(
+    store: &dyn crate::ports::JobStore,
+    tenant: &str,
+    workflow: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), DomainError> {
+    for (node_id, input, asset_id) in crate::validate::asset_references(workflow) {
+        let found = if asset_id.is_empty() {
+            None
+        } else {
+            store
+                .get_asset(&asset_id)
+                .await?
+                .filter(|a| a.tenant == tenant)
+        };
+        if found.is_none() {
+            let class = workflow
+                .get(&node_id)
+                .and_then(|n| n.get("class_type"))
+                .and_then(|c| c.as_str())
+                .unwrap_or("?");
+            return Err(DomainError::unprocessable(
+                "missing_asset",
+                format!(
+                    "node {node_id} ({class}) input `{input}` references asset {asset_id:?}, \
+                     which does not exist or is not yours; upload it first"
+                ),
+            )
+            .with_details(serde_json::json!({
+                "node_id": node_id,
+                "input": input,
+                "asset_id": asset_id,
+            })));
+        }
     }
     Ok(())
 }

@@ -14,12 +14,12 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use futures::SinkExt;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,17 +29,24 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::assets::{
-    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, MAX_TAGS,
-    RangeRequest, UploadView, parse_range, validate_meta,
+    AssetMeta, AssetService, AssetView, CreateUploadRequest, FromHashRequest, MAX_TAGS, UploadView,
+    validate_meta,
 };
-use crate::auth::{Authenticator, Tenant};
-use crate::error::ApiError;
-use crate::ports::{BlobStore, QueueName};
+use crate::auth::{Authenticator, Credentials, Tenant};
+use crate::ports::QueueName;
+
+mod content;
+pub mod cross_site;
+mod error;
+
 use crate::service::JobService;
 use crate::validate::validate_label_key;
 use crate::views::{
     ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowView, submit_request_schemas,
 };
+pub use axum::Router;
+pub use content::{apply_serving_headers, blob_response};
+pub use error::{ApiError, status_of};
 
 /// What the server tells about itself in health.
 #[derive(Debug, Clone)]
@@ -303,6 +310,30 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
+/// What the request's headers say about its caller.
+fn credentials(headers: &HeaderMap) -> Credentials {
+    Credentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str().ok().map(str::to_owned)),
+        addressed_to_loopback: cross_site::host_is_loopback(headers),
+    }
+}
+
+impl axum::extract::FromRequestParts<Arc<ApiState>> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(state
+            .auth
+            .authenticate(&credentials(&parts.headers))
+            .await?)
+    }
+}
+
 /// The raw body, with body-limit rejections mapped to 413 and others to 400. A large
 /// body is read only with a permit ([`crate::json_budget::large_body_gate`]), held
 /// while the handler runs: the permit is the second field.
@@ -514,7 +545,8 @@ async fn job_events(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let sse = crate::events::job_events(
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let events = crate::events::job_events(
         state.jobs.clone(),
         state.streams.clone(),
         state.events.clone(),
@@ -522,7 +554,16 @@ async fn job_events(
         id,
     )
     .await?;
-    Ok(sse.into_response())
+    let frames = futures::StreamExt::map(events, |event| {
+        let frame = Event::default()
+            .event(event.name())
+            .json_data(event.data())
+            .unwrap_or_else(|_| Event::default().event(event.name()).data("{}"));
+        Ok::<_, std::convert::Infallible>(frame)
+    });
+    Ok(Sse::new(frames)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response())
 }
 
 /// A parsed `GET /api/v2/jobs` query.
@@ -621,69 +662,6 @@ async fn list_jobs(
             next_cursor: page.next_cursor,
         },
     ))
-}
-
-/// Streams a blob (or the requested range of it) with the right status and headers:
-/// 200 whole, 206 partial, 416 unsatisfiable. Shared by `/content` and local signed URLs.
-/// Bytes declared as `content_type` are served as [`crate::content_policy`] says, and
-/// downloaded as `filename` when they may not be rendered.
-pub async fn blob_response(
-    blobs: &dyn BlobStore,
-    key: &str,
-    headers: &HeaderMap,
-    content_type: &str,
-    filename: &str,
-) -> Result<Response, ApiError> {
-    // Only a ranged request needs the size before reading; a whole read reports it.
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = match range_header {
-        None => RangeRequest::Full,
-        Some(_) => {
-            let size = blobs
-                .size(key)
-                .await?
-                .ok_or_else(|| ApiError::not_found("content"))?;
-            match parse_range(range_header, size) {
-                RangeRequest::Unsatisfiable => {
-                    let mut response = (
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        [
-                            (header::CONTENT_RANGE, format!("bytes */{size}")),
-                            (header::ACCEPT_RANGES, "bytes".to_string()),
-                        ],
-                    )
-                        .into_response();
-                    crate::content_policy::apply(response.headers_mut(), content_type, filename);
-                    return Ok(response);
-                }
-                satisfiable => satisfiable,
-            }
-        }
-    };
-    let (status, wanted) = match range {
-        RangeRequest::Partial(first, last) => (StatusCode::PARTIAL_CONTENT, Some((first, last))),
-        _ => (StatusCode::OK, None),
-    };
-    let read = blobs
-        .read(key, wanted)
-        .await?
-        .ok_or_else(|| ApiError::not_found("content"))?;
-    let length = match wanted {
-        Some((first, last)) => last - first + 1,
-        None => read.size,
-    };
-    let mut response = Response::new(Body::from_stream(read.stream));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    crate::content_policy::apply(h, content_type, filename);
-    if let Some((first, last)) = wanted
-        && let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", read.size))
-    {
-        h.insert(header::CONTENT_RANGE, value);
-    }
-    Ok(response)
 }
 
 fn asset_response(
@@ -858,7 +836,7 @@ async fn upload_asset(
     }
     if let Err(e) = validate_meta(&meta) {
         discard(&state, Some(staged)).await;
-        return Err(e);
+        return Err(e.into());
     }
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
     asset_response(&state, &asset, created_new)
@@ -1169,7 +1147,11 @@ async fn health(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
         .ok();
     let healthy = store_ok && depth.is_some();
     let capacity_error = fleet.as_ref().and_then(|f| f.capacity_error.clone());
-    let authenticated = state.auth.authenticate(&headers).await.is_ok();
+    let authenticated = state
+        .auth
+        .authenticate(&credentials(&headers))
+        .await
+        .is_ok();
     // Job counts and disk use are the operator's business, like ComfyUI's URLs.
     let storage = if authenticated {
         crate::retention::storage_report(ports)
