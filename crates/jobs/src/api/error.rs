@@ -5,7 +5,9 @@
 //! says which status each [`ErrorKind`] is ([`status_of`]). Store failures are 503
 //! (retryable) with a generic message: the underlying error is logged, never sent.
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -155,6 +157,41 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Rewrites any error response that is not already JSON into the v2 envelope, so
+/// rejections produced inside axum (body limits, extractors) look like ours.
+pub async fn envelope_errors(request: Request, next: Next) -> Response {
+    let is_head = request.method() == axum::http::Method::HEAD;
+    let response = next.run(request).await;
+    let status = response.status();
+    if is_head || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || status == StatusCode::RANGE_NOT_SATISFIABLE {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is larger than this endpoint accepts",
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        s if s.is_client_error() => ("invalid_request", "the request could not be understood"),
+        _ => ("internal", "internal error"),
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 #[cfg(test)]
