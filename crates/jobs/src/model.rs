@@ -257,7 +257,7 @@ impl Job {
         let id = JobId::generate();
         Job {
             v: SCHEMA_VERSION,
-            input_key: format!("inputs/{id}.json"),
+            input_key: crate::blob_keys::input(&id),
             id,
             tenant: tenant.to_string(),
             status: JobStatus::Queued,

@@ -14,7 +14,7 @@ use crate::ports::{BlobWriteError, ByteStream, StoreError};
 impl AssetService {
     /// Streams bytes into a staging blob, hashing as they pass.
     pub async fn stage(&self, body: ByteStream, max_bytes: u64) -> Result<Staged, DomainError> {
-        let key = format!("staging/{}", ulid::Ulid::new());
+        let key = crate::blob_keys::staging();
         let (stream, hasher) = hashing(body);
         let size = self
             .ports
@@ -81,11 +81,7 @@ impl AssetService {
                                 let _ = self.ports.blobs.delete(&staged.key).await;
                                 return Err(refusal);
                             }
-                            let hex = staged.hash.trim_start_matches("blake3:");
-                            let key = format!(
-                                "cas/{tenant}/{hex}-{}",
-                                ulid::Ulid::new().to_string().to_ascii_lowercase()
-                            );
+                            let key = crate::blob_keys::cas(tenant, &staged.hash);
                             self.ports.blobs.rename(&staged.key, &key).await?;
                             ours = Some(key.clone());
                             key

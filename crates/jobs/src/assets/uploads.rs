@@ -41,7 +41,7 @@ impl AssetService {
         let id = format!("upload_{}", ulid::Ulid::new());
         let upload = UploadRecord {
             v: SCHEMA_VERSION,
-            blob_key: format!("{UPLOAD_KEY_PREFIX}{id}"),
+            blob_key: crate::blob_keys::upload(&id),
             id,
             tenant: tenant.to_string(),
             max_bytes: request.size_bytes,
@@ -96,7 +96,7 @@ impl AssetService {
         }
         // Move the bytes out of the upload's key and end the upload before hashing: a
         // PUT from now on is refused, and none can change the bytes being hashed.
-        let staged_key = format!("staging/{}", ulid::Ulid::new());
+        let staged_key = crate::blob_keys::staging();
         self.ports
             .blobs
             .rename(&upload.blob_key, &staged_key)
@@ -142,9 +142,6 @@ impl AssetService {
     }
 }
 
-/// Where an upload's bytes are PUT: `uploads/{upload id}`.
-const UPLOAD_KEY_PREFIX: &str = "uploads/";
-
 fn upload_expired() -> DomainError {
     DomainError::new(
         ErrorKind::Gone,
@@ -168,7 +165,7 @@ pub async fn check_upload_put(
             format!("{why}; create a new upload"),
         )
     };
-    let Some(id) = key.strip_prefix(UPLOAD_KEY_PREFIX) else {
+    let Some(id) = crate::blob_keys::upload_id(key) else {
         return Err(refused("this key does not accept uploads"));
     };
     match store.get_upload(id).await? {
