@@ -15,7 +15,7 @@
 //! `outputs/` keys carry the attempt so a fenced-out runner never overwrites the
 //! finishing attempt's files.
 
-use crate::model::JobId;
+use std::fmt::Display;
 
 /// Workflows of jobs.
 pub const INPUTS: &str = "inputs/";
@@ -31,12 +31,12 @@ pub const UPLOADS: &str = "uploads/";
 pub const MODELS: &str = "models/";
 
 /// Where a job's input (workflow and `extra_data`) is stored.
-pub fn input(job: &JobId) -> String {
+pub fn input(job: &impl Display) -> String {
     format!("{INPUTS}{job}.json")
 }
 
 /// Where an output file of one attempt of a job is stored.
-pub fn output(job: &JobId, attempt: u32, node_id: &str, name: &str) -> String {
+pub fn output(job: &impl Display, attempt: u32, node_id: &str, name: &str) -> String {
     format!("{OUTPUTS}{job}/{attempt}/{node_id}/{name}")
 }
 
@@ -68,7 +68,7 @@ mod tests {
 
     #[test]
     fn keys_follow_the_documented_layout() {
-        let job = JobId::parse("job_01JZV8Q3M7K2W9X0Y1Z2A3B4C5").unwrap();
+        let job = "job_01JZV8Q3M7K2W9X0Y1Z2A3B4C5";
         assert_eq!(input(&job), "inputs/job_01JZV8Q3M7K2W9X0Y1Z2A3B4C5.json");
         assert_eq!(
             output(&job, 2, "9", "fox_00001_.png"),
