@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "unused dependencies (cargo-machete, pinned)"
+scripts/unused-deps.sh
+
 step "cargo test"
 # crates/aws tests run against moto_server, installed into .venv-moto.
 scripts/moto.sh

@@ -78,7 +78,7 @@ pub const MODEL_FOLDERS: &[&str] = &[
 ];
 
 /// The key prefix every model lives under (the runner's task role reads only there).
-pub const KEY_PREFIX: &str = "models/";
+pub const KEY_PREFIX: &str = jobs::blob_keys::MODELS;
 /// Entries in one manifest at most.
 pub const MAX_MODELS: usize = 1000;
 /// The manifest's size at most.

@@ -257,7 +257,7 @@ async fn store_one(
 ) -> Result<OutputRecord, StageError> {
     let hash = format!("blake3:{}", blake3::hash(&f.bytes).to_hex());
     let size = f.bytes.len() as u64;
-    let blob_key = format!("outputs/{}/{attempt}/{}/{}", job.id, f.node_id, f.name);
+    let blob_key = jobs::blob_keys::output(&job.id, attempt, &f.node_id, &f.name);
     ports.blobs.put(&blob_key, f.bytes, &f.content_type).await?;
     let now = ports.clock.now();
     // The tenant's dedup index learns the bytes (HEAD by-hash finds outputs too).

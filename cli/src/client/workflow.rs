@@ -36,6 +36,7 @@ pub fn load(path: &Path) -> Result<Graph, ClientError> {
             ClientError::Usage(format!("{shown}: {UI_FORMAT_MESSAGE}"))
         } else {
             // The same line the server would give, node errors included.
+            let e = jobs::ApiError::from(e);
             let server_like = ClientError::Api {
                 status: e.status.as_u16(),
                 code: e.code.to_string(),

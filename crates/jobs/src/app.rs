@@ -26,9 +26,7 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-
-use crate::api::{self, ApiState, Routes, ServerInfo};
+use crate::api::{self, ApiState, Router, Routes, ServerInfo};
 use crate::assets::{AssetService, AssetsConfig};
 use crate::auth::Authenticator;
 use crate::cross_site::CrossSitePolicy;

@@ -1,27 +1,34 @@
 //! Who is calling: every `/api/v2` route except health runs as a [`Tenant`].
 //!
-//! The [`Authenticator`] decides the tenant from the request headers. Jobs and assets
-//! belong to tenants, never to keys, so rotating a key orphans nothing.
+//! The [`Authenticator`] decides the tenant from the [`Credentials`] a request carries
+//! (the API reads them from its headers). Jobs and assets belong to tenants, never to
+//! keys, so rotating a key orphans nothing.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use serde_json::{Value, json};
 
-use crate::api::ApiState;
-use crate::error::ApiError;
+use crate::error::{DomainError, ErrorKind};
 
 /// The tenant a request runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant(pub String);
 
+/// What a request says about its caller, as the API read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The `Authorization` header: `None` when absent, `Some(None)` when present but
+    /// not visible ASCII.
+    pub authorization: Option<Option<String>>,
+    /// Whether the request is addressed to a loopback name or address (its `Host`).
+    pub addressed_to_loopback: bool,
+}
+
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// The caller's tenant, or a 401 envelope.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError>;
+    /// The caller's tenant, or an [`ErrorKind::Unauthenticated`] refusal.
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Tenant, DomainError>;
 
     /// What health shows about authentication (never a secret).
     async fn describe(&self) -> Value;
@@ -35,23 +42,12 @@ pub const DEFAULT_TENANT: &str = "default";
 
 #[async_trait]
 impl Authenticator for SingleTenant {
-    async fn authenticate(&self, _headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    async fn authenticate(&self, _credentials: &Credentials) -> Result<Tenant, DomainError> {
         Ok(Tenant(self.0.clone()))
     }
 
     async fn describe(&self) -> Value {
         json!({ "required": false, "loopback_default_tenant": true })
-    }
-}
-
-impl FromRequestParts<Arc<ApiState>> for Tenant {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<ApiState>,
-    ) -> Result<Self, Self::Rejection> {
-        state.auth.authenticate(&parts.headers).await
     }
 }
 
@@ -139,7 +135,7 @@ impl KeyAuthenticator {
         }
     }
 
-    async fn any_key_record(&self) -> Result<bool, ApiError> {
+    async fn any_key_record(&self) -> Result<bool, DomainError> {
         let now = self.clock.now();
         let cached = *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner());
         match cached {
@@ -154,39 +150,40 @@ impl KeyAuthenticator {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
+fn bearer(credentials: &Credentials) -> Result<&str, DomainError> {
+    let value = credentials
+        .authorization
+        .as_ref()
         .ok_or_else(|| {
-            ApiError::unauthorized("missing credentials: send Authorization: Bearer <api key>")
+            DomainError::unauthorized("missing credentials: send Authorization: Bearer <api key>")
         })?
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("the Authorization header is not readable"))?;
+        .as_deref()
+        .ok_or_else(|| DomainError::unauthorized("the Authorization header is not readable"))?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::unauthorized(
+        return Err(DomainError::unauthorized(
             "unsupported authorization scheme: use Authorization: Bearer <api key>",
         ));
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(ApiError::unauthorized("the bearer token is empty"));
+        return Err(DomainError::unauthorized("the bearer token is empty"));
     }
     Ok(token)
 }
 
 #[async_trait]
 impl Authenticator for KeyAuthenticator {
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Tenant, DomainError> {
         if self.allow_default_without_keys
-            && headers.get(axum::http::header::AUTHORIZATION).is_none()
+            && credentials.authorization.is_none()
             && !self.any_key_record().await?
         {
             // A DNS-rebound name reaches a loopback server from a web page: the keyless
             // tenant is only for requests addressed to loopback.
-            if !crate::cross_site::host_is_loopback(headers) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
+            if !credentials.addressed_to_loopback {
+                return Err(DomainError::new(
+                    ErrorKind::Forbidden,
                     "host_not_allowed",
                     "without API keys this server answers only requests addressed to a \
                      loopback name (127.0.0.1, ::1 or localhost); create a key to serve others",
@@ -194,7 +191,7 @@ impl Authenticator for KeyAuthenticator {
             }
             return Ok(Tenant(DEFAULT_TENANT.to_string()));
         }
-        let token = bearer(headers)?;
+        let token = bearer(credentials)?;
         let presented = key_hash(token);
         let record = self.store.find_api_key(&presented).await?;
         // Compare in constant time even though the lookup was by hash: the comparison
@@ -207,8 +204,8 @@ impl Authenticator for KeyAuthenticator {
         });
         match record {
             Some(record) if matches && record.revoked_at.is_none() => Ok(Tenant(record.tenant)),
-            Some(_) if matches => Err(ApiError::unauthorized("this API key was revoked")),
-            _ => Err(ApiError::unauthorized("invalid API key")),
+            Some(_) if matches => Err(DomainError::unauthorized("this API key was revoked")),
+            _ => Err(DomainError::unauthorized("invalid API key")),
         }
     }
 

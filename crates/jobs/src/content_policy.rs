@@ -11,9 +11,8 @@
 //! document rendered by mistake has no origin and may load nothing.
 //!
 //! The same rule shapes signed URLs ([`served_type`] is what a URL is signed with), so
-//! an object store that serves presigned GETs itself gets the same answer.
-
-use axum::http::{HeaderMap, HeaderValue, header};
+//! an object store that serves presigned GETs itself gets the same answer. The API sets
+//! the headers from these answers (`crate::api`'s content module).
 
 /// The policy sent with every blob: no scripts, no plugins, no origin. Inline styles
 /// stay allowed so a browser's own image and media viewers render as usual.
@@ -109,33 +108,6 @@ pub fn safe_filename(name: &str) -> String {
     }
 }
 
-/// Sets the serving headers for bytes declared as `declared`, downloaded as `filename`:
-/// the served type, `Content-Disposition: attachment` unless passive, `nosniff` and the
-/// sandboxing CSP.
-pub fn apply(headers: &mut HeaderMap, declared: &str, filename: &str) {
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
-    let served = served_type(declared);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&served).unwrap_or(HeaderValue::from_static(OPAQUE_TYPE)),
-    );
-    if !is_inline(declared)
-        && let Ok(value) = HeaderValue::from_str(&format!(
-            "attachment; filename=\"{}\"",
-            safe_filename(filename)
-        ))
-    {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,23 +177,5 @@ mod tests {
         assert_eq!(safe_filename(""), "download");
         assert_eq!(safe_filename(".."), "download");
         assert_eq!(safe_filename(&"a".repeat(500)).len(), 128);
-    }
-
-    #[test]
-    fn headers() {
-        let mut h = HeaderMap::new();
-        apply(&mut h, "text/html", "dir/x\r\n.html");
-        assert_eq!(h[header::CONTENT_TYPE], OPAQUE_TYPE);
-        assert_eq!(
-            h[header::CONTENT_DISPOSITION],
-            "attachment; filename=\"x__.html\""
-        );
-        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
-        let mut h = HeaderMap::new();
-        apply(&mut h, "image/png", "x.png");
-        assert_eq!(h[header::CONTENT_TYPE], "image/png");
-        assert!(h.get(header::CONTENT_DISPOSITION).is_none());
-        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 }

@@ -1,7 +1,9 @@
-//! Live job events: `GET /api/v2/jobs/{id}/events` (Server-Sent Events).
+//! Live job events: what `GET /api/v2/jobs/{id}/events` streams (the API sends them as
+//! Server-Sent Events).
 //!
 //! The stream is derived from the store, never the other way round: it reads the job
-//! (and its progress record) every [`EventsConfig::poll`] and sends what changed:
+//! (and its progress record) every [`EventsConfig::poll`] and yields what changed, as
+//! [`JobEvent`]s:
 //!
 //! - `status` `{status, queue_position}`: on connect, on every change, and last;
 //! - `progress`: a complete v2 `Progress` snapshot whenever it changes;
@@ -9,24 +11,22 @@
 //! - `log` `{level, message}`: queue and capacity news while waiting, the error on failure.
 //!
 //! It is bounded the way it must be on AWS (API Gateway buffers and cuts responses at
-//! 30 s): after [`EventsConfig::window`] the server closes it and comfy-sdk reconnects
-//! by itself, getting a fresh snapshot. Each tenant may hold at most
-//! [`EventsConfig::max_streams_per_tenant`] streams at once (429 `too_many_streams`).
+//! 30 s): after [`EventsConfig::window`] the stream ends and comfy-sdk reconnects by
+//! itself, getting a fresh snapshot. Each tenant may hold at most
+//! [`EventsConfig::max_streams_per_tenant`] streams at once (`too_many_streams`).
+//! The count is per process ([`StreamLimiter`]).
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::error::ApiError;
-use crate::model::JobStatus;
+use crate::error::{DomainError, ErrorKind};
+use crate::model::{JobStatus, Progress};
 use crate::service::JobService;
+use crate::views::OutputView;
 
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
@@ -73,12 +73,12 @@ impl Drop for StreamSlot {
 }
 
 impl StreamLimiter {
-    pub fn acquire(self: &Arc<Self>, tenant: &str, max: usize) -> Result<StreamSlot, ApiError> {
+    pub fn acquire(self: &Arc<Self>, tenant: &str, max: usize) -> Result<StreamSlot, DomainError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(tenant.to_string()).or_default();
         if *count >= max {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(DomainError::new(
+                ErrorKind::TooManyRequests,
                 "too_many_streams",
                 format!("at most {max} event streams may be open at once; close one or poll"),
             )
@@ -92,26 +92,60 @@ impl StreamLimiter {
     }
 }
 
-fn event(name: &str, data: &impl Serialize) -> Event {
-    Event::default()
-        .event(name)
-        .json_data(data)
-        .unwrap_or_else(|_| Event::default().event(name).data("{}"))
+/// One event of a job's stream.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    Status {
+        status: JobStatus,
+        queue_position: Option<u64>,
+    },
+    Progress(Progress),
+    Output(OutputView),
+    Log {
+        level: &'static str,
+        message: Option<String>,
+    },
 }
 
-/// The SSE response for a job the caller may see.
+impl JobEvent {
+    /// The event's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobEvent::Status { .. } => "status",
+            JobEvent::Progress(_) => "progress",
+            JobEvent::Output(_) => "output",
+            JobEvent::Log { .. } => "log",
+        }
+    }
+
+    /// The event's data, as JSON.
+    pub fn data(&self) -> Value {
+        match self {
+            JobEvent::Status {
+                status,
+                queue_position,
+            } => json!({"status": status, "queue_position": queue_position}),
+            JobEvent::Progress(progress) => json!(progress),
+            JobEvent::Output(output) => json!(output),
+            JobEvent::Log { level, message } => json!({"level": level, "message": message}),
+        }
+    }
+}
+
+/// The events of a job the caller may see, until the job ends, the window closes or
+/// the stream is dropped (which frees the tenant's slot).
 pub async fn job_events(
     jobs: Arc<JobService>,
     limiter: Arc<StreamLimiter>,
     config: EventsConfig,
     tenant: String,
     raw_id: String,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // 404 before taking a slot, so probing unknown ids costs nothing. Each look is
+) -> Result<impl Stream<Item = JobEvent> + Send + 'static, DomainError> {
+    // Not found before taking a slot, so probing unknown ids costs nothing. Each look is
     // one snapshot read (job, progress and queue position together).
     let first = jobs.get(&tenant, &raw_id).await?;
     let slot = limiter.acquire(&tenant, config.max_streams_per_tenant)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(32);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<JobEvent>(32);
     tokio::spawn(async move {
         let _slot = slot;
         let deadline = tokio::time::Instant::now() + config.window;
@@ -125,19 +159,23 @@ pub async fn job_events(
             let status = (view.status, view.queue_position);
             let terminal = view.status.is_terminal();
             if last_status != Some(status) && !terminal {
-                frames.push(event(
-                    "status",
-                    &json!({"status": view.status, "queue_position": view.queue_position}),
-                ));
+                frames.push(JobEvent::Status {
+                    status: view.status,
+                    queue_position: view.queue_position,
+                });
             }
             for output in &view.outputs {
                 if sent_outputs.insert(output.id.clone()) {
-                    frames.push(event("output", output));
+                    frames.push(JobEvent::Output(output.clone()));
                 }
             }
-            if view.progress.is_some() && view.progress != last_progress {
-                frames.push(event("progress", &view.progress));
-                let message = view.progress.as_ref().and_then(|p| p.message.clone());
+            if let Some(progress) = view
+                .progress
+                .as_ref()
+                .filter(|p| Some(*p) != last_progress.as_ref())
+            {
+                frames.push(JobEvent::Progress(progress.clone()));
+                let message = progress.message.clone();
                 if view.status == JobStatus::Queued && message.is_some() && message != last_message
                 {
                     let level = if message.as_deref().is_some_and(|m| m.contains("capacity")) {
@@ -145,22 +183,25 @@ pub async fn job_events(
                     } else {
                         "info"
                     };
-                    frames.push(event("log", &json!({"level": level, "message": message})));
+                    frames.push(JobEvent::Log {
+                        level,
+                        message: message.clone(),
+                    });
                 }
                 last_message = message;
                 last_progress = view.progress.clone();
             }
             if terminal {
                 if let Some(error) = &view.error {
-                    frames.push(event(
-                        "log",
-                        &json!({"level": "error", "message": format!("{}: {}", error.code, error.message)}),
-                    ));
+                    frames.push(JobEvent::Log {
+                        level: "error",
+                        message: Some(format!("{}: {}", error.code, error.message)),
+                    });
                 }
-                frames.push(event(
-                    "status",
-                    &json!({"status": view.status, "queue_position": view.queue_position}),
-                ));
+                frames.push(JobEvent::Status {
+                    status: view.status,
+                    queue_position: view.queue_position,
+                });
             }
             last_status = Some(status);
             for frame in frames {
@@ -181,8 +222,8 @@ pub async fn job_events(
             }
         }
     });
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|frame| (Ok(frame), receiver))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+    Ok(futures::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|frame| (frame, receiver)) },
+    ))
 }

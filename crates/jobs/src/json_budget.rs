@@ -14,11 +14,10 @@
 
 use std::sync::LazyLock;
 
-use axum::http::StatusCode;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::error::{DomainError, ErrorKind};
 
 /// JSON values (objects, arrays, strings, numbers, booleans, nulls) a body may hold.
 pub const MAX_JSON_VALUES: u64 = 1_000_000;
@@ -45,14 +44,14 @@ static LARGE_BODIES: LazyLock<std::sync::Arc<Semaphore>> =
 pub async fn large_body_gate(
     declared: Option<u64>,
     wait: std::time::Duration,
-) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+) -> Result<Option<OwnedSemaphorePermit>, DomainError> {
     if declared.is_some_and(|n| n <= LARGE_BODY_BYTES) {
         return Ok(None);
     }
     match tokio::time::timeout(wait, LARGE_BODIES.clone().acquire_owned()).await {
         Ok(permit) => Ok(permit.ok()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        Err(_) => Err(DomainError::new(
+            ErrorKind::Unavailable,
             "unavailable",
             "too many large request bodies are being processed; retry shortly",
         )
@@ -63,15 +62,15 @@ pub async fn large_body_gate(
 /// Refuses a body with more than [`MAX_JSON_VALUES`] values, without building
 /// anything. Bodies too small to hold that many (every value takes at least one byte
 /// and a separator) are not scanned. Malformed JSON passes: the real parse reports it.
-pub fn check_value_count(bytes: &[u8]) -> Result<(), ApiError> {
+pub fn check_value_count(bytes: &[u8]) -> Result<(), DomainError> {
     if (bytes.len() as u64) < 2 * MAX_JSON_VALUES {
         return Ok(());
     }
     let mut count = 0u64;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     match (Count { count: &mut count }).deserialize(&mut deserializer) {
-        Err(_) if count > MAX_JSON_VALUES => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        Err(_) if count > MAX_JSON_VALUES => Err(DomainError::new(
+            ErrorKind::TooLarge,
             "payload_too_large",
             format!(
                 "the request body holds more than {MAX_JSON_VALUES} JSON values; send large data as assets and reference them"
@@ -172,7 +171,7 @@ mod tests {
             held.push(large_body_gate(large, wait).await.unwrap().unwrap());
         }
         let refused = large_body_gate(large, wait).await.unwrap_err();
-        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.kind, ErrorKind::Unavailable);
         assert!(refused.retry_after.is_some());
         assert!(
             large_body_gate(None, wait).await.is_err(),
@@ -195,7 +194,7 @@ mod tests {
         body.push_str(&"0,".repeat(values));
         body.push_str("0]}}}}");
         let error = check_value_count(body.as_bytes()).unwrap_err();
-        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error.kind, ErrorKind::TooLarge);
         // Just under the limit (the three objects, the array and its numbers), fine.
         let mut body = String::from("{\"workflow\":{\"1\":{\"inputs\":{\"v\":[");
         body.push_str(&"0,".repeat(values - 6));

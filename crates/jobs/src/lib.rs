@@ -8,14 +8,24 @@
 //! | [`model`] | the [`model::Job`] record, its status, outputs, progress, queue messages |
 //! | [`lifecycle`] | the state machine and the lease protocol: pure, every move tested |
 //! | [`validate`] | request and workflow validation, before anything is stored |
-//! | [`ports`] | `JobStore`, `BlobStore`, `Queue`, `Launcher`, `Clock` |
+//! | [`ports`] | `JobStore`, `BlobStore`, `Queue`, `Launcher`, `Clock`, and the [`ports::Ports`] bundle |
+//! | [`error`] | [`DomainError`]: what every service and validator refuses with, without HTTP |
 //! | [`service`] | submit, get, list, cancel, get-workflow over the ports |
+//! | [`assets`] | uploads, dedup and minting of assets over content-addressed blobs |
+//! | [`events`] | a job's live events, as a stream of [`events::JobEvent`] |
+//! | [`auth`] | tenants, API keys and the [`auth::Authenticator`] |
 //! | [`dispatch`] | the scaling decision and the tick (the safety net) |
 //! | [`retention`] | the sweep that removes what is past its deadline |
-//! | [`api`] | the Comfy API v2 router (axum) and its error envelope |
+//! | [`api`] | the Comfy API v2 HTTP router, its error envelope, the HTTP status of each error kind, SSE, `Range`, cross-site rules |
 //! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
-//! | [`content_policy`] | which stored bytes a browser may render, and the headers blobs carry |
+//! | [`blob_keys`] | where bytes live in the blob store: every key prefix, spelled once |
+//! | [`content_policy`] | which stored bytes a browser may render (the API sets the headers) |
 //! | [`conformance`] | the shared test suite every adapter must pass |
+//!
+//! **HTTP lives in [`api`] only.** The services answer with domain values and
+//! [`DomainError`]s; the API reads requests into them (credentials, bodies, queries) and
+//! turns the answers into responses, statuses and the v2 envelope. So a Lambda, `dev`
+//! and the runner share the services, and only [`api`] depends on the HTTP framework.
 //!
 //! A newcomer should start with [`lifecycle`]: its module docs draw the state diagram
 //! and explain fencing, which is what keeps a crashed or stalled runner from ever
@@ -25,9 +35,9 @@ pub mod api;
 pub mod app;
 pub mod assets;
 pub mod auth;
+pub mod blob_keys;
 pub mod conformance;
 pub mod content_policy;
-pub mod cross_site;
 pub mod cursor;
 pub mod dispatch;
 pub mod error;
@@ -42,4 +52,5 @@ pub mod service;
 pub mod validate;
 pub mod views;
 
-pub use error::ApiError;
+pub use api::{ApiError, cross_site};
+pub use error::{DomainError, ErrorKind};

@@ -257,7 +257,7 @@ impl Job {
         let id = JobId::generate();
         Job {
             v: SCHEMA_VERSION,
-            input_key: format!("inputs/{id}.json"),
+            input_key: crate::blob_keys::input(&id),
             id,
             tenant: tenant.to_string(),
             status: JobStatus::Queued,
@@ -454,6 +454,53 @@ pub struct UploadRecord {
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+// Per-tenant quotas (see `crate::quota` for how they are enforced).
+
+/// One tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuota {
+    /// Jobs queued, running or canceling at once.
+    pub max_active_jobs: u32,
+    /// Jobs recorded per second.
+    pub submits_per_second: u32,
+    /// Bytes of distinct content stored (uploads and outputs).
+    pub max_stored_bytes: u64,
+}
+
+impl TenantQuota {
+    /// No limits: what stores apply when a caller has none to give.
+    pub const UNLIMITED: TenantQuota = TenantQuota {
+        max_active_jobs: u32::MAX,
+        submits_per_second: u32::MAX,
+        max_stored_bytes: u64::MAX,
+    };
+}
+
+impl Default for TenantQuota {
+    /// Generous: a studio's burst fits; a runaway script does not take the deployment.
+    fn default() -> Self {
+        TenantQuota {
+            max_active_jobs: 10_000,
+            submits_per_second: 1_000,
+            max_stored_bytes: 1 << 40,
+        }
+    }
+}
+
+/// What a tenant uses now, as the store counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TenantUsage {
+    pub active_jobs: u64,
+    pub stored_bytes: u64,
+}
+
+/// Which job limit refused a submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    ActiveJobs { limit: u32 },
+    SubmitRate { limit: u32 },
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ pub enum CreateOutcome {
     /// The idempotency key is taken by an unexpired record; here it is.
     KeyTaken(IdempotencyRecord),
     /// A limit of the tenant's quota refused it; nothing was written.
-    OverQuota(crate::quota::QuotaRefusal),
+    OverQuota(crate::model::QuotaRefusal),
 }
 
 /// The scaling state, one item, updated with an optimistic lock (`rev`).
@@ -132,6 +132,16 @@ pub struct WorkerRecord {
     pub detail: String,
 }
 
+/// The ports the services run on, as one bundle: every entry point builds one from
+/// its adapters and hands it to the services.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: std::sync::Arc<dyn JobStore>,
+    pub blobs: std::sync::Arc<dyn BlobStore>,
+    pub queue: std::sync::Arc<dyn Queue>,
+    pub clock: std::sync::Arc<dyn Clock>,
+}
+
 /// The job store: jobs, progress, idempotency records, the fleet and worker registry.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -144,7 +154,7 @@ pub trait JobStore: Send + Sync + 'static {
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
     ) -> StoreResult<CreateOutcome> {
-        self.create_job_within_quota(job, idempotency, now, &crate::quota::TenantQuota::UNLIMITED)
+        self.create_job_within_quota(job, idempotency, now, &crate::model::TenantQuota::UNLIMITED)
             .await
     }
 
@@ -159,24 +169,24 @@ pub trait JobStore: Send + Sync + 'static {
         job: &Job,
         idempotency: Option<&IdempotencyRecord>,
         now: DateTime<Utc>,
-        quota: &crate::quota::TenantQuota,
+        quota: &crate::model::TenantQuota,
     ) -> StoreResult<CreateOutcome>;
 
     /// The quota set for a tenant, if any (else the default applies).
     async fn get_tenant_quota(
         &self,
         tenant: &str,
-    ) -> StoreResult<Option<crate::quota::TenantQuota>>;
+    ) -> StoreResult<Option<crate::model::TenantQuota>>;
 
     /// Sets a tenant's quota, replacing any.
     async fn put_tenant_quota(
         &self,
         tenant: &str,
-        quota: &crate::quota::TenantQuota,
+        quota: &crate::model::TenantQuota,
     ) -> StoreResult<()>;
 
     /// What a tenant uses now: active jobs, and bytes of its blob records.
-    async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::quota::TenantUsage>;
+    async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::model::TenantUsage>;
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 

@@ -28,63 +28,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{DomainError, ErrorKind};
 use crate::ports::{Clock, JobStore, StoreResult};
 
-/// One tenant's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantQuota {
-    /// Jobs queued, running or canceling at once.
-    pub max_active_jobs: u32,
-    /// Jobs recorded per second.
-    pub submits_per_second: u32,
-    /// Bytes of distinct content stored (uploads and outputs).
-    pub max_stored_bytes: u64,
-}
+// The quota records are model types (the store ports read and write them); their
+// home is `crate::model`, named here too so `jobs::quota::TenantQuota` keeps working.
+pub use crate::model::{QuotaRefusal, TenantQuota, TenantUsage};
 
-impl TenantQuota {
-    /// No limits: what stores apply when a caller has none to give.
-    pub const UNLIMITED: TenantQuota = TenantQuota {
-        max_active_jobs: u32::MAX,
-        submits_per_second: u32::MAX,
-        max_stored_bytes: u64::MAX,
-    };
-}
-
-impl Default for TenantQuota {
-    /// Generous: a studio's burst fits; a runaway script does not take the deployment.
-    fn default() -> Self {
-        TenantQuota {
-            max_active_jobs: 10_000,
-            submits_per_second: 1_000,
-            max_stored_bytes: 1 << 40,
-        }
-    }
-}
-
-/// What a tenant uses now, as the store counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct TenantUsage {
-    pub active_jobs: u64,
-    pub stored_bytes: u64,
-}
-
-/// Which job limit refused a submit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaRefusal {
-    ActiveJobs { limit: u32 },
-    SubmitRate { limit: u32 },
-}
-
-impl From<QuotaRefusal> for ApiError {
+impl From<QuotaRefusal> for DomainError {
     fn from(refusal: QuotaRefusal) -> Self {
         match refusal {
-            QuotaRefusal::ActiveJobs { limit } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            QuotaRefusal::ActiveJobs { limit } => DomainError::new(
+                ErrorKind::TooManyRequests,
                 "quota_active_jobs",
                 format!(
                     "this tenant already has {limit} jobs queued or running, its limit; \
@@ -92,8 +49,8 @@ impl From<QuotaRefusal> for ApiError {
                 ),
             )
             .with_retry_after(5),
-            QuotaRefusal::SubmitRate { limit } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            QuotaRefusal::SubmitRate { limit } => DomainError::new(
+                ErrorKind::TooManyRequests,
                 "quota_submit_rate",
                 format!("this tenant may submit {limit} jobs per second; retry in a second"),
             )
@@ -103,9 +60,9 @@ impl From<QuotaRefusal> for ApiError {
 }
 
 /// The storage refusal: the new bytes would take the tenant past its limit.
-pub fn storage_refusal(usage: u64, adding: u64, limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
+pub fn storage_refusal(usage: u64, adding: u64, limit: u64) -> DomainError {
+    DomainError::new(
+        ErrorKind::TooLarge,
         "quota_storage",
         format!(
             "storing {adding} more bytes would take this tenant past its {limit}-byte storage \

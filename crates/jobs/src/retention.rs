@@ -31,8 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::Job;
+use crate::ports::Ports;
 use crate::ports::StoreError;
-use crate::service::Ports;
 
 /// Jobs one batch removes at most; the tick runs batches until the budget is spent.
 pub const SWEEP_BATCH: usize = 500;
@@ -140,7 +140,11 @@ pub async fn sweep(
     // left in `staging/` this long is a crash's leftover.
     report.staged_blobs = ports
         .blobs
-        .expire_prefix("staging/", now - STAGING_MAX_AGE, SWEEP_BATCH)
+        .expire_prefix(
+            crate::blob_keys::STAGING,
+            now - STAGING_MAX_AGE,
+            SWEEP_BATCH,
+        )
         .await? as u32;
     if report.idempotency_records as usize >= SWEEP_BATCH {
         ports.store.reclaim().await?;

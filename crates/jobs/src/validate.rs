@@ -20,7 +20,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value, json};
 
-use crate::error::ApiError;
+use crate::error::DomainError;
 
 pub const MAX_METADATA_PAIRS: usize = 16;
 pub const MAX_METADATA_KEY_BYTES: usize = 64;
@@ -126,14 +126,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 /// Parses a JSON body, refusing invalid UTF-8, trailing data, nesting deeper than 128
 /// and duplicate keys, each with a 400 `invalid_request` that says where.
-pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, ApiError> {
+pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, DomainError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid_request(
+        return Err(DomainError::invalid_request(
             "the request body is empty; send a JSON object",
         ));
     }
     if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ApiError::invalid_request(format!(
+        return Err(DomainError::invalid_request(format!(
             "the request body is not valid UTF-8 (at byte {})",
             e.valid_up_to()
         )));
@@ -142,7 +142,7 @@ pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, ApiError> {
     let value = StrictValue::deserialize(&mut deserializer)
         .and_then(|v| deserializer.end().map(|()| v.0))
         .map_err(|e| {
-            ApiError::invalid_request(format!("the request body is not valid JSON: {e}"))
+            DomainError::invalid_request(format!("the request body is not valid JSON: {e}"))
         })?;
     Ok(value)
 }
@@ -165,16 +165,16 @@ pub const EXTENSION_FIELD: &str = "x-serverless-comfyui";
 const KNOWN_FIELDS: [&str; 4] = ["workflow", "metadata", "extra_data", EXTENSION_FIELD];
 
 /// Validates a submission body (already parsed as JSON).
-pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
+pub fn parse_submission(body: Value) -> Result<Submission, DomainError> {
     let Value::Object(mut body) = body else {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "invalid_request",
             "the request body must be a JSON object with a `workflow` field",
         ));
     };
     for field in RESERVED_FIELDS {
         if body.contains_key(field) {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "reserved_field",
                 format!("`{field}` is reserved by Comfy API v2 and not supported yet; remove it"),
             )
@@ -182,7 +182,7 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
         }
     }
     if let Some(unknown) = body.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "unknown_field",
             format!(
                 "unknown field `{}`; a job body has `workflow`, and optionally `metadata`, `extra_data` and `{EXTENSION_FIELD}`",
@@ -194,7 +194,7 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
     let workflow = match body.remove("workflow") {
         Some(workflow) => validate_workflow(workflow)?,
         None => {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "invalid_workflow",
                 "the request body has no `workflow`; send {\"workflow\": {<API-format graph>}}",
             ));
@@ -207,14 +207,14 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
     let extra_data = match body.remove("extra_data") {
         None | Some(Value::Null) => None,
         Some(Value::Object(extra)) if extra.is_empty() => {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "invalid_extra_data",
                 "`extra_data` is empty; omit it instead",
             ));
         }
         Some(Value::Object(extra)) => Some(extra),
         Some(_) => {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "invalid_extra_data",
                 "`extra_data` must be a JSON object",
             ));
@@ -233,9 +233,9 @@ pub fn parse_submission(body: Value) -> Result<Submission, ApiError> {
 }
 
 /// `"x-serverless-comfyui": {"cache": "bypass" | "shared"}`; returns whether to bypass.
-fn parse_extension(extension: Value) -> Result<bool, ApiError> {
+fn parse_extension(extension: Value) -> Result<bool, DomainError> {
     let fail = |message: &str| {
-        ApiError::unprocessable("invalid_extension", message.to_string())
+        DomainError::unprocessable("invalid_extension", message.to_string())
             .with_details(json!({ "field": EXTENSION_FIELD }))
     };
     let Value::Object(extension) = extension else {
@@ -264,8 +264,8 @@ fn parse_extension(extension: Value) -> Result<bool, ApiError> {
 }
 
 /// Validates metadata labels: at most 16 string pairs with bounded keys and values.
-pub fn validate_metadata(metadata: Value) -> Result<BTreeMap<String, String>, ApiError> {
-    let fail = |message: String| ApiError::unprocessable("metadata_invalid", message);
+pub fn validate_metadata(metadata: Value) -> Result<BTreeMap<String, String>, DomainError> {
+    let fail = |message: String| DomainError::unprocessable("metadata_invalid", message);
     let Value::Object(pairs) = metadata else {
         return Err(fail(
             "`metadata` must be an object of string keys to string values".into(),
@@ -518,9 +518,9 @@ pub fn is_ui_format(workflow: &Map<String, Value>) -> bool {
 
 /// Validates an API-format workflow graph and returns it (unwrapped from a saved
 /// `/prompt` body if it was one).
-pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError> {
+pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, DomainError> {
     let Value::Object(mut graph) = workflow else {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "invalid_workflow",
             format!(
                 "`workflow` must be an object of nodes (node id → {{class_type, inputs}}), not {}",
@@ -529,7 +529,7 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
         ));
     };
     if is_ui_format(&graph) {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "workflow_format_ui",
             UI_FORMAT_MESSAGE,
         ));
@@ -543,20 +543,20 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
         };
         graph = inner;
         if is_ui_format(&graph) {
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::unprocessable(
                 "workflow_format_ui",
                 UI_FORMAT_MESSAGE,
             ));
         }
     }
     if graph.is_empty() {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "invalid_workflow",
             "the workflow has no nodes",
         ));
     }
     if graph.len() > MAX_NODES {
-        return Err(ApiError::unprocessable(
+        return Err(DomainError::unprocessable(
             "workflow_too_large",
             format!(
                 "the workflow has {} nodes; at most {MAX_NODES} are allowed",
@@ -707,7 +707,7 @@ pub fn validate_workflow(workflow: Value) -> Result<Map<String, Value>, ApiError
     if errors.omitted > 0 {
         details["omitted_errors"] = json!(errors.omitted);
     }
-    Err(ApiError::unprocessable("invalid_workflow", message).with_details(details))
+    Err(DomainError::unprocessable("invalid_workflow", message).with_details(details))
 }
 
 /// Finds one cycle in the graph, iteratively (no recursion, so no stack overflow on a
@@ -778,6 +778,7 @@ pub fn asset_references(workflow: &Map<String, Value>) -> Vec<(String, String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
@@ -814,7 +815,7 @@ mod tests {
     }
 
     /// The size of the error as a client receives it.
-    fn body_len(e: &ApiError) -> usize {
+    fn body_len(e: &DomainError) -> usize {
         serde_json::to_vec(
             &json!({"error": {"code": e.code, "message": e.message, "details": e.details}}),
         )
@@ -827,7 +828,7 @@ mod tests {
         let started = std::time::Instant::now();
         let e = validate_workflow(ring(MAX_NODES)).unwrap_err();
         assert_eq!(e.code, "invalid_workflow");
-        assert_eq!(e.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.kind, ErrorKind::Unprocessable);
         let details = e.details.as_deref().unwrap();
         let node_errors = details["node_errors"].as_object().unwrap();
         assert_eq!(node_errors.len(), 1, "one entry names the cycle: {details}");

@@ -6,11 +6,11 @@
 //! envelope is bounded in size. `PROPTEST_CASES=100000 cargo test -p jobs --test
 //! properties --release` runs a longer pass.
 
-use jobs::ApiError;
 use jobs::assets::{RangeRequest, parse_range};
 use jobs::cursor::CursorCodec;
 use jobs::model::JobId;
 use jobs::validate::{parse_json_strict, parse_submission, validate_label_key, validate_workflow};
+use jobs::{ApiError, DomainError};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -18,7 +18,9 @@ use serde_json::{Map, Value, json};
 /// able to make the answer much larger than itself.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
-fn assert_client_error(error: &ApiError) {
+/// Checked as the client sees it: the status the API answers the domain error with.
+fn assert_client_error(error: &DomainError) {
+    let error = &ApiError::from(error.clone());
     assert!(
         error.status.is_client_error(),
         "{} for {}",

@@ -232,7 +232,7 @@ impl FileBlobStore {
 }
 
 /// Where job outputs are stored (`outputs/{job}/{attempt}/{node}/{name}`).
-const OUTPUTS_PREFIX: &str = "outputs/";
+const OUTPUTS_PREFIX: &str = jobs::blob_keys::OUTPUTS;
 
 /// The bytes of the files under `root`, walked without following links. Entries
 /// past [`TREE_WALK_MAX`] are not counted, so a huge tree cannot stall a caller.

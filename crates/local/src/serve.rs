@@ -119,7 +119,7 @@ async fn put_blob(
             if let Err(e) = jobs::assets::check_upload_put(uploads, &key, server.clock.now()).await
             {
                 let _ = server.blobs.delete(&key).await;
-                return Err(e);
+                return Err(e.into());
             }
             Ok((
                 StatusCode::OK,

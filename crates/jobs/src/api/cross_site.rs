@@ -33,7 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use super::ApiError;
 
 /// Which origins may call the API from a browser, besides the server's own.
 #[derive(Debug, Clone, Default)]
