@@ -69,7 +69,7 @@ pub struct JobsConfig {
     /// The quota of a tenant that has none of its own (see [`crate::quota`]).
     pub default_quota: crate::quota::TenantQuota,
     /// The price of one GPU-hour in US dollars, recorded on each job at submit so its
-    /// `metrics.cost_usd` can be estimated; 0 records none (and the cost stays null).
+    /// `metrics.cost_micro_usd` can be estimated; 0 records none (and the cost stays null).
     pub gpu_price_per_hour: f64,
 }
 
@@ -569,8 +569,8 @@ impl JobService {
             metrics: Metrics {
                 queue_ms: job.queue_ms(),
                 execution_ms: job.execution_ms(),
-                gpu_seconds: job.gpu_seconds(),
-                cost_usd: job.cost_usd(),
+                gpu_ms: job.gpu_seconds().map(|s| (s * 1000.0).round() as i64),
+                cost_micro_usd: job.cost_usd().map(|usd| (usd * 1e6).round() as i64),
             },
             urls: self.urls(&job.id),
             metadata: job.metadata.clone(),
