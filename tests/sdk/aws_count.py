@@ -301,7 +301,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except OSError:
+                pass  # the caller went away
 
     def _units(self, op, request, before, data):
         dyn = self.server.dynamo
