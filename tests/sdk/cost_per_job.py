@@ -92,27 +92,32 @@ def stats_diff(after: dict, before: dict, keep) -> dict:
     return out
 
 
-def run_job(client, colour: int):
+def run_job(client, workflow: str, n: int):
     from conftest import WORKFLOWS
 
-    wf = client.workflows.from_file(str(WORKFLOWS / "invert.json"))
-    wf.set_input("1", "color", colour)  # a fresh colour: ComfyUI would serve a repeat from its cache
-    job = client.submit(wf).wait(timeout=300)
+    wf = client.workflows.from_file(str(WORKFLOWS / f"{workflow}.json"))
+    # A fresh input each time: ComfyUI would serve a repeat from its cache.
+    if workflow == "invert":
+        wf.set_input("1", "color", (0x010203 * (n + 7)) & 0xFFFFFF)
+    else:
+        wf.set_input("3", "seed", 1000 + n)
+    job = client.submit(wf).wait(timeout=600)
     assert job.status == "succeeded", job.error
     assert job.outputs[0].to_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def measure(stack, client, jobs: int = 20, concurrency: int = 4) -> dict:
+def measure(stack, client, jobs: int = 20, concurrency: int = 4, workflow: str = "invert") -> dict:
     """Runs a warm-up job, then `jobs` jobs; returns the counts of that window."""
-    run_job(client, 0x123456)
+    run_job(client, workflow, 10_000)
     before, stats_before = stack.proxy.counts.snapshot(), stack.stats()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda i: run_job(client, 0x010203 * (i + 7) & 0xFFFFFF), range(jobs)))
+        list(pool.map(lambda i: run_job(client, workflow, i), range(jobs)))
     after, stats_after = stack.proxy.counts.snapshot(), stack.stats()
     window = diff(after, before)
     ticks_all = diff(after, {})
     return {
         "jobs": jobs,
+        "workflow": workflow,
         "aws": {k: v for k, v in window.items() if k[0] in PER_JOB_CALLERS},
         "lambda": stats_diff(stats_after, stats_before, lambda n: n != "lambda:dispatch:tick"),
         "tick_aws": {k: v for k, v in ticks_all.items() if k[0] == "tick"},
@@ -124,7 +129,7 @@ def report(m: dict) -> tuple[str, float]:
     """The table (markdown) and the total $ per 1,000 jobs."""
     n = m["jobs"]
     lines = [
-        f"Per job, averaged over {n} jobs; $ per 1,000 jobs at the list prices above.",
+        f"Per job, averaged over {n} `{m.get('workflow', 'invert')}` jobs; $ per 1,000 jobs at the list prices.",
         "",
         "| caller | service | operation | requests/job | WCU/job | RCU/job | avg item bytes | $/1,000 jobs |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -179,14 +184,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workflow", choices=["invert", "txt2img-sd15"], default="txt2img-sd15")
+    parser.add_argument("--step-ms", type=int, default=500, help="the simulator's time per sampler step")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as logs:
-        stack = Stack(Path(logs))
+        stack = Stack(Path(logs), step_ms=args.step_ms)
         try:
             os.environ["COMFY_BASE_URL"] = stack.url
             os.environ["COMFY_API_KEY"] = stack.api_key
             with Comfy() as client:
-                m = measure(stack, client, args.jobs, args.concurrency)
+                m = measure(stack, client, args.jobs, args.concurrency, args.workflow)
         finally:
             stack.stop()
     table, total = report(m)
