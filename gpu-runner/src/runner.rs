@@ -337,8 +337,9 @@ impl MainLoop {
                     // short poll that answers at once: unpaced, this loop sent
                     // ReceiveMessage back to back, ~40 billed requests a job on moto.
                     if short {
-                        let left = last_short_receive
-                            .map_or(Duration::ZERO, |at| SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed()));
+                        let left = last_short_receive.map_or(Duration::ZERO, |at| {
+                            SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed())
+                        });
                         if !left.is_zero() {
                             tokio::select! {
                                 Some(done) = self.tasks.join_next() => self.reap(done),

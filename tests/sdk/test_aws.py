@@ -160,12 +160,16 @@ def test_calls_and_billed_units_per_job_are_counted(stack, client, capsys):
     path shows up in the count, and the table prints (run with -s to see it)."""
     from cost_per_job import measure, report
 
-    m = measure(stack, client, jobs=3, concurrency=3)
+    m = measure(stack, client, jobs=3, concurrency=1, workflow="txt2img-sd15")
     callers = {caller for caller, _, _ in m["aws"]}
     assert {"submit", "status", "dispatch", "runner", "client"} <= callers, callers
     assert m["lambda"]["apigw"]["count"] >= 3 * 3  # submit, >= 1 poll, /content per job
     runner_writes = sum(r["wcu"] for (c, s, _), r in m["aws"].items() if c == "runner" and s == "dynamodb")
     assert runner_writes > 0
+    # A ~6 s job: the runner once spun on ReceiveMessage (a 100 ms wait is a short
+    # poll on SQS) while reserving the next job, ~100 calls a job; now ~1 a second at most.
+    receives = m["aws"][("runner", "sqs", "ReceiveMessage")]["requests"] / m["jobs"]
+    assert receives <= 30, receives
     table, total = report(m)
     with capsys.disabled():
         print("\n" + table + f"\n\nTotal: ${total:.4f} per 1,000 jobs")

@@ -148,7 +148,9 @@ fn required(name: &str) -> anyhow::Result<String> {
 
 fn seconds(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}: not whole seconds")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}: not whole seconds")),
         Err(_) => Ok(default),
     }
 }
@@ -171,8 +173,7 @@ fn rand_key() -> Vec<u8> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -274,7 +275,12 @@ async fn wake_source(deployment: Deployment, handler: Arc<DispatchHandler>, stat
     );
     loop {
         let batch = match queue
-            .receive(QueueName::Wake, 10, Duration::from_secs(20), WAKE_VISIBILITY)
+            .receive(
+                QueueName::Wake,
+                10,
+                Duration::from_secs(20),
+                WAKE_VISIBILITY,
+            )
             .await
         {
             Ok(batch) => batch,
@@ -366,8 +372,14 @@ fn runner_vars(aws: &AwsConfig, comfyui_url: &str, idle: u64) -> Vec<(String, St
         ("SERVERLESS_COMFYUI_BUCKET", &aws.bucket),
         ("SERVERLESS_COMFYUI_WORK_QUEUE_URL", &aws.queues.work),
         ("SERVERLESS_COMFYUI_WAKE_QUEUE_URL", &aws.queues.wake),
-        ("SERVERLESS_COMFYUI_WORK_DLQ_URL", &aws.queues.work_dead_letter),
-        ("SERVERLESS_COMFYUI_WAKE_DLQ_URL", &aws.queues.wake_dead_letter),
+        (
+            "SERVERLESS_COMFYUI_WORK_DLQ_URL",
+            &aws.queues.work_dead_letter,
+        ),
+        (
+            "SERVERLESS_COMFYUI_WAKE_DLQ_URL",
+            &aws.queues.wake_dead_letter,
+        ),
         ("SERVERLESS_COMFYUI_COMFYUI_URL", comfyui_url),
         ("SERVERLESS_COMFYUI_IDLE_TIMEOUT_SECONDS", &idle.to_string()),
         ("SERVERLESS_COMFYUI_SHUTDOWN_GRACE_SECONDS", "2"),
