@@ -1,17 +1,19 @@
 """AWS calls and billed units per job, counted on the moto end to end, in dollars per
 1,000 jobs at list prices (GPU time excluded).
 
-    .venv/bin/python tests/sdk/cost_per_job.py [--jobs 20] [--concurrency 4]
+    .venv/bin/python tests/sdk/cost_per_job.py [--jobs 12] [--concurrency 1]
+        [--workflow txt2img-sd15|invert] [--step-ms 500]
 
-(after the builds aws_stack.py names; scripts/test.sh runs the same measurement as
-`test_aws_cost.py`). Starts the stack (aws_stack.Stack), runs one job to start a
-runner, then submits `--jobs` invert jobs with comfy-sdk, `--concurrency` at a time,
-each waited for as comfy-sdk waits (`Job.wait`: polls `GET /jobs/{id}` at 0.5 s
-growing ×1.5 to 5 s) and its output downloaded once through its presigned URL.
-Everything the product does for them in that window counts: submit, status and
-dispatch invocations, Lambda's SQS poller, the runner, the client's S3 downloads.
-The tick is a cost per minute, not per job: shown apart, per month. The ECS agent's
-calls (played by the local stack) and the set-up are not counted.
+(after the builds aws_stack.py names; the last test of test_aws.py runs a small
+measurement with the same code). Starts the stack (aws_stack.Stack), runs one job to
+start a runner, then runs `--jobs` jobs with comfy-sdk, `--concurrency` at a time
+(default: 20-step txt2img at 500 ms a step on the simulator, about 11 s each), each
+waited for as comfy-sdk waits (`Job.wait`: polls `GET /jobs/{id}` at 0.5 s growing
+x1.5 to 5 s) and its output downloaded once through its presigned URL. Everything
+the product does for them in that window counts: submit, status and dispatch
+invocations, Lambda's SQS poller, the runner, the client's S3 downloads. The tick is
+a cost per minute, not per job: shown apart, per month. The ECS agent's calls
+(played by the local stack) and the set-up are not counted.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def run_job(client, workflow: str, n: int):
     assert job.outputs[0].to_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def measure(stack, client, jobs: int = 20, concurrency: int = 4, workflow: str = "invert") -> dict:
+def measure(stack, client, jobs: int = 12, concurrency: int = 1, workflow: str = "txt2img-sd15") -> dict:
     """Runs a warm-up job, then `jobs` jobs; returns the counts of that window."""
     run_job(client, workflow, 10_000)
     before, stats_before = stack.proxy.counts.snapshot(), stack.stats()
@@ -182,8 +184,8 @@ def main():
     from aws_stack import Stack
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--workflow", choices=["invert", "txt2img-sd15"], default="txt2img-sd15")
     parser.add_argument("--step-ms", type=int, default=500, help="the simulator's time per sampler step")
     args = parser.parse_args()

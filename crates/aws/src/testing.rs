@@ -12,6 +12,11 @@
 //!
 //! Each test makes its own uniquely named resources ([`unique`], [`fresh_resources`]):
 //! moto's reset is global, and tests run concurrently in one server.
+//!
+//! The end-to-end suite (functions/common/examples/local_stack.rs) starts moto itself,
+//! behind a counting proxy, and names it in [`MOTO_ENDPOINT_VAR`]; each of its parts
+//! signs as its own caller ([`clients_as`]) so the proxy can tell them apart. It lets
+//! moto's ECS record the launcher's tasks ([`fresh_ecs`], [`running_tasks`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

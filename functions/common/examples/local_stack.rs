@@ -165,6 +165,7 @@ async fn deployment(aws: &AwsConfig, caller: &str) -> anyhow::Result<Deployment>
     })
 }
 
+/// A cursor key for this run (one `status` here, so nothing to share).
 fn rand_key() -> Vec<u8> {
     ulid::Ulid::new().to_string().repeat(2).into_bytes()
 }
@@ -197,7 +198,13 @@ async fn main() -> anyhow::Result<()> {
     let esm = deployment(&aws, "esm").await?;
     let agent = deployment(&aws, "agent").await?;
     let minted = jobs::auth::mint_key("e2e", chrono::Utc::now()).map_err(anyhow::Error::msg)?;
-    submit.ports().store.put_api_key(&minted.record).await?;
+    // Signed as the set-up (`test`), like the resources: not a function's call.
+    deployment(&aws, "test")
+        .await?
+        .ports()
+        .store
+        .put_api_key(&minted.record)
+        .await?;
 
     let stats = Arc::new(Stats::default());
     let front = Front {
@@ -431,6 +438,9 @@ async fn ecs_agent(
                     format!("{}/{id}", env.metadata_base),
                 )
                 .stdin(std::process::Stdio::null())
+                // Our stdout is the ready line's pipe, read once; the runner logs on
+                // stderr, which it shares with us.
+                .stdout(std::process::Stdio::null())
                 .kill_on_drop(true);
             let mut child = match command.spawn() {
                 Ok(child) => child,
