@@ -2,8 +2,9 @@
 # Runs every test of the project: formatting, lints, the Rust suites, the dispatch
 # simulation's short check, the release build of the Lambda functions
 # (scripts/lambda-build.sh), the Python suite that drives `serverless-comfyui dev`
-# with the official comfy-sdk, a Schemathesis run of dev's OpenAPI document, the
-# offline deployment lints (scripts/lint-deploy.sh), and the web app's suites.
+# and the AWS half on moto (tests/sdk/test_aws.py) with the official comfy-sdk, a
+# Schemathesis run of dev's OpenAPI document, the offline deployment lints
+# (scripts/lint-deploy.sh), and the web app's suites.
 # Works on a fresh machine: it creates its own Python venv from pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +37,14 @@ step "Lambda functions: cargo lambda build --release (x86_64), zips under 8 MB"
 # cargo-lambda (pinned) goes into .venv-lambda; its release build shares ./target.
 scripts/lambda-build.sh
 
-step "Python suite: comfy-sdk against dev"
+step "Python suite: comfy-sdk against dev, and against the AWS half on moto"
 cargo build -p serverless-comfyui --locked
+# tests/sdk/test_aws.py: the functions' routers and handler behind a local API Gateway,
+# SQS event source and ECS agent (an example, not shipped), the runner's AWS entry, the
+# ComfyUI simulator, and moto_server (.venv-moto, installed above by scripts/moto.sh).
+cargo build -p functions-common --example local_stack --locked
+cargo build -p gpu-runner --no-default-features --features aws --bin gpu-runner-aws --locked
+cargo build -p comfyui-sim --bin comfyui-sim --locked
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

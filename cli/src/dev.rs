@@ -64,7 +64,7 @@ pub struct DevConfig {
     /// How long a large-file upload may take (`--upload-ttl`).
     pub upload_ttl: chrono::Duration,
     /// US dollars per GPU-hour, recorded on each job at submit (`--gpu-price-per-hour`);
-    /// 0 records none, and `metrics.cost_usd` stays null.
+    /// 0 records none, and `metrics.cost_micro_usd` stays null.
     pub gpu_price_per_hour: f64,
 }
 
@@ -543,7 +543,7 @@ fn print_banner(
     );
     if config.gpu_price_per_hour > 0.0 {
         eprintln!(
-            "  cost      ${} per GPU-hour: each job's metrics.cost_usd estimates its cost",
+            "  cost      ${} per GPU-hour: each job's metrics.cost_micro_usd estimates its cost",
             config.gpu_price_per_hour
         );
     }

@@ -81,7 +81,7 @@ enum Command {
         /// How long a large-file upload may take before it is abandoned and removed.
         #[arg(long, default_value = "1h", value_parser = dev::parse_lifetime)]
         upload_ttl: chrono::Duration,
-        /// US dollars per GPU-hour, for each job's estimated `metrics.cost_usd`
+        /// US dollars per GPU-hour, for each job's estimated `metrics.cost_micro_usd`
         /// (recorded on the job when it is accepted). 0: no estimate.
         #[arg(long, default_value_t = 0.0, value_parser = dev::parse_price)]
         gpu_price_per_hour: f64,

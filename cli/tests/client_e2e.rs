@@ -971,11 +971,8 @@ fn video_and_audio_outputs_download_with_their_extension_and_seek_with_range() {
         assert_eq!(outputs[0]["type"], kind);
         assert_eq!(outputs[0]["content_type"], ct);
         // No --gpu-price-per-hour: GPU time is measured, no cost is claimed.
-        assert!(
-            job["metrics"]["gpu_seconds"].as_f64().unwrap() > 0.0,
-            "{job}"
-        );
-        assert!(job["metrics"]["cost_usd"].is_null(), "{job}");
+        assert!(job["metrics"]["gpu_ms"].as_i64().unwrap() > 0, "{job}");
+        assert!(job["metrics"]["cost_micro_usd"].is_null(), "{job}");
         let d = &result["downloads"][0];
         assert_eq!(d["node_id"], node);
         let path = dev.path().join(d["path"].as_str().unwrap());
@@ -1032,14 +1029,12 @@ fn jobs_get_shows_gpu_time_and_the_cost_at_the_configured_price() {
     let job = dev.wait_for(&id, 120, |s| s == "succeeded" || s == "failed");
     assert_eq!(job["status"], "succeeded", "{job}");
     let m = &job["metrics"];
-    let gpu = m["gpu_seconds"].as_f64().unwrap();
-    assert!(gpu > 0.0 && gpu < 60.0, "{m}");
-    assert_eq!(
-        gpu,
-        m["execution_ms"].as_i64().unwrap() as f64 / 1000.0,
-        "{m}"
-    );
-    assert_eq!(m["cost_usd"].as_f64().unwrap(), (gpu * 1e6).round() / 1e6);
+    // Whole numbers: comfy-sdk reads every metric as an integer.
+    let gpu_ms = m["gpu_ms"].as_i64().unwrap();
+    assert!(gpu_ms > 0 && gpu_ms < 60_000, "{m}");
+    assert_eq!(gpu_ms, m["execution_ms"].as_i64().unwrap(), "{m}");
+    // A dollar a second: a millionth of a dollar per microsecond, 1000 per ms.
+    assert_eq!(m["cost_micro_usd"].as_i64().unwrap(), gpu_ms * 1000);
     let text = dev.cli(&["jobs", "get", &id]);
     assert_eq!(text.code, Some(0), "{text:#?}");
     assert!(

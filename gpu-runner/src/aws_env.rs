@@ -84,6 +84,12 @@ const CUSTOM_NODES: &str = "SERVERLESS_COMFYUI_CUSTOM_NODES";
 const MODEL_CACHE: &str = "SERVERLESS_COMFYUI_MODEL_CACHE";
 const MODELS_MANIFEST: &str = "SERVERLESS_COMFYUI_MODELS_MANIFEST";
 const WORKER_ID: &str = "SERVERLESS_COMFYUI_WORKER_ID";
+/// On AWS, at most one progress write every 2 s (locally 0.5 s): each is a billed
+/// DynamoDB write, and clients see no finer grain there (comfy-sdk polls every 0.5 s
+/// growing to 5 s; an event stream is answered buffered). The moto end to end measured
+/// it (docs/costs.md).
+pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
+
 /// Set by the ECS agent in every container (task metadata endpoint v4).
 pub const METADATA_URI: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
@@ -219,6 +225,7 @@ impl AwsRunnerEnv {
             ready_timeout,
             no_pipelining: false,
             custom_nodes: get(CUSTOM_NODES).map(PathBuf::from),
+            progress_interval: PROGRESS_INTERVAL_SECONDS,
         };
         Ok(AwsRunnerEnv {
             data: data.expect("no variable is missing"),

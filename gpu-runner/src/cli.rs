@@ -87,6 +87,9 @@ pub struct RunnerSettings {
     /// in ComfyUI's /object_info before the runner takes a job.
     #[arg(long)]
     pub custom_nodes: Option<PathBuf>,
+    /// At most one progress write per this many seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub progress_interval: f64,
 }
 
 impl Default for RunnerSettings {
@@ -106,6 +109,7 @@ impl Default for RunnerSettings {
             ready_timeout: 300.0,
             no_pipelining: false,
             custom_nodes: None,
+            progress_interval: 0.5,
         }
     }
 }
@@ -181,6 +185,7 @@ impl RunnerSettings {
             shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
             ready_timeout: secs("ready-timeout", self.ready_timeout)?,
             pipelining: !self.no_pipelining,
+            progress_interval: secs("progress-interval", self.progress_interval)?,
             warmup_workflow,
             comfyui_dirs,
             required_node_classes,

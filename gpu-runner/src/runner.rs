@@ -229,6 +229,9 @@ struct MainLoop {
     report: RunReport,
 }
 
+/// At most one receive this often while a job is active (see the main loop).
+const SHORT_RECEIVE_EVERY: Duration = Duration::from_millis(500);
+
 enum Want {
     Nothing,
     Claim,
@@ -240,6 +243,7 @@ impl MainLoop {
         let mut engine_rx = self.sh.engine.clone();
         let mut last_work = Instant::now();
         let mut was_up = false;
+        let mut last_short_receive: Option<Instant> = None;
         loop {
             while let Some(done) = self.tasks.try_join_next() {
                 self.reap(done);
@@ -327,6 +331,27 @@ impl MainLoop {
                     }
                 }
                 want => {
+                    let short = !(matches!(want, Want::Claim) && self.active.is_empty());
+                    // Beside an active job (reserving the next, or while one finishes)
+                    // a receive waits 100 ms, which SQS (whole seconds) turns into a
+                    // short poll that answers at once: unpaced, this loop sent
+                    // ReceiveMessage back to back, ~40 billed requests a job on moto.
+                    if short {
+                        let left = last_short_receive.map_or(Duration::ZERO, |at| {
+                            SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed())
+                        });
+                        if !left.is_zero() {
+                            tokio::select! {
+                                Some(done) = self.tasks.join_next() => self.reap(done),
+                                _ = self.sh.wake.notified() => {}
+                                _ = shutdown.cancelled() => {}
+                                _ = engine_rx.changed() => {}
+                                _ = tokio::time::sleep(left) => {}
+                            }
+                            continue;
+                        }
+                        last_short_receive = Some(Instant::now());
+                    }
                     let wait = match want {
                         Want::Claim if self.active.is_empty() => {
                             let mut w = self.sh.config.poll_wait;

@@ -391,10 +391,10 @@ fn timings(job: &Job) -> Option<String> {
 fn cost(job: &Job) -> Option<String> {
     let metrics = job.metrics.as_ref()?;
     let mut parts = Vec::new();
-    if let Some(s) = metrics.gpu_seconds {
-        parts.push(format!("GPU {}", seconds((s * 1000.0).round() as i64)));
+    if let Some(ms) = metrics.gpu_ms {
+        parts.push(format!("GPU {}", seconds(ms)));
     }
-    if let Some(usd) = metrics.cost_usd {
+    if let Some(usd) = metrics.cost_micro_usd.map(|m| m as f64 / 1e6) {
         // Small jobs cost fractions of a cent: show them to the millionth.
         parts.push(if usd >= 0.01 {
             format!("est. ${usd:.2}")
@@ -668,19 +668,19 @@ mod tests {
         assert_eq!(cost(&job), None, "an older server: no cost line");
         let priced = Job::from_json(json!({
             "id": "job_2", "status": "succeeded",
-            "metrics": {"queue_ms": 1, "execution_ms": 90500, "gpu_seconds": 90.5, "cost_usd": 0.030468}
+            "metrics": {"queue_ms": 1, "execution_ms": 90500, "gpu_ms": 90500, "cost_micro_usd": 30468}
         }))
         .unwrap();
         assert_eq!(cost(&priced).unwrap(), "GPU 1 min 30 s · est. $0.03");
         let cheap = Job::from_json(json!({
             "id": "job_3", "status": "succeeded",
-            "metrics": {"gpu_seconds": 1.2, "cost_usd": 0.000404}
+            "metrics": {"gpu_ms": 1200, "cost_micro_usd": 404}
         }))
         .unwrap();
         assert_eq!(cost(&cheap).unwrap(), "GPU 1.2 s · est. $0.000404");
         let unpriced = Job::from_json(json!({
             "id": "job_4", "status": "succeeded",
-            "metrics": {"gpu_seconds": 1.2, "cost_usd": null}
+            "metrics": {"gpu_ms": 1200, "cost_micro_usd": null}
         }))
         .unwrap();
         assert_eq!(cost(&unpriced).unwrap(), "GPU 1.2 s");

@@ -156,12 +156,12 @@ pub struct Metrics {
     pub queue_ms: Option<i64>,
     #[serde(default)]
     pub execution_ms: Option<i64>,
-    /// Our extension: seconds a GPU runner held the job.
+    /// Our extension: milliseconds a GPU runner held the job.
     #[serde(default)]
-    pub gpu_seconds: Option<f64>,
-    /// Our extension: the estimated cost in US dollars.
+    pub gpu_ms: Option<i64>,
+    /// Our extension: the estimated cost in millionths of a US dollar.
     #[serde(default)]
-    pub cost_usd: Option<f64>,
+    pub cost_micro_usd: Option<i64>,
 }
 
 /// Follow-up links: root-relative with the server's mount prefix, or absolute.

@@ -12,6 +12,11 @@
 //!
 //! Each test makes its own uniquely named resources ([`unique`], [`fresh_resources`]):
 //! moto's reset is global, and tests run concurrently in one server.
+//!
+//! The end-to-end suite (functions/common/examples/local_stack.rs) starts moto itself,
+//! behind a counting proxy, and names it in [`MOTO_ENDPOINT_VAR`]; each of its parts
+//! signs as its own caller ([`clients_as`]) so the proxy can tell them apart. It lets
+//! moto's ECS record the launcher's tasks ([`fresh_ecs`], [`running_tasks`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -63,10 +68,19 @@ fn answers(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
 }
 
-/// The test binary's moto server, started on first use.
+/// Names a moto server that is already running (or a proxy in front of one, such as
+/// the end-to-end suite's request counter): [`moto`] then uses it instead of starting
+/// its own. Whoever started it stops it.
+pub const MOTO_ENDPOINT_VAR: &str = "SERVERLESS_COMFYUI_MOTO_ENDPOINT";
+
+/// The test binary's moto server, started on first use (or the one
+/// [`MOTO_ENDPOINT_VAR`] names; its `pid` is then 0: not ours).
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(start)
+    MOTO.get_or_init(|| match std::env::var(MOTO_ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.is_empty() => Moto { endpoint, pid: 0 },
+        _ => start(),
+    })
 }
 
 fn start() -> Moto {
@@ -133,10 +147,17 @@ fn start() -> Moto {
 /// SDK configuration pointed at moto: endpoint override, fixed test credentials,
 /// us-east-1, retries as in production (standard).
 pub async fn sdk_config() -> SdkConfig {
+    sdk_config_as("test").await
+}
+
+/// As [`sdk_config`], signing with the access key id `caller`: moto accepts any, and
+/// a proxy in front of it can tell the callers apart by the key id in each request's
+/// credential scope (the end-to-end suite counts requests per function that way).
+pub async fn sdk_config_as(caller: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(&moto().endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "moto-tests"))
+        .credentials_provider(Credentials::new(caller, "test", None, None, "moto-tests"))
         .load()
         .await
 }
@@ -144,6 +165,11 @@ pub async fn sdk_config() -> SdkConfig {
 /// The production clients, on moto (S3 path-style, as `Clients` sets for overrides).
 pub async fn clients() -> Clients {
     Clients::from_sdk_config(&sdk_config().await)
+}
+
+/// As [`clients`], signing as `caller` (see [`sdk_config_as`]).
+pub async fn clients_as(caller: &str) -> Clients {
+    Clients::from_sdk_config(&sdk_config_as(caller).await)
 }
 
 /// A resource name no other test uses: `prefix-<ulid, lowercase>` (valid for buckets,
@@ -357,4 +383,62 @@ pub fn mock_ecs_instance(instance_id: &str, tasks: &[&str]) -> MockEcs {
         list_tasks,
         stops,
     }
+}
+
+/// The capacity provider [`fresh_ecs`] places on. moto places tasks of a user-defined
+/// (Auto Scaling) provider only on registered container instances, which need an EC2
+/// instance behind them; its managed `FARGATE` provider places without any, and the
+/// launcher's `RunTask` is the same request whatever the provider's name.
+pub const MOTO_CAPACITY_PROVIDER: &str = "FARGATE";
+
+/// A fresh cluster and runner task definition on moto's ECS, for tests that let
+/// `RunTask` really record tasks (an end-to-end run plays the ECS agent: it starts a
+/// runner process per task it finds). moto's tasks never run anything and their
+/// status moves on with each `DescribeTasks`; [`running_tasks`] lists without it.
+pub async fn fresh_ecs(client: &aws_sdk_ecs::Client) -> EcsSettings {
+    use aws_sdk_ecs::types::ContainerDefinition;
+    let cluster = unique("c");
+    client
+        .create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await
+        .expect("create cluster");
+    let family = unique("runner");
+    client
+        .register_task_definition()
+        .family(&family)
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("runner")
+                .image("serverless-comfyui-runner")
+                .memory(512)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("register task definition");
+    EcsSettings {
+        cluster,
+        task_definition: family,
+        capacity_provider: MOTO_CAPACITY_PROVIDER.into(),
+        started_by: crate::config::DEFAULT_STARTED_BY.into(),
+        tags: vec![],
+    }
+}
+
+/// The ARNs of the cluster's tasks whose desired status is still `RUNNING` (not yet
+/// stopped), at most 100 (one page: a test's fleet is far smaller).
+pub async fn running_tasks(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+) -> Result<Vec<String>, String> {
+    client
+        .list_tasks()
+        .cluster(cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .map(|out| out.task_arns().to_vec())
+        .map_err(|e| aws_sdk_ecs::Error::from(e).to_string())
 }

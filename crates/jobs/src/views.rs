@@ -35,14 +35,16 @@ pub struct JobView {
 pub struct Metrics {
     pub queue_ms: Option<i64>,
     pub execution_ms: Option<i64>,
-    /// Our extension: seconds a GPU runner held the job, from its first start to its
-    /// end (null until then).
-    #[schema(example = 12.5)]
-    pub gpu_seconds: Option<f64>,
-    /// Our extension: the estimated cost in US dollars, `gpu_seconds` at the price per
-    /// GPU-hour in force when the job was accepted; null when no price is configured.
-    #[schema(example = 0.003507)]
-    pub cost_usd: Option<f64>,
+    /// Our extension: milliseconds a GPU runner held the job, from its first start to
+    /// its end (null until then). Whole numbers, as every metric: comfy-sdk reads
+    /// `metrics` as a map of integers and refuses a job with a fraction in it.
+    #[schema(example = 12500)]
+    pub gpu_ms: Option<i64>,
+    /// Our extension: the estimated cost in millionths of a US dollar, `gpu_ms` at the
+    /// price per GPU-hour in force when the job was accepted; null when no price is
+    /// configured.
+    #[schema(example = 3507)]
+    pub cost_micro_usd: Option<i64>,
 }
 
 /// Follow-up links, root-relative and carrying the API's mount prefix.

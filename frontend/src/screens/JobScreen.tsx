@@ -313,17 +313,19 @@ export function JobScreen({ id }: { id: string }) {
 }
 
 export function metricLabel(k: string): string {
-  const known: Record<string, string> = { queue_ms: "Time in queue", execution_ms: "Execution time", gpu_seconds: "GPU time", cost_usd: "Estimated cost" };
+  const known: Record<string, string> = { queue_ms: "Time in queue", execution_ms: "Execution time", gpu_ms: "GPU time", cost_micro_usd: "Estimated cost" };
   if (known[k]) return known[k];
   const s = k.replace(/_ms$/, "").replace(/_/g, " ");
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
-/** A metric as people read it: durations, GPU seconds, and dollars (to the millionth under a cent). */
+/** A metric as people read it: durations (GPU time too), and dollars (to the millionth under a cent). */
 export function metricValue(k: string, v: number): string {
   if (k.endsWith("_ms")) return formatDuration(v);
-  if (k === "gpu_seconds") return formatDuration(v * 1000);
-  if (k === "cost_usd") return v >= 0.01 || v === 0 ? `$${v.toFixed(2)}` : `$${v.toFixed(6)}`;
+  if (k === "cost_micro_usd") {
+    const usd = v / 1e6;
+    return usd >= 0.01 || usd === 0 ? `$${usd.toFixed(2)}` : `$${usd.toFixed(6)}`;
+  }
   return String(v);
 }
 

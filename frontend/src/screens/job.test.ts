@@ -39,12 +39,12 @@ describe("job view logic", () => {
   });
 
   it("shows GPU time and the estimated cost", () => {
-    expect(metricLabel("gpu_seconds")).toBe("GPU time");
-    expect(metricLabel("cost_usd")).toBe("Estimated cost");
-    expect(metricValue("gpu_seconds", 90.5)).toBe("1:30");
-    expect(metricValue("gpu_seconds", 1.25)).toBe("1.3 s");
-    expect(metricValue("cost_usd", 0.030468)).toBe("$0.03");
-    expect(metricValue("cost_usd", 0.000404)).toBe("$0.000404");
+    expect(metricLabel("gpu_ms")).toBe("GPU time");
+    expect(metricLabel("cost_micro_usd")).toBe("Estimated cost");
+    expect(metricValue("gpu_ms", 90500)).toBe("1:30");
+    expect(metricValue("gpu_ms", 1250)).toBe("1.3 s");
+    expect(metricValue("cost_micro_usd", 30468)).toBe("$0.03");
+    expect(metricValue("cost_micro_usd", 404)).toBe("$0.000404");
     expect(metricValue("execution_ms", 1200)).toBe("1.2 s");
   });
 });

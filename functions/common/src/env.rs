@@ -42,7 +42,7 @@ pub struct Tunables {
     pub upload_ttl: Duration,
     /// Web origins allowed to call from a browser; empty allows none.
     pub allowed_origins: Vec<String>,
-    /// Dollars per GPU-hour, recorded on each accepted job for its `cost_usd`; 0: no
+    /// Dollars per GPU-hour, recorded on each accepted job for its `cost_micro_usd`; 0: no
     /// estimate.
     pub gpu_price_per_hour: f64,
 }

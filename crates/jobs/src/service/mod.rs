@@ -71,7 +71,7 @@ pub struct JobsConfig {
     /// The quota of a tenant that has none of its own (see [`crate::quota`]).
     pub default_quota: crate::quota::TenantQuota,
     /// The price of one GPU-hour in US dollars, recorded on each job at submit so its
-    /// `metrics.cost_usd` can be estimated; 0 records none (and the cost stays null).
+    /// `metrics.cost_micro_usd` can be estimated; 0 records none (and the cost stays null).
     pub gpu_price_per_hour: f64,
 }
 

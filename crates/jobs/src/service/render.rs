@@ -77,8 +77,8 @@ impl JobService {
             metrics: Metrics {
                 queue_ms: job.queue_ms(),
                 execution_ms: job.execution_ms(),
-                gpu_seconds: job.gpu_seconds(),
-                cost_usd: job.cost_usd(),
+                gpu_ms: job.gpu_seconds().map(|s| (s * 1000.0).round() as i64),
+                cost_micro_usd: job.cost_usd().map(|usd| (usd * 1e6).round() as i64),
             },
             urls: self.urls(&job.id),
             metadata: job.metadata.clone(),
