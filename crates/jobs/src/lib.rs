@@ -16,6 +16,7 @@
 //! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
 //! | [`content_policy`] | which stored bytes a browser may render, and the headers blobs carry |
 //! | [`conformance`] | the shared test suite every adapter must pass |
+//! | [`faults`] | a `Queue` decorator that misbehaves as SQS may, for the suites and chaos runs |
 //!
 //! A newcomer should start with [`lifecycle`]: its module docs draw the state diagram
 //! and explain fencing, which is what keeps a crashed or stalled runner from ever
@@ -32,6 +33,7 @@ pub mod cursor;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod json_budget;
 pub mod lifecycle;
 pub mod model;

@@ -256,7 +256,6 @@ fn sqs_wake_event(deployment: &Deployment, ids: &[&str]) -> Value {
     json!({ "Records": records })
 }
 
-
 fn ec2_notice(detail_type: &str, detail: Value) -> Value {
     json!({
         "version": "0",

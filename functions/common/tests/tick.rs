@@ -108,7 +108,11 @@ async fn the_tick_offers_an_expired_lease_again_and_another_runner_takes_it_over
     assert_eq!(report["scale"]["awaiting_takeover"], 1, "{report}");
     let waiting = job(&ports, &id).await;
     assert_eq!(
-        (waiting.status, waiting.attempt, waiting.lease_owner.as_deref()),
+        (
+            waiting.status,
+            waiting.attempt,
+            waiting.lease_owner.as_deref()
+        ),
         (JobStatus::Running, 1, Some("runner-a")),
         "the tick writes nothing: the takeover is a runner's"
     );
