@@ -5,8 +5,7 @@
 //! random points and starts it again (a new incarnation, as ECS would start a new
 //! task); the other runs throughout. Both runners' queue is wrapped in the fault
 //! injector (`SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED`, test-only: duplicates,
-//! reordering, early redelivery, stale receipts, ignored deletes; moto itself also
-//! accepts stale receipt handles, which the injector makes up for). The dispatcher's
+//! reordering, early redelivery, stale receipts, ignored deletes). The dispatcher's
 //! tick runs in the test process every second over the same DynamoDB, S3 and SQS
 //! (takeovers of a killed runner's job need the lapsed message back, and the tick
 //! reaps what ran out of attempts).
@@ -17,10 +16,17 @@
 //! one output, of its finishing attempt (`outputs/{job}/{attempt}/`), present in S3
 //! and cyan.
 //!
-//! The default runs 60 jobs; the 200-job run the issue asks for is `#[ignore]`d
-//! because it takes longer than the test command should on a 2-core machine:
-//! `cargo test -p gpu-runner --features aws --test chaos_aws -- --ignored --nocapture`
-//! (figures in docs/runner.md). `CHAOS_SEED` replays a kill schedule and the queue
+//! Where moto is not AWS: moto's DynamoDB checks a write's condition and applies it
+//! without a lock, so two runners' conditional writes expecting the same revision
+//! could both win; this test caught a job committed twice that way (attempts 1 and 2
+//! both `succeeded`, once in about a dozen runs). DynamoDB applies conditional writes
+//! atomically, so the harness runs moto through tests/aws/moto_server.py, which
+//! serializes moto's DynamoDB writes. SQS on moto redelivers and long-polls as SQS
+//! does; its stale receipt handles still delete (the injector's faults cover that).
+//!
+//! 200 jobs, in the test command: `cargo test -p gpu-runner --features aws --test
+//! chaos_aws -- --nocapture` prints the figures
+//! (README.md, Chaos tests). `CHAOS_SEED` replays a kill schedule and the queue
 //! faults (not moto's timing).
 #![cfg(target_os = "linux")]
 
@@ -47,16 +53,11 @@ const MAX_ATTEMPTS: u32 = 3;
 /// as receives.
 const MAX_RECEIVE_COUNT: u32 = 20;
 
+/// The issue's 200 jobs run in the test command: about two minutes on a busy 2-core
+/// machine (103 s and 129 s measured), under the three minutes allowed for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_on_moto_60_jobs_two_aws_runners_one_killed_faulty_queue() {
-    chaos(60, 6, Duration::from_secs(240)).await;
-}
-
-/// The issue's 200 jobs: minutes on 2 cores, so not in the test command.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: cargo test -p gpu-runner --features aws --test chaos_aws -- --ignored"]
 async fn chaos_on_moto_200_jobs_two_aws_runners_one_killed_faulty_queue() {
-    chaos(200, 15, Duration::from_secs(600)).await;
+    chaos(200, 15, Duration::from_secs(480)).await;
 }
 
 /// The task definition's environment for one runner incarnation, on moto.
@@ -176,7 +177,9 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
             let env = &env;
             async move { env.submit(&wf).await }
         })
-        .buffered(8)
+        // One at a time: concurrent submits conflict on the tenant's usage counter
+        // (TransactionConflict, a 503 a client retries), which is not this test's point.
+        .buffered(1)
         .collect()
         .await;
     let submit_s = submitting.elapsed().as_secs_f64();

@@ -8,7 +8,8 @@
 //! kills it when the test binary exits, however it exits (the signal follows the
 //! *thread* that spawned the child, hence the dedicated thread). The server comes from
 //! the workspace's `.venv-moto`, installed by `scripts/moto.sh` (pinned in
-//! tests/aws/requirements.txt).
+//! tests/aws/requirements.txt), and runs through tests/aws/moto_server.py, which
+//! serializes moto's DynamoDB writes so that conditional writes are atomic as on AWS.
 //!
 //! Each test makes its own uniquely named resources ([`unique`], [`fresh_resources`]):
 //! moto's reset is global, and tests run concurrently in one server.
@@ -63,13 +64,19 @@ fn answers(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
 }
 
-/// The test binary's moto server, started on first use.
+/// The test binary's moto server, started on first use: moto_server through
+/// tests/aws/moto_server.py, which makes DynamoDB's conditional writes atomic as they
+/// are on AWS (moto checks a condition and writes without a lock, so two concurrent
+/// writers expecting the same revision could both win; the chaos suite on moto caught
+/// a job committed twice that way).
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(start)
 }
 
 fn start() -> Moto {
+    let python = workspace_root().join(".venv-moto/bin/python");
+    let wrapper = workspace_root().join("tests/aws/moto_server.py");
     let server = workspace_root().join(".venv-moto/bin/moto_server");
     assert!(
         server.exists(),
@@ -83,8 +90,9 @@ fn start() -> Moto {
     std::thread::Builder::new()
         .name("moto-server".into())
         .spawn(move || {
-            let mut command = Command::new(&server);
+            let mut command = Command::new(&python);
             command
+                .arg(&wrapper)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
