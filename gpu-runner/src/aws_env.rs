@@ -36,6 +36,7 @@
 //! | `SERVERLESS_COMFYUI_MODELS_MANIFEST` | — | the S3 key of `models.yaml` in the bucket (e.g. `models/models.yaml`); absent object: no models |
 //! | `SERVERLESS_COMFYUI_WORKER_ID` | the ECS task id | override the worker id |
 //! | `ECS_CONTAINER_METADATA_URI_V4` | set by ECS | the task metadata endpoint; absent: a generated id and a warning |
+//! | `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED` | — | **tests only** (the chaos suite on moto): the work queue misbehaves on purpose ([`crate::cli::with_chaos_queue`]); never set it in a deployment |
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,7 @@ pub const VARIABLES: &[&str] = &[
     MODEL_CACHE,
     MODELS_MANIFEST,
     WORKER_ID,
+    TEST_CHAOS_QUEUE_SEED,
 ];
 
 const COMFYUI_CMD: &str = "SERVERLESS_COMFYUI_COMFYUI_CMD";
@@ -90,6 +92,9 @@ const WORKER_ID: &str = "SERVERLESS_COMFYUI_WORKER_ID";
 /// it (docs/costs.md).
 pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
 
+/// Tests only: a seed for the fault-injecting work queue (the local binary's hidden
+/// `--chaos-queue-seed`). The template never sets it.
+pub const TEST_CHAOS_QUEUE_SEED: &str = "SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED";
 /// Set by the ECS agent in every container (task metadata endpoint v4).
 pub const METADATA_URI: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
@@ -139,6 +144,8 @@ pub struct AwsRunnerEnv {
     pub data: aws::DataConfig,
     pub settings: RunnerSettings,
     pub models: Option<ModelsSettings>,
+    /// Tests only ([`TEST_CHAOS_QUEUE_SEED`]): wrap the queue in the fault injector.
+    pub chaos_queue_seed: Option<u64>,
 }
 
 impl AwsRunnerEnv {
@@ -190,6 +197,15 @@ impl AwsRunnerEnv {
                 }
             },
         };
+        let chaos_queue_seed = get(TEST_CHAOS_QUEUE_SEED).and_then(|raw| match raw.parse() {
+            Ok(seed) => Some(seed),
+            Err(_) => {
+                invalid.push(format!(
+                    "{TEST_CHAOS_QUEUE_SEED}: {raw:?} is not a whole number"
+                ));
+                None
+            }
+        });
         let comfyui_cmd = get(COMFYUI_CMD);
         let comfyui_url = get(COMFYUI_URL);
         if comfyui_cmd.is_none() && comfyui_url.is_none() {
@@ -231,6 +247,7 @@ impl AwsRunnerEnv {
             data: data.expect("no variable is missing"),
             settings,
             models,
+            chaos_queue_seed,
         })
     }
 }
@@ -387,7 +404,8 @@ pub async fn prepare(
             config.refuse_jobs = Some(reason);
         }
     }
-    Ok((config, engine, ports(&env.data, clients)))
+    let ports = crate::cli::with_chaos_queue(ports(&env.data, clients), env.chaos_queue_seed);
+    Ok((config, engine, ports))
 }
 
 /// `gpu-runner-aws`: the whole start-up (see the module docs). Exit codes: 0 after an

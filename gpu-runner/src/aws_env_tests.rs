@@ -32,7 +32,22 @@ fn a_minimal_environment_gives_the_flag_defaults() {
     assert_eq!(env.settings.lease_seconds, d.lease_seconds);
     assert_eq!(env.settings.max_attempts, d.max_attempts);
     assert_eq!(env.models, None);
+    assert_eq!(
+        env.chaos_queue_seed, None,
+        "no fault injection unless a test asks"
+    );
     assert!(env.settings.to_config().is_ok());
+}
+
+#[test]
+fn the_test_only_chaos_seed_is_read_and_checked() {
+    let mut vars = full();
+    vars.insert(TEST_CHAOS_QUEUE_SEED, "42");
+    assert_eq!(read(&vars).unwrap().chaos_queue_seed, Some(42));
+    vars.insert(TEST_CHAOS_QUEUE_SEED, "lots");
+    let error = read(&vars).unwrap_err();
+    assert_eq!(error.invalid.len(), 1, "{error}");
+    assert!(error.to_string().contains(TEST_CHAOS_QUEUE_SEED), "{error}");
 }
 
 #[test]

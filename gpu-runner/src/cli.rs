@@ -248,21 +248,29 @@ pub async fn run_cli(args: RunnerArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let ports = match args.chaos_queue_seed {
-        None => ports,
-        Some(seed) => {
-            tracing::warn!(seed, "chaos: the work queue misbehaves on purpose");
-            jobs::service::Ports {
-                queue: Arc::new(local::faults::FaultyQueue::new(
-                    ports.queue.clone(),
-                    local::faults::Faults::CHAOTIC,
-                    seed,
-                )),
-                ..ports
-            }
-        }
-    };
+    let ports = with_chaos_queue(ports, args.chaos_queue_seed);
     run_until_stopped(config, ports, engine).await
+}
+
+/// Tests only: with a seed, the work queue misbehaves on purpose
+/// (`jobs::faults::Faults::CHAOTIC`: duplicates, reordering, early redelivery, stale
+/// receipts, ignored deletes), as the chaos suites of both entries ask; the local
+/// binary's hidden `--chaos-queue-seed` and the AWS entry's
+/// `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED` end here.
+pub fn with_chaos_queue(ports: jobs::service::Ports, seed: Option<u64>) -> jobs::service::Ports {
+    let Some(seed) = seed else { return ports };
+    tracing::warn!(
+        seed,
+        "chaos: the work queue misbehaves on purpose (a test setting)"
+    );
+    jobs::service::Ports {
+        queue: std::sync::Arc::new(jobs::faults::FaultyQueue::new(
+            ports.queue.clone(),
+            jobs::faults::Faults::CHAOTIC,
+            seed,
+        )),
+        ..ports
+    }
 }
 
 /// Runs a runner over `ports` until idle or SIGTERM/SIGINT; every entry ends here.

@@ -23,60 +23,21 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::chaos::{Tally, children_of, judge, kill_runner, sigkill, sim_binary, sim_command};
 use common::*;
 use jobs::dispatch::{DispatchConfig, Dispatcher};
-use jobs::model::{JobId, JobStatus};
+use jobs::model::JobId;
 use jobs::ports::NoLauncher;
 use rand::{Rng, SeedableRng};
 
 const RUNNERS: usize = 3;
 const LEASE_S: f64 = 2.0;
 const MAX_ATTEMPTS: u32 = 3;
-
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/chaos-xxxx → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn sim_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COMFYUI_SIM_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = target_dir().join("comfyui-sim");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "-q",
-        "-p",
-        "comfyui-sim",
-        "--bin",
-        "comfyui-sim",
-        "--manifest-path",
-    ]);
-    build.arg(&manifest);
-    if target_dir().file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    if let Some(root) = target_dir().parent() {
-        build.env("CARGO_TARGET_DIR", root);
-    }
-    let status = build.status();
-    assert!(
-        path.exists(),
-        "comfyui-sim binary not found at {} (build: {status:?}); run `cargo build -p comfyui-sim` or set COMFYUI_SIM_BIN",
-        path.display()
-    );
-    path
-}
 
 struct RunnerProc {
     child: Child,
@@ -85,14 +46,10 @@ struct RunnerProc {
 
 fn spawn_runner(data: &Path, logs: &Path, sim: &Path, worker: &str, seed: u64) -> RunnerProc {
     let log = std::fs::File::create(logs.join(format!("{worker}.log"))).unwrap();
-    let cmd = format!(
-        "{} --port {{port}} --step-ms 1 --model-node-ms 0 --fault-slow-node-ms 40",
-        sim.display()
-    );
     let child = Command::new(env!("CARGO_BIN_EXE_gpu-runner"))
         .arg("--data-dir")
         .arg(data)
-        .args(["--comfyui-cmd", &cmd])
+        .args(["--comfyui-cmd", &sim_command(sim)])
         .args(["--worker-id", worker])
         .args(["--lease-seconds", &LEASE_S.to_string()])
         .args(["--max-attempts", &MAX_ATTEMPTS.to_string()])
@@ -115,93 +72,6 @@ fn spawn_runner(data: &Path, logs: &Path, sim: &Path, worker: &str, seed: u64) -
         child,
         worker: worker.to_string(),
     }
-}
-
-/// Direct children of `pid` (from /proc/*/stat).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        if state == Some("Z") {
-            continue;
-        }
-        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-fn sigkill(pid: u32) {
-    // SAFETY: sends a signal to a process this test started (or its child).
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-}
-
-/// `event=duplicate` lines in every runner log: deliveries absorbed without a rerun.
-fn count_duplicates(logs: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(logs).unwrap().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        n += text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["event"] == "duplicate")
-            .count();
-    }
-    n
-}
-
-#[derive(Default, Debug)]
-struct Commit {
-    attempts: Vec<u64>,
-    statuses: Vec<String>,
-}
-
-fn read_commits(logs: &Path) -> HashMap<String, Commit> {
-    let mut commits: HashMap<String, Commit> = HashMap::new();
-    for e in std::fs::read_dir(logs).unwrap().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let f = &v["fields"];
-            if f["event"] != "committed" {
-                continue;
-            }
-            let id = f["job_id"].as_str().unwrap_or_default().to_string();
-            let c = commits.entry(id).or_default();
-            c.attempts.push(f["attempt"].as_u64().unwrap_or(0));
-            c.statuses
-                .push(f["status"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    commits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,21 +164,10 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
         }
         if runner_kills + comfy_kills < max_kills && rng.gen_bool(0.7) {
             let slot = rng.gen_range(0..RUNNERS);
-            let pid = runners[slot].child.id();
-            let kids = children_of(pid);
+            let kids = children_of(runners[slot].child.id());
             if rng.gen_bool(0.5) {
-                sigkill(pid);
-                let _ = runners[slot].child.wait();
+                orphans += kill_runner(&mut runners[slot].child);
                 runner_kills += 1;
-                // Its ComfyUI dies with it (parent-death signal).
-                let t = Instant::now();
-                while kids.iter().any(|&k| alive(k)) && t.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                orphans += kids.iter().filter(|&&k| alive(k)).count() as u32;
-                for &k in &kids {
-                    sigkill(k);
-                }
                 runners[slot] = next_runner(slot);
             } else if let Some(&k) = kids.first() {
                 sigkill(k);
@@ -326,59 +185,18 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
     ticking.abort();
 
     // ------------------------------------------------------------------ verdicts
-    let commits = read_commits(&logs);
-    let mut by_status: HashMap<String, u32> = HashMap::new();
-    let mut by_error: HashMap<String, u32> = HashMap::new();
-    let mut attempts: HashMap<u32, u32> = HashMap::new();
-    let (mut preempted, mut twice) = (0u32, 0u32);
-    for id in &ids {
-        let job = env.job(id).await;
-        assert!(job.status.is_terminal(), "{id} is {}", job.status);
-        *by_status.entry(job.status.to_string()).or_default() += 1;
-        *attempts.entry(job.attempt).or_default() += 1;
-        if job.preemptions > 0 {
-            preempted += 1;
-        }
-        if let Some(e) = &job.error {
-            *by_error.entry(e.code.clone()).or_default() += 1;
-        }
-        let c = commits.get(id.as_str());
-        let n = c.map(|c| c.attempts.len()).unwrap_or(0);
-        if n > 1 {
-            twice += 1;
-        }
-        assert!(n <= 1, "job {id} was committed {n} times: {c:?}");
-        if let Some(c) = c {
-            assert_eq!(
-                c.attempts[0],
-                u64::from(job.attempt),
-                "{id}: the logged commit is the stored attempt"
-            );
-            assert_eq!(c.statuses[0], job.status.to_string());
-        }
-        if job.status == JobStatus::Succeeded {
-            assert_eq!(
-                job.outputs.len(),
-                1,
-                "{id}: exactly the finishing attempt's outputs"
-            );
-            let o = &job.outputs[0];
-            assert!(
-                o.blob_key
-                    .starts_with(&format!("outputs/{id}/{}/", job.attempt)),
-                "{id}: {} is not under attempt {}",
-                o.blob_key,
-                job.attempt
-            );
-            let (_, _, rgb) = png_first_pixel(&env.blob(&o.blob_key).await);
-            assert_eq!(rgb, [0, 255, 255]);
-        }
-    }
-    let logged: usize = commits.values().map(|c| c.attempts.len()).sum();
-    let duplicates = count_duplicates(&logs);
+    let Tally {
+        by_status,
+        by_error,
+        attempts,
+        preempted,
+        logged,
+        duplicates,
+        ..
+    } = judge(&env, &ids, &logs).await;
     println!(
         "chaos (seed {seed}): {jobs} jobs in {:.1} s; statuses {by_status:?}; errors {by_error:?}; attempts {attempts:?}; \
-         preempted {preempted}; commits logged {logged} (double commits {twice}); duplicate deliveries absorbed {duplicates}; \
+         preempted {preempted}; commits logged {logged} (none twice); duplicate deliveries absorbed {duplicates}; \
          runner kills {runner_kills}, ComfyUI kills {comfy_kills}, orphaned ComfyUI children {orphans}; \
          all terminal {:.1} s after the last kill",
         started.elapsed().as_secs_f64(),

@@ -78,9 +78,16 @@ class Stack:
         return proc
 
     def _start(self, step_ms, tick_seconds, runner_idle_seconds):
-        moto = _need(ROOT / ".venv-moto" / "bin" / "moto_server", "scripts/moto.sh")
+        # moto_server through the wrapper that makes DynamoDB's conditional writes
+        # atomic, as on AWS (tests/aws/moto_server.py says why).
+        python = _need(ROOT / ".venv-moto" / "bin" / "python", "scripts/moto.sh")
+        wrapper = ROOT / "tests" / "aws" / "moto_server.py"
         port = free_port()
-        proc = self._spawn("moto", [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL)
+        proc = self._spawn(
+            "moto",
+            [str(python), str(wrapper), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+        )
         _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
         self.proxy = Proxy(f"127.0.0.1:{port}").start()
 

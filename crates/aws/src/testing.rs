@@ -8,7 +8,8 @@
 //! kills it when the test binary exits, however it exits (the signal follows the
 //! *thread* that spawned the child, hence the dedicated thread). The server comes from
 //! the workspace's `.venv-moto`, installed by `scripts/moto.sh` (pinned in
-//! tests/aws/requirements.txt).
+//! tests/aws/requirements.txt), and runs through tests/aws/moto_server.py, which
+//! serializes moto's DynamoDB writes so that conditional writes are atomic as on AWS.
 //!
 //! Each test makes its own uniquely named resources ([`unique`], [`fresh_resources`]):
 //! moto's reset is global, and tests run concurrently in one server.
@@ -74,7 +75,11 @@ fn answers(addr: SocketAddr) -> bool {
 pub const MOTO_ENDPOINT_VAR: &str = "SERVERLESS_COMFYUI_MOTO_ENDPOINT";
 
 /// The test binary's moto server, started on first use (or the one
-/// [`MOTO_ENDPOINT_VAR`] names; its `pid` is then 0: not ours).
+/// [`MOTO_ENDPOINT_VAR`] names; its `pid` is then 0: not ours). It starts
+/// moto_server through tests/aws/moto_server.py, which makes DynamoDB's conditional
+/// writes atomic as they are on AWS (moto checks a condition and writes without a
+/// lock, so two concurrent writers expecting the same revision could both win; the
+/// chaos suite on moto caught a job committed twice that way).
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| match std::env::var(MOTO_ENDPOINT_VAR) {
@@ -84,6 +89,8 @@ pub fn moto() -> &'static Moto {
 }
 
 fn start() -> Moto {
+    let python = workspace_root().join(".venv-moto/bin/python");
+    let wrapper = workspace_root().join("tests/aws/moto_server.py");
     let server = workspace_root().join(".venv-moto/bin/moto_server");
     assert!(
         server.exists(),
@@ -97,8 +104,9 @@ fn start() -> Moto {
     std::thread::Builder::new()
         .name("moto-server".into())
         .spawn(move || {
-            let mut command = Command::new(&server);
+            let mut command = Command::new(&python);
             command
+                .arg(&wrapper)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -16,8 +16,8 @@ use aws::DynamoJobStore;
 use aws::dynamodb::create_table;
 use chrono::{Duration, TimeZone, Utc};
 use jobs::conformance;
+use jobs::faults::{Faults, FaultyQueue};
 use jobs::ports::{Clock, JobStore, ManualClock, Queue, SystemClock};
-use local::faults::{Faults, FaultyQueue};
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(

@@ -21,6 +21,7 @@
 //! | [`blob_keys`] | where bytes live in the blob store: every key prefix, spelled once |
 //! | [`content_policy`] | which stored bytes a browser may render (the API sets the headers) |
 //! | [`conformance`] | the shared test suite every adapter must pass |
+//! | [`faults`] | a `Queue` decorator that misbehaves as SQS may, for the suites and chaos runs |
 //!
 //! **HTTP lives in [`api`] only.** The services answer with domain values and
 //! [`DomainError`]s; the API reads requests into them (credentials, bodies, queries) and
@@ -42,6 +43,7 @@ pub mod cursor;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod json_budget;
 pub mod lifecycle;
 pub mod model;

@@ -11,7 +11,7 @@
 //! Everything lives in one data directory ([`DataDir`], default `./.serverless-comfyui/`)
 //! that survives restarts. Local must not be kinder than AWS: the store and the queue
 //! are separate database files, so no transaction can span them, and the tests run the
-//! queue through [`faults::FaultyQueue`], which duplicates, reorders and redelivers
+//! queue through `jobs::faults::FaultyQueue`, which duplicates, reorders and redelivers
 //! messages the way SQS may.
 //!
 //! Durability: SQLite runs with `synchronous=NORMAL` in WAL mode, so a commit survives
@@ -19,7 +19,6 @@
 
 mod blobs;
 mod db;
-pub mod faults;
 pub mod launcher;
 mod queue;
 pub mod serve;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use jobs::conformance;
+use jobs::faults::{Faults, FaultyQueue};
 use jobs::ports::{Clock, ManualClock, Queue, SystemClock};
-use local::faults::{Faults, FaultyQueue};
 use local::{DataDir, SqliteJobStore, SqliteQueue};
 
 fn manual_clock() -> Arc<ManualClock> {

@@ -8,49 +8,14 @@
 //! URL here proves the redirect and the key, not the signature (crates/aws unit-tests
 //! that against botocore's output).
 
-use std::sync::Arc;
+mod common;
 
-use aws::testing::{MockEcs, mock_ecs_instance};
+use common::{INSTANCE, RUNNER_TASK, deployment, scheduled_event, template_env};
 use functions_common::dispatch::{DispatchError, DispatchHandler};
-use functions_common::{Deployment, Function, Tunables, status_router, submit_router};
+use functions_common::{Deployment, Function, status_router, submit_router};
 use jobs::model::JobId;
-use jobs::ports::{QueueName, SystemClock};
+use jobs::ports::QueueName;
 use serde_json::{Value, json};
-
-const INSTANCE: &str = "i-0abcdef1234567890";
-const RUNNER_TASK: &str =
-    "arn:aws:ecs:us-east-1:123456789012:task/gpu-cluster/5f2c9a7e1b3d4c6a8e0f2b4d6c8a0e1f";
-
-/// The template's defaults for the tunables.
-fn template_env(name: &str) -> Option<String> {
-    let value = match name {
-        "SERVERLESS_COMFYUI_MAX_WORKERS" => "2",
-        "SERVERLESS_COMFYUI_MIN_WARM_WORKERS" => "0",
-        "SERVERLESS_COMFYUI_QUEUE_TIMEOUT_SECONDS" => "3600",
-        "SERVERLESS_COMFYUI_MAX_ATTEMPTS" => "3",
-        "SERVERLESS_COMFYUI_RETENTION_DAYS" => "7",
-        "SERVERLESS_COMFYUI_IDEMPOTENCY_TTL_HOURS" => "24",
-        "SERVERLESS_COMFYUI_UPLOAD_TTL_MINUTES" => "60",
-        "SERVERLESS_COMFYUI_ALLOWED_ORIGINS" => "https://comfy.example.com",
-        _ => return None,
-    };
-    Some(value.to_string())
-}
-
-/// A deployment on fresh moto resources, with ECS mocked.
-async fn deployment() -> (Deployment, MockEcs) {
-    let ecs = mock_ecs_instance(INSTANCE, &[RUNNER_TASK]);
-    let mut clients = aws::testing::clients().await;
-    clients.ecs = ecs.client.clone();
-    let deployment = Deployment {
-        aws: aws::testing::fresh_resources(5).await,
-        clients,
-        tunables: Tunables::from_lookup(template_env).unwrap(),
-        cursor_key: vec![7; 32],
-        clock: Arc::new(SystemClock),
-    };
-    (deployment, ecs)
-}
 
 /// Serves `router` on a loopback port; returns its base URL.
 async fn front(router: axum::Router) -> String {
@@ -289,20 +254,6 @@ fn sqs_wake_event(deployment: &Deployment, ids: &[&str]) -> Value {
         })
         .collect();
     json!({ "Records": records })
-}
-
-fn scheduled_event() -> Value {
-    json!({
-        "version": "0",
-        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": "2026-12-06T23:00:00Z",
-        "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/stack-DispatchFunctionTick-1ABC"],
-        "detail": {}
-    })
 }
 
 fn ec2_notice(detail_type: &str, detail: Value) -> Value {

@@ -18,6 +18,9 @@ use jobs::service::{JobService, JobsConfig, Ports};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(target_os = "linux")]
+pub mod chaos;
+
 pub const TENANT: &str = "t1";
 
 pub fn workflow(name: &str) -> Value {
@@ -46,12 +49,19 @@ pub struct Env {
 }
 
 impl Env {
+    /// A fresh local data dir (SQLite, files).
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let ports = local::DataDir::open(dir.path())
             .unwrap()
             .ports(Arc::new(SystemClock), "http://127.0.0.1:8787")
             .unwrap();
+        Env::over(dir, ports)
+    }
+
+    /// The job service over `ports` (e.g. the AWS adapters on moto); `dir` is the
+    /// test's scratch directory (logs, caches).
+    pub fn over(dir: tempfile::TempDir, ports: Ports) -> Env {
         let jobs = Arc::new(JobService::new(
             ports.clone(),
             JobsConfig {

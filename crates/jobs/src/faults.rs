@@ -1,7 +1,8 @@
 //! A Queue decorator that misbehaves the way SQS is allowed to.
 //!
-//! SQS promises at-least-once delivery and little else. Local must not be kinder, so
-//! the conformance and chaos suites wrap the queue in [`FaultyQueue`], which injects,
+//! SQS promises at-least-once delivery and little else. No adapter may be kinder, so
+//! the conformance and chaos suites wrap a queue (SQLite's or SQS's) in [`FaultyQueue`],
+//! which injects,
 //! each with its own probability (seeded, so a failing run can be replayed):
 //!
 //! - **duplicates**: a send delivers two copies;
@@ -13,12 +14,17 @@
 //! - **silently ignored deletes**: a delete answers Ok but does nothing, so the
 //!   message comes back after its visibility timeout (SQS does this for some stale
 //!   handles).
+//!
+//! It lives here, beside the `Queue` port and [`crate::conformance`], so every
+//! adapter's tests and both runner entries (the local `--chaos-queue-seed`, the AWS
+//! entry's test-only `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED`) use one copy, and the
+//! AWS runner needs no SQLite to link it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::ports::{Queue, QueueDepth, QueueError, QueueName, QueueResult, Received};
 use async_trait::async_trait;
-use jobs::ports::{Queue, QueueDepth, QueueError, QueueName, QueueResult, Received};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
