@@ -418,12 +418,12 @@ fn scenarios() -> Vec<Scenario> {
             warm_pool: 1,
         },
         Scenario {
-            name: "ours, MinWarmWorkers=1",
+            name: "ours, MinWarmWorkers=1, runner leaves on idle (before keeps_warm)",
             policy: ours(1, false),
             warm_pool: 0,
         },
         Scenario {
-            name: "ours, MinWarmWorkers=1, warm runner spared (not built)",
+            name: "ours, MinWarmWorkers=1 (the runner stays: keeps_warm)",
             policy: ours(1, true),
             warm_pool: 0,
         },
