@@ -554,13 +554,13 @@ async fn idle_exit_deregisters() {
     );
 }
 
-/// MinWarmWorkers: an idle runner the fleet's decision wants kept outlives its idle
-/// timeout, and leaves once the decision no longer wants it.
+/// MinWarmWorkers: an idle runner within the fleet's warm floor outlives its idle
+/// timeout, and leaves once the floor no longer covers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_the_fleet_keeps_warm_outlives_its_idle_timeout() {
     let env = Env::new();
     let sim = sim(20).await;
-    let set_desired = |desired: u32| {
+    let set_warm_floor = |min_warm: u32| {
         let store = env.ports.store.clone();
         async move {
             let fleet = store.get_fleet().await.unwrap();
@@ -568,7 +568,7 @@ async fn a_runner_the_fleet_keeps_warm_outlives_its_idle_timeout() {
             store
                 .put_fleet(
                     &jobs::ports::Fleet {
-                        desired,
+                        min_warm,
                         rev: rev + 1,
                         ..fleet
                     },
@@ -578,7 +578,7 @@ async fn a_runner_the_fleet_keeps_warm_outlives_its_idle_timeout() {
                 .unwrap();
         }
     };
-    set_desired(1).await;
+    set_warm_floor(1).await;
     let config = RunnerConfig {
         idle_timeout: Some(Duration::from_millis(500)),
         ..test_config()
@@ -586,7 +586,7 @@ async fn a_runner_the_fleet_keeps_warm_outlives_its_idle_timeout() {
     let mut runner = start_runner(&env, attach(&sim), config);
     let stayed = tokio::time::timeout(Duration::from_secs(3), &mut runner.task).await;
     assert!(stayed.is_err(), "a kept runner must not leave on idle");
-    set_desired(0).await;
+    set_warm_floor(0).await;
     let report = tokio::time::timeout(Duration::from_secs(30), runner.task)
         .await
         .expect("leaves once no longer wanted")

@@ -74,14 +74,16 @@ pub fn desired_workers(busy: u32, unclaimed_queued: u64, config: &DispatchConfig
     wanted.min(u64::from(config.max_workers)) as u32
 }
 
-/// Whether the idle runner `worker_id` is one of the runners the last decision wants
-/// kept (`MinWarmWorkers`), so that its idle timeout must not end it.
+/// Whether the idle runner `worker_id` is one of the `MinWarmWorkers` runners the
+/// fleet keeps up, so that its idle timeout must not end it.
 ///
 /// The runners themselves decide, from the same records the dispatcher reads: the
-/// last decision's `desired` count minus the busy runners leaves that many places for
-/// runners without work, given to the live idle and starting ones in the order of
-/// their ids. Every runner ranks the same list, so exactly the spare ones leave and a
-/// kept one never waits for a tick to be relaunched.
+/// warm floor the last decision recorded (`Fleet::min_warm`) minus the busy runners
+/// leaves that many places for runners without work, given to the live idle and
+/// starting ones in the order of their ids. Every runner ranks the same list, so
+/// exactly the spare ones leave and a kept one never waits for a tick to be
+/// relaunched. (Not `desired`: a decision made for a queue that has since drained
+/// would keep runners until the next tick.)
 pub fn keeps_warm(
     worker_id: &str,
     fleet: &Fleet,
@@ -95,7 +97,7 @@ pub fn keeps_warm(
         .filter(live)
         .filter(|w| w.phase == WorkerPhase::Busy)
         .count();
-    let places = (fleet.desired as usize).saturating_sub(busy);
+    let places = (fleet.min_warm as usize).saturating_sub(busy);
     let mut spare: Vec<&str> = workers
         .iter()
         .filter(live)
@@ -368,6 +370,7 @@ impl Dispatcher {
             let mut next = fleet.clone();
             next.v = SCHEMA_VERSION;
             next.desired = desired;
+            next.min_warm = self.config.min_warm_workers;
             next.decided_at = Some(now);
             if deficit > 0 {
                 next.launch_lease_until = Some(now + self.config.launch_lease);
@@ -656,8 +659,10 @@ mod tests {
     fn exactly_the_desired_idle_runners_are_kept_warm() {
         let now = Utc::now();
         let stale = Duration::minutes(2);
-        let fleet = |desired| Fleet {
-            desired,
+        // A queue decision's `desired` keeps nobody: only the warm floor does.
+        let fleet = |min_warm| Fleet {
+            desired: 9,
+            min_warm,
             ..Fleet::default()
         };
         let idle_pair = [

@@ -97,6 +97,10 @@ pub struct Fleet {
     pub rev: u64,
     /// The last desired worker count the dispatcher decided.
     pub desired: u32,
+    /// `MinWarmWorkers` as the last decision saw it: how many idle runners stay up
+    /// past their idle timeout (see `dispatch::keeps_warm`).
+    #[serde(default)]
+    pub min_warm: u32,
     /// The last capacity failure, shown in health and in queued jobs' progress.
     pub capacity_error: Option<String>,
     pub capacity_error_at: Option<DateTime<Utc>>,
