@@ -25,14 +25,13 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Tally, children_of, judge, kill_runner, sigkill, sim_binary, sim_command};
+use common::chaos::{
+    Tally, children_of, judge, kill_runner, sigkill, sim_binary, sim_command, tick_every_second,
+};
 use common::*;
-use jobs::dispatch::{DispatchConfig, Dispatcher};
 use jobs::model::JobId;
-use jobs::ports::NoLauncher;
 use rand::{Rng, SeedableRng};
 
 const RUNNERS: usize = 3;
@@ -108,20 +107,7 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
     }
 
     // The tick, as `dev` runs it: the safety net (dead letters, lapsed leases).
-    let dispatcher = Arc::new(Dispatcher::new(
-        env.jobs.clone(),
-        Arc::new(NoLauncher),
-        DispatchConfig::default(),
-    ));
-    let ticking = {
-        let d = dispatcher.clone();
-        tokio::spawn(async move {
-            loop {
-                d.tick().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    };
+    let ticking = tick_every_second(&env);
 
     let mut incarnation = 0u64;
     let mut next_runner = |slot: usize| {

@@ -35,16 +35,15 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Tally, judge, kill_runner, sigkill, sim_binary, sim_command};
+use common::chaos::{
+    Tally, judge, kill_runner, sigkill, sim_binary, sim_command, tick_every_second,
+};
 use common::{Env, workflow};
 use futures::StreamExt;
 use gpu_runner::aws_env::{TEST_CHAOS_QUEUE_SEED, ports};
-use jobs::dispatch::{DispatchConfig, Dispatcher};
 use jobs::model::JobId;
-use jobs::ports::NoLauncher;
 use rand::{Rng, SeedableRng};
 
 const LEASE_S: f64 = 2.0;
@@ -186,20 +185,7 @@ async fn chaos(jobs: usize, max_kills: u32, limit: Duration) {
 
     // The tick, as `dispatch` runs it every minute (here every second: the leases are
     // 2 s). No launcher: the test starts the runners.
-    let dispatcher = Arc::new(Dispatcher::new(
-        env.jobs.clone(),
-        Arc::new(NoLauncher),
-        DispatchConfig::default(),
-    ));
-    let ticking = {
-        let d = dispatcher.clone();
-        tokio::spawn(async move {
-            loop {
-                d.tick().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    };
+    let ticking = tick_every_second(&env);
 
     let mut incarnation = 0u64;
     let mut next_runner = |slot: usize| {

@@ -244,3 +244,20 @@ pub async fn judge(env: &Env, ids: &[JobId], logs: &Path) -> Tally {
     tally.duplicates = count_duplicates(logs);
     tally
 }
+
+/// The tick, every second (the suites' leases are short), as the safety net runs it:
+/// dead letters, lapsed leases. No launcher: the suites start the runners themselves.
+/// Abort the handle when done.
+pub fn tick_every_second(env: &Env) -> tokio::task::JoinHandle<()> {
+    let dispatcher = jobs::dispatch::Dispatcher::new(
+        env.jobs.clone(),
+        std::sync::Arc::new(jobs::ports::NoLauncher),
+        jobs::dispatch::DispatchConfig::default(),
+    );
+    tokio::spawn(async move {
+        loop {
+            dispatcher.tick().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
