@@ -7,11 +7,11 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{Duration, Utc};
 use http_body_util::BodyExt;
-use jobs::conformance::sample_job;
 use jobs::model::IdempotencyRecord;
 use jobs::ports::{Clock, ManualClock, QueueName, SystemClock};
 use serde_json::{Value, json};
 use serverless_comfyui::dev::{DevApp, DevConfig};
+use testkit::conformance::sample_job;
 use tower::ServiceExt;
 
 mod common;

@@ -74,7 +74,7 @@ async fn sweep_of_many_expired_jobs_keeps_submit_latency() {
         .map(|i| {
             let ports = ports.clone();
             async move {
-                let mut job = jobs::conformance::sample_job(DEFAULT_TENANT, now, &[("n", "x")]);
+                let mut job = testkit::conformance::sample_job(DEFAULT_TENANT, now, &[("n", "x")]);
                 job.status = JobStatus::Succeeded;
                 job.completed_at = Some(now);
                 ports

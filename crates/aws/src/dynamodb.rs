@@ -1,5 +1,5 @@
 //! The `JobStore` on DynamoDB: the design (issue 13), and [`DynamoJobStore`], which
-//! implements it and passes `jobs::conformance::job_store`, `tenant_quotas`,
+//! implements it and passes `testkit::conformance::job_store`, `tenant_quotas`,
 //! `asset_records`, `stalled_runner_is_fenced` and `lease_protocol` on moto, like the
 //! SQLite store.
 //!

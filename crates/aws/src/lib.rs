@@ -19,7 +19,7 @@
 //!
 //! **The rules every adapter follows.**
 //! - Same behaviour as the local adapters: each passes the shared conformance suite
-//!   (`jobs::conformance`) against `moto_server` in this crate's tests. Where SQS
+//!   (`testkit::conformance`) against `moto_server` in this crate's tests. Where SQS
 //!   itself promises less than the suite's strictest checks, the adapter does not
 //!   pretend: see [`sqs`].
 //! - SDK errors never leak out: they become the port's error (`StoreError`,

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use aws::DynamoJobStore;
 use aws::dynamodb::create_table;
 use chrono::{Duration, TimeZone, Utc};
-use jobs::conformance;
 use jobs::faults::{Faults, FaultyQueue};
 use jobs::ports::{Clock, JobStore, ManualClock, Queue, SystemClock};
+use testkit::conformance;
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(

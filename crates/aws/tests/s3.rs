@@ -17,8 +17,8 @@ use aws::s3::MIN_PART_SIZE;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
 use futures::StreamExt;
-use jobs::conformance;
 use jobs::ports::{BlobStore, BlobWriteError, ByteStream, SignedAccess};
+use testkit::conformance;
 
 async fn fresh_store() -> (S3BlobStore, aws_sdk_s3::Client) {
     let client = common::clients().await.s3;

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws::{QueueUrls, SqsQueue};
-use jobs::conformance::{self, TimeControl};
 use jobs::faults::{Faults, FaultyQueue};
 use jobs::ports::{Queue, QueueName};
+use testkit::conformance::{self, TimeControl};
 
 /// SQS visibility runs on the server's clock: time moves by waiting.
 struct RealTime;

@@ -15,8 +15,8 @@
 //!   message comes back after its visibility timeout (SQS does this for some stale
 //!   handles).
 //!
-//! It lives here, beside the `Queue` port and [`crate::conformance`], so every
-//! adapter's tests and both runner entries (the local `--chaos-queue-seed`, the AWS
+//! It lives here, beside the `Queue` port (the `testkit` crate, home of the conformance
+//! suite, re-exports it), so every adapter's tests and both runner entries (the local `--chaos-queue-seed`, the AWS
 //! entry's test-only `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED`) use one copy, and the
 //! AWS runner needs no SQLite to link it.
 

@@ -20,7 +20,6 @@
 //! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
 //! | [`blob_keys`] | where bytes live in the blob store: every key prefix, spelled once |
 //! | [`content_policy`] | which stored bytes a browser may render (the API sets the headers) |
-//! | [`conformance`] | the shared test suite every adapter must pass |
 //! | [`faults`] | a `Queue` decorator that misbehaves as SQS may, for the suites and chaos runs |
 //!
 //! **HTTP lives in [`api`] only.** The services answer with domain values and
@@ -37,7 +36,6 @@ pub mod app;
 pub mod assets;
 pub mod auth;
 pub mod blob_keys;
-pub mod conformance;
 pub mod content_policy;
 pub mod cursor;
 pub mod dispatch;

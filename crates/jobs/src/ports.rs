@@ -1,7 +1,8 @@
 //! The ports: what the domain needs from the outside world, as async traits.
 //!
 //! Each port has a local adapter (`crates/local`: SQLite, files) and an AWS adapter
-//! (`crates/aws`: DynamoDB, S3, SQS, ECS). Both must pass [`crate::conformance`].
+//! (`crates/aws`: DynamoDB, S3, SQS, ECS). Both must pass the conformance suite in
+//! the `testkit` crate (a dev-dependency of each adapter crate).
 //!
 //! **No transaction spans two ports.** A job record and its idempotency record are
 //! written together (one port, one transaction), but the workflow blob, the job and

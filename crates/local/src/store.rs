@@ -1238,7 +1238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
         let now = at(0);
-        let job = jobs::conformance::sample_job("t1", now, &[("team", "a")]);
+        let job = testkit::conformance::sample_job("t1", now, &[("team", "a")]);
         let record = IdempotencyRecord {
             v: 1,
             tenant: "t1".into(),
@@ -1272,10 +1272,10 @@ mod tests {
     async fn upgrading_from_schema_3_keeps_enqueued_flags_and_counts_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
-        let mut sent = jobs::conformance::sample_job("t1", at(0), &[]);
+        let mut sent = testkit::conformance::sample_job("t1", at(0), &[]);
         sent.enqueued = true;
-        let unsent = jobs::conformance::sample_job("t1", at(1), &[]);
-        let mut running = jobs::conformance::sample_job("t1", at(2), &[]);
+        let unsent = testkit::conformance::sample_job("t1", at(1), &[]);
+        let mut running = testkit::conformance::sample_job("t1", at(2), &[]);
         running.status = JobStatus::Running;
         running.enqueued = true;
         for job in [&sent, &unsent, &running] {
@@ -1287,7 +1287,7 @@ mod tests {
             assert_eq!(read.enqueued, job.enqueued, "{}", job.id);
         }
         // Two jobs were queued before the upgrade: a new one is third in line.
-        let next = jobs::conformance::sample_job("t1", at(3), &[]);
+        let next = testkit::conformance::sample_job("t1", at(3), &[]);
         assert_eq!(
             store.create_job(&next, None, at(3)).await.unwrap(),
             CreateOutcome::Created { queue_position: 2 }
@@ -1312,10 +1312,10 @@ mod tests {
     async fn upgrading_from_schema_5_finds_expired_jobs_and_can_reclaim_space() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
-        let mut finished = jobs::conformance::sample_job("t1", at(0), &[]);
+        let mut finished = testkit::conformance::sample_job("t1", at(0), &[]);
         finished.status = JobStatus::Succeeded;
         finished.expires_at = at(1);
-        let mut live = jobs::conformance::sample_job("t1", at(0), &[]);
+        let mut live = testkit::conformance::sample_job("t1", at(0), &[]);
         live.expires_at = at(1);
         let output = Asset {
             v: jobs::model::SCHEMA_VERSION,
@@ -1376,7 +1376,8 @@ mod tests {
         // Space freed by deletes goes back in bounded steps.
         let mut many = Vec::new();
         for i in 0..2000u32 {
-            let mut job = jobs::conformance::sample_job("t1", at(0), &[("pad", &"x".repeat(200))]);
+            let mut job =
+                testkit::conformance::sample_job("t1", at(0), &[("pad", &"x".repeat(200))]);
             job.status = JobStatus::Succeeded;
             job.metadata.insert("i".into(), i.to_string());
             store.create_job(&job, None, at(0)).await.unwrap();
@@ -1408,7 +1409,7 @@ mod tests {
         store.list_scan_budget = 50;
         let mut wanted = Vec::new();
         for _ in 0..5 {
-            let job = jobs::conformance::sample_job("t1", at(0), &[("x", "1"), ("y", "1")]);
+            let job = testkit::conformance::sample_job("t1", at(0), &[("x", "1"), ("y", "1")]);
             store.create_job(&job, None, at(0)).await.unwrap();
             wanted.push(job.id);
         }
@@ -1419,7 +1420,7 @@ mod tests {
             } else {
                 &[("x", "0"), ("y", "1")]
             };
-            let job = jobs::conformance::sample_job("t1", at(0), labels);
+            let job = testkit::conformance::sample_job("t1", at(0), labels);
             store.create_job(&job, None, at(0)).await.unwrap();
         }
         let filters = vec![
@@ -1519,9 +1520,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
         let count = || store.db.read(|conn| queued_count(conn, u64::MAX)).unwrap();
-        let mut a = jobs::conformance::sample_job("t1", at(0), &[]);
-        let b = jobs::conformance::sample_job("t1", at(0), &[]);
-        let mut c = jobs::conformance::sample_job("t1", at(0), &[]);
+        let mut a = testkit::conformance::sample_job("t1", at(0), &[]);
+        let b = testkit::conformance::sample_job("t1", at(0), &[]);
+        let mut c = testkit::conformance::sample_job("t1", at(0), &[]);
         c.status = JobStatus::Running;
         for job in [&a, &b, &c] {
             store.create_job(job, None, at(0)).await.unwrap();

@@ -1,13 +1,13 @@
-//! The shared adapter conformance suite (`jobs::conformance`) on the local adapters,
+//! The shared adapter conformance suite (`testkit::conformance`) on the local adapters,
 //! with and without the fault-injecting queue. Each test gets its own data directory.
 
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use jobs::conformance;
 use jobs::faults::{Faults, FaultyQueue};
 use jobs::ports::{Clock, ManualClock, Queue, SystemClock};
 use local::{DataDir, SqliteJobStore, SqliteQueue};
+use testkit::conformance;
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(

@@ -316,7 +316,7 @@ async fn the_tick_enqueues_a_job_recorded_without_its_message() {
     let ports = deployment.ports();
     // Recorded a minute ago by a submit that died before sending the work message.
     let recorded_at = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let job = jobs::conformance::sample_job("acme", recorded_at, &[]);
+    let job = testkit::conformance::sample_job("acme", recorded_at, &[]);
     assert!(!job.enqueued);
     ports
         .store
