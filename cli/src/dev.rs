@@ -194,6 +194,8 @@ impl DevApp {
                 },
                 max_body_bytes: config.max_body_bytes,
                 launcher_kind: launcher.kind(),
+                // Files on this machine: the API streams them, with Range.
+                content_delivery: jobs::api::ContentDelivery::Stream,
             },
         );
         let dispatcher = Arc::new(app.dispatcher(launcher));

@@ -131,13 +131,16 @@ async fn a_url_signed_with_an_active_type_still_serves_opaque_bytes() {
         .jobs
         .ports()
         .blobs
-        .signed_url(
+        .presign(
             &asset.blob_key,
-            SignedAccess::Get,
+            SignedAccess::Get {
+                content_type: Some("text/html".into()),
+            },
             Utc::now() + Duration::minutes(5),
-            Some("text/html"),
         )
-        .unwrap();
+        .await
+        .unwrap()
+        .url;
     let (status, headers, _) = t.fetch(&url, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_not_rendered(&headers, "a URL signed as text/html");
@@ -440,7 +443,10 @@ async fn create_upload(t: &TestApp, bytes: &[u8]) -> Value {
 }
 
 fn put(path: &str, bytes: &[u8]) -> Request<Body> {
-    Request::put(path).body(Body::from(bytes.to_vec())).unwrap()
+    Request::put(path)
+        .header("content-length", bytes.len())
+        .body(Body::from(bytes.to_vec()))
+        .unwrap()
 }
 
 fn signed_path(url: &str) -> &str {

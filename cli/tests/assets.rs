@@ -316,25 +316,53 @@ async fn large_file_extension_end_to_end() {
         .await;
     assert_eq!(upload.status, StatusCode::CREATED, "{}", upload.body);
     assert_eq!(upload.body["upload_method"], "PUT");
+    assert_eq!(upload.body["size_enforcement"], "exact");
+    assert_eq!(upload.body["size_bytes"], bytes.len());
+    assert_eq!(
+        upload.body["upload_headers"],
+        json!({"content-length": bytes.len().to_string()}),
+        "the client is told the exact Content-Length the URL is signed for"
+    );
     let upload_url = upload.body["upload_url"].as_str().unwrap();
     let path = &upload_url[upload_url.find("/_blobs/").unwrap()..];
     let complete_url = upload.body["complete_url"].as_str().unwrap().to_string();
+    let put_of = |body: Vec<u8>, declared: usize| {
+        Request::put(path)
+            .header("content-length", declared)
+            .body(Body::from(body))
+            .unwrap()
+    };
 
     // Completing before the bytes arrive is a clear 409.
     let early = t.post_raw(&complete_url, "", None).await;
     assert_envelope(&early, StatusCode::CONFLICT, "upload_incomplete");
-    // More than the signed size is refused.
-    let too_big = t
-        .send(
-            Request::put(path)
-                .body(Body::from(vec![0u8; bytes.len() + 1]))
-                .unwrap(),
-        )
+    // Any other declared length is refused before a byte is read, as S3 refuses a
+    // Content-Length its signature does not cover: one more, one less, or none.
+    let longer = t
+        .send(put_of(vec![0u8; bytes.len() + 1], bytes.len() + 1))
         .await;
-    assert_envelope(&too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    let put = t
+    assert_envelope(&longer, StatusCode::FORBIDDEN, "forbidden");
+    let shorter = t.send(put_of(vec![0u8; 10], 10)).await;
+    assert_envelope(&shorter, StatusCode::FORBIDDEN, "forbidden");
+    let undeclared = t
         .send(Request::put(path).body(Body::from(bytes.clone())).unwrap())
         .await;
+    assert_envelope(&undeclared, StatusCode::FORBIDDEN, "forbidden");
+    // A body that lies about its length is cut at the signed size, or refused
+    // when it ends early; neither leaves bytes to complete.
+    let overlong = t
+        .send(put_of(vec![0u8; bytes.len() + 1], bytes.len()))
+        .await;
+    assert_envelope(
+        &overlong,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let truncated = t.send(put_of(bytes[..1000].to_vec(), bytes.len())).await;
+    assert_envelope(&truncated, StatusCode::BAD_REQUEST, "invalid_request");
+    let early = t.post_raw(&complete_url, "", None).await;
+    assert_envelope(&early, StatusCode::CONFLICT, "upload_incomplete");
+    let put = t.send(put_of(bytes.clone(), bytes.len())).await;
     assert_eq!(put.status, StatusCode::OK);
     let done = t.post_raw(&complete_url, "", None).await;
     assert_eq!(done.status, StatusCode::CREATED, "{}", done.body);

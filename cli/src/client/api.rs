@@ -530,12 +530,30 @@ impl Api {
             .and_then(Value::as_str)
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .unwrap_or(Method::PUT);
+        // The headers the signature covers. `content-length` is the exact size, which
+        // the body already sets; any other is sent as given.
+        let signed_headers: Vec<(String, String)> = upload
+            .get("upload_headers")
+            .and_then(Value::as_object)
+            .map(|headers| {
+                headers
+                    .iter()
+                    .filter(|(name, _)| !name.eq_ignore_ascii_case("content-length"))
+                    .filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let response = self
             .send(
                 || {
-                    self.request(method.clone(), target.clone())
+                    let mut request = self
+                        .request(method.clone(), target.clone())
                         .header("Content-Type", content_type)
-                        .body(bytes.clone())
+                        .body(bytes.clone());
+                    for (name, value) in &signed_headers {
+                        request = request.header(name.as_str(), value.as_str());
+                    }
+                    request
                 },
                 false,
             )

@@ -1,8 +1,8 @@
 //! The `BlobStore` port on one private S3 bucket.
 //!
 //! Keys are the domain's (`workflows/`, `assets/`, `outputs/{job}/{attempt}/`); the
-//! bucket is private and clients reach bytes only through presigned URLs (hence
-//! [`BlobStore::serves_content_directly`] is false: `/content` answers a 302).
+//! bucket is private and clients reach bytes only through presigned URLs (so the
+//! functions' API answers `/content` with a 302 to one: `ContentDelivery::Redirect`).
 //!
 //! **Streaming writes, bounded memory.** [`BlobStore::put_stream`] never holds a whole
 //! body: it buffers one part (8 MiB by default). A body that ends within the first part
@@ -23,12 +23,11 @@
 //! `Content-Disposition` (S3's `response-content-*` query parameters), so a browser
 //! shows an output as what it is whatever the object was stored as. PUT URLs sign a
 //! `Content-Length` of exactly the upload's declared size, so S3 refuses any other
-//! body. The SDK presigns asynchronously (credentials come from an async cache) while
-//! today's port method is synchronous: `S3BlobStore::signed_url` bridges the two. The
+//! body, and the port's answer lists that header for the client to send. Presigning
+//! is async (credentials come from an async cache), as the port method is. The
 //! signature itself is unit-tested against botocore's for fixed inputs, because moto
 //! checks no signature at all.
 
-use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -41,7 +40,8 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jobs::ports::{
-    BlobRead, BlobStore, BlobWriteError, ByteStream, SignedAccess, StoreError, StoreResult,
+    BlobRead, BlobStore, BlobWriteError, ByteStream, SignedAccess, SignedMethod, SignedRequest,
+    StoreError, StoreResult,
 };
 use tracing::Instrument;
 
@@ -91,17 +91,16 @@ impl S3BlobStore {
         StoreError::Unavailable(describe(op, &format!("s3://{}/{key}", self.bucket), err))
     }
 
-    /// A presigned URL for `access` to `key`, valid from `start` until `expires_at`.
-    /// The async core of [`BlobStore::signed_url`], with the time as an argument so
-    /// the signature can be tested against known-good values.
-    async fn presign(
+    /// A presigned request for `access` to `key`, valid from `start` until
+    /// `expires_at`: [`BlobStore::presign`] with the time as an argument, so the
+    /// signature can be tested against known-good values.
+    async fn presign_at(
         &self,
         key: &str,
-        access: SignedAccess,
+        access: &SignedAccess,
         start: SystemTime,
         expires_at: DateTime<Utc>,
-        content_type: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<SignedRequest> {
         let until = SystemTime::from(expires_at);
         let lifetime = until
             .duration_since(start)
@@ -112,30 +111,46 @@ impl S3BlobStore {
             .expires_in(lifetime)
             .build()
             .map_err(|e| self.unavailable("presign", key, &e))?;
-        let request = match access {
-            SignedAccess::Get => self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .set_response_content_type(content_type.map(str::to_string))
-                .response_content_disposition(content_disposition(key))
-                .presigned(config)
-                .await
-                .map_err(|e| self.unavailable("presign GetObject", key, &e))?,
-            SignedAccess::Put { max_bytes } => self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .content_length(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-                .presigned(config)
-                .await
-                .map_err(|e| self.unavailable("presign PutObject", key, &e))?,
+        let (method, request) = match access {
+            SignedAccess::Get { content_type } => (
+                SignedMethod::Get,
+                self.client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .set_response_content_type(content_type.clone())
+                    .response_content_disposition(content_disposition(key))
+                    .presigned(config)
+                    .await
+                    .map_err(|e| self.unavailable("presign GetObject", key, &e))?,
+            ),
+            SignedAccess::PutExact { size_bytes } => (
+                SignedMethod::Put,
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .content_length(i64::try_from(*size_bytes).unwrap_or(i64::MAX))
+                    .presigned(config)
+                    .await
+                    .map_err(|e| self.unavailable("presign PutObject", key, &e))?,
+            ),
         };
         // Logged without the URL: its query string is a bearer credential.
-        tracing::debug!(bucket = %self.bucket, key, "presigned {:?}", access);
-        Ok(request.uri().to_string())
+        tracing::debug!(bucket = %self.bucket, key, "presigned {}", method.as_str());
+        // The headers the signature covers besides `host` (which the URL carries):
+        // for a PUT, the exact `content-length`.
+        let mut headers: Vec<(String, String)> = request
+            .headers()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+            .filter(|(name, _)| name != "host")
+            .collect();
+        headers.sort();
+        Ok(SignedRequest {
+            method,
+            url: request.uri().to_string(),
+            headers,
+        })
     }
 
     async fn put_object(&self, key: &str, bytes: Bytes, content_type: &str) -> StoreResult<()> {
@@ -196,39 +211,6 @@ pub(crate) fn body_stream(body: SdkByteStream) -> ByteStream {
 
 fn total_from_content_range(range: &str) -> Option<u64> {
     range.rsplit('/').next()?.trim().parse().ok()
-}
-
-/// Runs an async presign from the synchronous port method.
-///
-/// **A sync→async bridge, to be removed** when `BlobStore::signed_url` becomes async
-/// (the ports reshape). On a multi-thread runtime it blocks this worker in place
-/// (`block_in_place`), which lets the runtime move other tasks off it; elsewhere (a
-/// current-thread runtime, or none) it runs the future on a fresh current-thread
-/// runtime in a scoped thread. Presigning does no network I/O once credentials are
-/// cached, and with environment or static credentials (Lambda) it never does.
-fn block_on_presign<F>(future: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| handle.block_on(future))
-        }
-        _ => std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a current-thread runtime builds")
-                        .block_on(future)
-                })
-                .join()
-                .expect("the presign thread does not panic")
-        }),
-    }
 }
 
 /// A multipart upload in progress. Dropped without [`Multipart::complete`] or
@@ -544,22 +526,14 @@ impl BlobStore for S3BlobStore {
         .await
     }
 
-    /// Presigns with the SDK. **Bridges sync→async** until the port method becomes
-    /// async: on a multi-thread runtime it blocks the worker in place
-    /// (`block_in_place`); elsewhere it runs the presign on a fresh current-thread
-    /// runtime in a scoped thread.
-    fn signed_url(
+    async fn presign(
         &self,
         key: &str,
         access: SignedAccess,
         expires_at: DateTime<Utc>,
-        content_type: Option<&str>,
-    ) -> StoreResult<String> {
-        block_on_presign(self.presign(key, access, SystemTime::now(), expires_at, content_type))
-    }
-
-    fn serves_content_directly(&self) -> bool {
-        false
+    ) -> StoreResult<SignedRequest> {
+        self.presign_at(key, &access, SystemTime::now(), expires_at)
+            .await
     }
 }
 
@@ -617,17 +591,20 @@ mod tests {
     async fn presigned_urls_match_botocore_signatures() {
         let store = fixed_store();
         let get = store
-            .presign(
+            .presign_at(
                 "outputs/01JOB/1/fox.png",
-                SignedAccess::Get,
+                &SignedAccess::Get {
+                    content_type: Some("image/png".into()),
+                },
                 fixed_start(),
                 fixed_expiry(3600),
-                Some("image/png"),
             )
             .await
             .unwrap();
+        assert_eq!(get.method, SignedMethod::Get);
+        assert!(get.headers.is_empty(), "a GET needs no header: {get:?}");
         assert_eq!(
-            get,
+            get.url,
             "https://example-bucket.s3.us-east-1.amazonaws.com/outputs/01JOB/1/fox.png\
              ?x-id=GetObject\
              &response-content-disposition=inline%3B%20filename%3D%22fox.png%22\
@@ -638,19 +615,24 @@ mod tests {
              &X-Amz-Signature=afa8c3af5ab1948406a661d103b24c72fd41f137f7494ece31c360569b118431"
         );
         let put = store
-            .presign(
+            .presign_at(
                 "uploads/01UP",
-                SignedAccess::Put {
-                    max_bytes: 1_048_576,
+                &SignedAccess::PutExact {
+                    size_bytes: 1_048_576,
                 },
                 fixed_start(),
                 fixed_expiry(900),
-                None,
             )
             .await
             .unwrap();
+        assert_eq!(put.method, SignedMethod::Put);
         assert_eq!(
-            put,
+            put.headers,
+            vec![("content-length".to_string(), "1048576".to_string())],
+            "the client is told the header the signature covers"
+        );
+        assert_eq!(
+            put.url,
             "https://example-bucket.s3.us-east-1.amazonaws.com/uploads/01UP?x-id=PutObject\
              &X-Amz-Algorithm=AWS4-HMAC-SHA256\
              &X-Amz-Credential=AKIDEXAMPLE%2F20260102%2Fus-east-1%2Fs3%2Faws4_request\
@@ -664,26 +646,15 @@ mod tests {
     #[tokio::test]
     async fn presigning_refuses_a_past_expiry_and_caps_at_seven_days() {
         let store = fixed_store();
+        let get = SignedAccess::Get { content_type: None };
         let past = store
-            .presign(
-                "k",
-                SignedAccess::Get,
-                fixed_start(),
-                fixed_expiry(-1),
-                None,
-            )
+            .presign_at("k", &get, fixed_start(), fixed_expiry(-1))
             .await;
         assert!(matches!(past, Err(StoreError::Unavailable(m)) if m.contains("in the past")));
         let long = store
-            .presign(
-                "k",
-                SignedAccess::Get,
-                fixed_start(),
-                fixed_expiry(30 * 86_400),
-                None,
-            )
+            .presign_at("k", &get, fixed_start(), fixed_expiry(30 * 86_400))
             .await
             .unwrap();
-        assert!(long.contains("X-Amz-Expires=604800"), "{long}");
+        assert!(long.url.contains("X-Amz-Expires=604800"), "{long:?}");
     }
 }

@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use crate::api::{self, ApiState, Router, Routes, ServerInfo};
+use crate::api::{self, ApiState, ContentDelivery, Router, Routes, ServerInfo};
 use crate::assets::{AssetService, AssetsConfig};
 use crate::auth::Authenticator;
 use crate::cross_site::CrossSitePolicy;
@@ -49,6 +49,8 @@ pub struct AppConfig {
     /// What starts workers (`subprocess`, `ecs`, `none`), as health names it. The
     /// launcher itself is given only to [`App::dispatcher`].
     pub launcher_kind: &'static str,
+    /// Whether the API streams asset content or redirects to a presigned URL.
+    pub content_delivery: ContentDelivery,
 }
 
 /// The assembled application.
@@ -84,6 +86,7 @@ impl App {
             events: config.events,
             streams: Default::default(),
             cross_site: Arc::new(config.cross_site),
+            content_delivery: config.content_delivery,
         });
         App {
             state,

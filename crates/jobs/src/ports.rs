@@ -417,14 +417,44 @@ pub struct BlobRead {
     pub stream: ByteStream,
 }
 
-/// What a signed URL lets its holder do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a presigned request lets its holder do, and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignedAccess {
+    /// Read the blob. The response carries `content_type` when given (S3's
+    /// `response-content-type`), whatever the object was stored as.
+    Get { content_type: Option<String> },
+    /// Write exactly `size_bytes` bytes to the key. The store itself refuses a body of
+    /// any other length: S3 through a signed `Content-Length` (a request with another
+    /// length fails its signature), the local blob server by checking the signed size.
+    /// (A size *range* would need an S3 POST policy, which the SDK does not presign.)
+    PutExact { size_bytes: u64 },
+}
+
+/// The HTTP method of a presigned request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedMethod {
     Get,
-    /// Upload at most this many bytes to the key.
-    Put {
-        max_bytes: u64,
-    },
+    Put,
+}
+
+impl SignedMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignedMethod::Get => "GET",
+            SignedMethod::Put => "PUT",
+        }
+    }
+}
+
+/// A request a client can make without credentials until it expires: the method,
+/// the URL, and the headers the client must send exactly as given (they are part of
+/// the signature: for a PUT, `content-length`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRequest {
+    pub method: SignedMethod,
+    pub url: String,
+    /// Lower-case names, in a stable order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Blob storage: workflows, inputs, outputs.
@@ -454,15 +484,15 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Moves a blob to a new key (S3: copy, then delete).
     async fn rename(&self, from: &str, to: &str) -> StoreResult<()>;
 
-    /// A URL that grants `access` to `key` until `expires_at`, without credentials.
-    /// A GET URL serves the bytes as `content_type` when given.
-    fn signed_url(
+    /// Presigns a request that grants `access` to `key` until `expires_at`, without
+    /// credentials. Async because S3 presigning reads credentials from an async cache.
+    /// Never logs the URL: its query string is a bearer credential.
+    async fn presign(
         &self,
         key: &str,
         access: SignedAccess,
         expires_at: DateTime<Utc>,
-        content_type: Option<&str>,
-    ) -> StoreResult<String>;
+    ) -> StoreResult<SignedRequest>;
 
     /// Bytes the stored blobs take, where the adapter can tell cheaply (local files);
     /// `None` where it cannot (S3: see its metrics).
@@ -487,10 +517,6 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn reclaim(&self) -> StoreResult<()> {
         Ok(())
     }
-
-    /// True where the API serves content bytes itself (local files); false where it
-    /// answers `/content` with a 302 to a signed URL (S3).
-    fn serves_content_directly(&self) -> bool;
 }
 
 /// The queues the system uses. Each main queue has a dead-letter queue.

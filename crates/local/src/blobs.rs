@@ -31,8 +31,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use jobs::ports::{
-    BlobRead, BlobStore, BlobWriteError, ByteStream, JobStore, SignedAccess, StoreError,
-    StoreResult,
+    BlobRead, BlobStore, BlobWriteError, ByteStream, JobStore, SignedAccess, SignedMethod,
+    SignedRequest, StoreError, StoreResult,
 };
 use rusqlite::OptionalExtension;
 use sha2::Sha256;
@@ -76,17 +76,12 @@ impl UrlSigner {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// The query string granting `access` to `key` until `expires`.
-    pub fn query(
-        &self,
-        key: &str,
-        access: SignedAccess,
-        expires: DateTime<Utc>,
-        content_type: Option<&str>,
-    ) -> String {
-        let (method, max) = match access {
-            SignedAccess::Get => ("GET", 0),
-            SignedAccess::Put { max_bytes } => ("PUT", max_bytes),
+    /// The query string granting `access` to `key` until `expires`. A PUT signs its
+    /// exact size (`max`), which the blob server holds the body to.
+    pub fn query(&self, key: &str, access: &SignedAccess, expires: DateTime<Utc>) -> String {
+        let (method, max, content_type) = match access {
+            SignedAccess::Get { content_type } => ("GET", 0, content_type.as_deref()),
+            SignedAccess::PutExact { size_bytes } => ("PUT", *size_bytes, None),
         };
         let ct = content_type.unwrap_or_default();
         let expires = expires.timestamp();
@@ -538,22 +533,29 @@ impl BlobStore for FileBlobStore {
         tokio::fs::rename(from_path, to_path).await.map_err(io)
     }
 
-    fn signed_url(
+    async fn presign(
         &self,
         key: &str,
         access: SignedAccess,
         expires_at: DateTime<Utc>,
-        content_type: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<SignedRequest> {
         self.path_of(key)?;
-        Ok(format!(
+        let url = format!(
             "{}{SIGNED_PATH}{key}?{}",
             self.public_base,
-            self.signer.query(key, access, expires_at, content_type)
-        ))
-    }
-
-    fn serves_content_directly(&self) -> bool {
-        true
+            self.signer.query(key, &access, expires_at)
+        );
+        Ok(match access {
+            SignedAccess::Get { .. } => SignedRequest {
+                method: SignedMethod::Get,
+                url,
+                headers: Vec::new(),
+            },
+            SignedAccess::PutExact { size_bytes } => SignedRequest {
+                method: SignedMethod::Put,
+                url,
+                headers: vec![("content-length".into(), size_bytes.to_string())],
+            },
+        })
     }
 }

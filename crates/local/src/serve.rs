@@ -1,7 +1,8 @@
 //! The HTTP side of local blob storage: `dev` serves signed URLs as S3 would.
 //!
 //! - `GET /_blobs/{key}?expires&max&sig`: the bytes, with `Range` (206, 416);
-//! - `PUT /_blobs/{key}?…`: a streamed upload, refused past the signed size limit, and
+//! - `PUT /_blobs/{key}?…`: a streamed upload of exactly the signed size (S3 holds a
+//!   presigned PUT to its signed `Content-Length` the same way), and
 //!   refused once its upload is completed or expired.
 //!
 //! Every request is checked against its signature and expiry; a bad one is 403 in the
@@ -90,7 +91,7 @@ async fn put_blob(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (max, _) = server
+    let (exact_size, _) = server
         .blobs
         .signer()
         .verify(
@@ -100,8 +101,20 @@ async fn put_blob(
             server.clock.now(),
         )
         .map_err(forbidden)?;
-    if max == 0 {
+    if exact_size == 0 {
         return Err(forbidden("this URL does not allow uploads"));
+    }
+    // The signed size is exact, as S3 holds a presigned PUT to its signed
+    // `Content-Length`: any other declared length is refused before a byte is read.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared != Some(exact_size) {
+        return Err(forbidden(&format!(
+            "this URL accepts a body of exactly {exact_size} bytes, sent with that Content-Length"
+        )));
     }
     // A signature outlives its upload: the upload itself must still be pending.
     let Some(uploads) = server.blobs.upload_records() else {
@@ -112,7 +125,18 @@ async fn put_blob(
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
-    match server.blobs.put_stream(&key, Box::pin(body), max).await {
+    match server
+        .blobs
+        .put_stream(&key, Box::pin(body), exact_size)
+        .await
+    {
+        Ok(size) if size != exact_size => {
+            // The body ended early: what arrived is not the file that was declared.
+            let _ = server.blobs.delete(&key).await;
+            Err(ApiError::invalid_request(format!(
+                "the body ended after {size} of its {exact_size} bytes"
+            )))
+        }
         Ok(size) => {
             // Completed or swept while the bytes streamed in: nothing would ever
             // collect them, so they go now.
@@ -151,18 +175,15 @@ mod tests {
     fn signatures_bind_method_key_expiry_and_size() {
         let signer = UrlSigner::new(vec![7; 32]);
         let now = Utc::now();
-        let q = signer.query(
-            "a/b.png",
-            SignedAccess::Get,
-            now + Duration::minutes(5),
-            None,
-        );
+        let get = SignedAccess::Get { content_type: None };
+        let q = signer.query("a/b.png", &get, now + Duration::minutes(5));
         assert_eq!(signer.verify("GET", "a/b.png", &q, now), Ok((0, None)));
         let typed = signer.query(
             "a/b.png",
-            SignedAccess::Get,
+            &SignedAccess::Get {
+                content_type: Some("image/png".into()),
+            },
             now + Duration::minutes(5),
-            Some("image/png"),
         );
         assert_eq!(
             signer.verify("GET", "a/b.png", &typed, now),
@@ -188,9 +209,8 @@ mod tests {
         );
         let put = signer.query(
             "u",
-            SignedAccess::Put { max_bytes: 10 },
+            &SignedAccess::PutExact { size_bytes: 10 },
             now + Duration::minutes(5),
-            None,
         );
         assert_eq!(signer.verify("PUT", "u", &put, now), Ok((10, None)));
         let other = UrlSigner::new(vec![8; 32]);

@@ -173,6 +173,8 @@ impl Deployment {
             },
             max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
             launcher_kind: "ecs",
+            // S3 serves the bytes: a Lambda answer is capped at 6 MB.
+            content_delivery: api::ContentDelivery::Redirect,
         };
         App::build(ports, auth, self.cursor_key.clone(), config)
     }

@@ -10,19 +10,19 @@ use axum::response::{IntoResponse, Response};
 
 use super::extract::{RawBody, json_response, parse_body};
 use super::{
-    ApiError, ApiState, BAD_PATH, CONTENT_SERVED, FORBIDDEN, UNAUTHORIZED, UNAVAILABLE,
-    UNSUPPORTED_JSON, blob_response,
+    ApiError, ApiState, BAD_PATH, CONTENT_SERVED, ContentDelivery, FORBIDDEN, UNAUTHORIZED,
+    UNAVAILABLE, UNSUPPORTED_JSON, blob_response,
 };
 use crate::assets::{AssetView, CreateUploadRequest, FromHashRequest, UploadView};
 use crate::auth::Tenant;
 use crate::views::ErrorEnvelope;
 
-pub(super) fn asset_response(
+pub(super) async fn asset_response(
     state: &ApiState,
     asset: &crate::model::Asset,
     created_new: bool,
 ) -> Result<Response, ApiError> {
-    let view = state.assets.view(asset, Some(created_new))?;
+    let view = state.assets.view(asset, Some(created_new)).await?;
     let status = if created_new {
         StatusCode::CREATED
     } else {
@@ -56,7 +56,7 @@ pub(super) async fn from_hash(
 ) -> Result<Response, ApiError> {
     let request: FromHashRequest = parse_body(&body)?;
     let (asset, created) = state.assets.from_hash(&tenant.0, request).await?;
-    let view = state.assets.view(&asset, None)?;
+    let view = state.assets.view(&asset, None).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -111,7 +111,7 @@ pub(super) async fn get_asset(
     let asset = state.assets.load(&tenant.0, &id).await?;
     Ok(json_response(
         StatusCode::OK,
-        &state.assets.view(&asset, None)?,
+        &state.assets.view(&asset, None).await?,
     ))
 }
 
@@ -160,22 +160,26 @@ pub(super) async fn get_asset_content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let asset = state.assets.load(&tenant.0, &id).await?;
-    let blobs = state.jobs.ports().blobs.as_ref();
-    if blobs.serves_content_directly() {
-        let filename = asset.file_path.as_deref().unwrap_or(&asset.blob_key);
-        blob_response(
-            blobs,
-            &asset.blob_key,
-            &headers,
-            &asset.content_type,
-            filename,
-        )
-        .await
-    } else {
-        let (url, _) = state
-            .assets
-            .signed_get(&asset.blob_key, &asset.content_type)?;
-        Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+    match state.content_delivery {
+        ContentDelivery::Stream => {
+            let blobs = state.jobs.ports().blobs.as_ref();
+            let filename = asset.file_path.as_deref().unwrap_or(&asset.blob_key);
+            blob_response(
+                blobs,
+                &asset.blob_key,
+                &headers,
+                &asset.content_type,
+                filename,
+            )
+            .await
+        }
+        ContentDelivery::Redirect => {
+            let (url, _) = state
+                .assets
+                .signed_get(&asset.blob_key, &asset.content_type)
+                .await?;
+            Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+        }
     }
 }
 
@@ -228,5 +232,5 @@ pub(super) async fn complete_upload(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (asset, created_new) = state.assets.complete_upload(&tenant.0, &id).await?;
-    asset_response(&state, &asset, created_new)
+    asset_response(&state, &asset, created_new).await
 }

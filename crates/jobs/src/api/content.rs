@@ -7,6 +7,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+
+/// How `GET /api/v2/assets/{id}/content` delivers the bytes. An HTTP decision, so it
+/// lives here and each entry point makes it, not the storage port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentDelivery {
+    /// The API streams the bytes itself, with `Range` (`dev`: files on this machine).
+    Stream,
+    /// A 302 to a fresh presigned URL (the Lambdas: a Lambda response is capped at
+    /// 6 MB and billed by the millisecond, while S3 serves any size for free).
+    Redirect,
+}
 use crate::assets::{RangeRequest, parse_range};
 use crate::content_policy;
 use crate::ports::BlobStore;

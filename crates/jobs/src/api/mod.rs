@@ -53,7 +53,7 @@ mod jobs;
 mod multipart;
 
 pub use axum::Router;
-pub use content::{apply_serving_headers, blob_response};
+pub use content::{ContentDelivery, apply_serving_headers, blob_response};
 pub use error::{ApiError, envelope_errors, status_of};
 pub use multipart::MAX_TEXT_FIELD_BYTES;
 
@@ -76,6 +76,8 @@ pub struct ApiState {
     pub streams: Arc<crate::events::StreamLimiter>,
     /// Which web origins may call (see [`crate::cross_site`]).
     pub cross_site: Arc<crate::cross_site::CrossSitePolicy>,
+    /// How asset content is delivered.
+    pub content_delivery: ContentDelivery,
 }
 
 /// The largest JSON request body accepted (API Gateway's limit is 10 MB).

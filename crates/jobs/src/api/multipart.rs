@@ -179,7 +179,7 @@ pub(super) async fn upload_asset(
         return Err(e.into());
     }
     let (asset, created_new) = state.assets.mint_staged(&tenant.0, staged, meta).await?;
-    asset_response(&state, &asset, created_new)
+    asset_response(&state, &asset, created_new).await
 }
 
 /// The text parts of `POST /api/v2/assets`.

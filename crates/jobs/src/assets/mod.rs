@@ -50,7 +50,9 @@ pub use checks::{
     FILE_PATH_PATTERN, HASH_PATTERN, MAX_TAGS, parse_hash, validate_file_path, validate_meta,
 };
 pub use range::{RangeRequest, parse_range};
-pub use requests::{AssetView, CreateUploadRequest, FromHashRequest, UploadView, request_schemas};
+pub use requests::{
+    AssetView, CreateUploadRequest, FromHashRequest, SizeEnforcement, UploadView, request_schemas,
+};
 pub use uploads::{UPLOAD_SWEEP_BATCH, check_upload_put, sweep_expired_uploads};
 
 #[derive(Debug, Clone)]
@@ -167,8 +169,14 @@ impl AssetService {
     }
 
     /// The v2 view of an asset, with a fresh signed URL.
-    pub fn view(&self, asset: &Asset, created_new: Option<bool>) -> Result<AssetView, DomainError> {
-        let (url, url_expires_at) = self.signed_get(&asset.blob_key, &asset.content_type)?;
+    pub async fn view(
+        &self,
+        asset: &Asset,
+        created_new: Option<bool>,
+    ) -> Result<AssetView, DomainError> {
+        let (url, url_expires_at) = self
+            .signed_get(&asset.blob_key, &asset.content_type)
+            .await?;
         Ok(AssetView {
             id: asset.id.clone(),
             hash: Some(asset.hash.clone()),
@@ -185,19 +193,17 @@ impl AssetService {
 
     /// A fresh signed GET URL for a blob, and when it expires. The URL carries the type
     /// the content policy serves, never an active one.
-    pub fn signed_get(
+    pub async fn signed_get(
         &self,
         blob_key: &str,
         content_type: &str,
     ) -> Result<(String, String), DomainError> {
         let expires = self.now() + self.url_ttl;
-        let url = self.ports.blobs.signed_url(
-            blob_key,
-            SignedAccess::Get,
-            expires,
-            Some(&crate::content_policy::served_type(content_type)),
-        )?;
-        Ok((url, timestamp(expires)))
+        let access = SignedAccess::Get {
+            content_type: Some(crate::content_policy::served_type(content_type)),
+        };
+        let signed = self.ports.blobs.presign(blob_key, access, expires).await?;
+        Ok((signed.url, timestamp(expires)))
     }
 
     /// `HEAD /api/v2/assets/by-hash/{hash}`: may this tenant mint from the hash?

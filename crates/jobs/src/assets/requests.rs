@@ -46,7 +46,8 @@ pub struct CreateUploadRequest {
     /// Placement path / filename, as in `POST /api/v2/assets`.
     pub file_path: String,
     pub content_type: String,
-    /// The exact or maximum size of the file; the signed URL refuses more.
+    /// The exact size of the file in bytes: the storage behind `upload_url` refuses a
+    /// body of any other length (see `size_enforcement` in the answer).
     pub size_bytes: u64,
     pub expected_hash: Option<String>,
     #[serde(default)]
@@ -60,9 +61,27 @@ pub struct UploadView {
     pub upload_url: String,
     /// The HTTP method for `upload_url`.
     pub upload_method: String,
+    /// Headers the upload request must carry exactly as given: they are part of the
+    /// signature (`content-length`, the exact size).
+    pub upload_headers: std::collections::BTreeMap<String, String>,
+    /// How the storage holds the upload to its size: `exact` (a body of any length
+    /// other than `size_bytes` is refused by the storage itself).
+    pub size_enforcement: SizeEnforcement,
+    /// The size the upload must have.
+    pub size_bytes: u64,
+    /// The same as `size_bytes`, kept for clients written before `size_enforcement`.
     pub max_bytes: u64,
     pub expires_at: String,
     pub complete_url: String,
+}
+
+/// How the storage behind a signed upload URL holds an upload to its declared size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeEnforcement {
+    /// Exactly `size_bytes`: S3 through a signed `Content-Length`; `dev`'s blob server
+    /// by checking the signed size.
+    Exact,
 }
 
 /// The document's schemas of what clients say about bytes, to the letter of
@@ -155,7 +174,7 @@ pub fn request_schemas(config: &AssetsConfig) -> Vec<(&'static str, serde_json::
                         "type": "integer",
                         "minimum": 1,
                         "maximum": config.max_large_upload_bytes,
-                        "description": "The exact or maximum size of the file; the signed URL refuses more (422 `invalid_size`).",
+                        "description": "The exact size of the file in bytes; the storage behind the signed URL refuses a body of any other length (422 `invalid_size` when 0 or over the limit).",
                     },
                     "expected_hash": nullable(&hash),
                     "tags": tags,

@@ -7,7 +7,8 @@ use futures::StreamExt;
 
 use super::checks::validate_meta;
 use super::{
-    AssetMeta, AssetService, CreateUploadRequest, Staged, UploadView, finish_hash, hashing,
+    AssetMeta, AssetService, CreateUploadRequest, SizeEnforcement, Staged, UploadView, finish_hash,
+    hashing,
 };
 use crate::error::{DomainError, ErrorKind};
 use crate::model::{Asset, SCHEMA_VERSION, UploadRecord, timestamp};
@@ -53,22 +54,30 @@ impl AssetService {
             expires_at: now + self.config.upload_ttl,
         };
         self.ports.store.put_upload(&upload).await?;
-        let upload_url = self.ports.blobs.signed_url(
-            &upload.blob_key,
-            SignedAccess::Put {
-                max_bytes: upload.max_bytes,
-            },
-            upload.expires_at,
-            None,
-        )?;
+        // Exact, not "at most": a presigned S3 PUT can sign one Content-Length, and S3
+        // then refuses every other (a size range would need a POST policy).
+        let signed = self
+            .ports
+            .blobs
+            .presign(
+                &upload.blob_key,
+                SignedAccess::PutExact {
+                    size_bytes: upload.max_bytes,
+                },
+                upload.expires_at,
+            )
+            .await?;
         Ok(UploadView {
             complete_url: format!(
                 "{}/api/v2/x-serverless-comfyui/uploads/{}/complete",
                 self.path_prefix, upload.id
             ),
             id: upload.id,
-            upload_url,
-            upload_method: "PUT".into(),
+            upload_url: signed.url,
+            upload_method: signed.method.as_str().into(),
+            upload_headers: signed.headers.into_iter().collect(),
+            size_enforcement: SizeEnforcement::Exact,
+            size_bytes: upload.max_bytes,
             max_bytes: upload.max_bytes,
             expires_at: timestamp(upload.expires_at),
         })

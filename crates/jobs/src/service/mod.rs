@@ -319,7 +319,7 @@ impl JobService {
         };
         let mut views = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            views.push(self.list_item(job));
+            views.push(self.list_item(job).await);
         }
         Ok(JobPage {
             jobs: views,

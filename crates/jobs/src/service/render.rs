@@ -19,11 +19,23 @@ impl JobService {
         }
     }
 
-    fn outputs_view(&self, job: &Job) -> Vec<OutputView> {
+    /// The outputs with fresh signed URLs. Presigning is local work (no request
+    /// leaves the process once credentials are cached), so the outputs are signed
+    /// together; one that cannot be signed points at the API's `/content` instead.
+    async fn outputs_view(&self, job: &Job) -> Vec<OutputView> {
         let expires = self.ports.clock.now() + self.config.url_ttl;
-        job.outputs
-            .iter()
-            .map(|o| OutputView {
+        futures::future::join_all(job.outputs.iter().map(|o| async move {
+            let access = SignedAccess::Get {
+                content_type: Some(crate::content_policy::served_type(&o.content_type)),
+            };
+            let url = match self.ports.blobs.presign(&o.blob_key, access, expires).await {
+                Ok(signed) => signed.url,
+                Err(_) => format!(
+                    "{}/api/v2/assets/{}/content",
+                    self.config.path_prefix, o.asset_id
+                ),
+            };
+            OutputView {
                 node_id: o.node_id.clone(),
                 name: o.name.clone(),
                 kind: o.kind,
@@ -31,33 +43,20 @@ impl JobService {
                 size_bytes: o.size_bytes,
                 id: o.asset_id.clone(),
                 hash: o.hash.clone(),
-                url: self
-                    .ports
-                    .blobs
-                    .signed_url(
-                        &o.blob_key,
-                        SignedAccess::Get,
-                        expires,
-                        Some(&crate::content_policy::served_type(&o.content_type)),
-                    )
-                    .unwrap_or_else(|_| {
-                        format!(
-                            "{}/api/v2/assets/{}/content",
-                            self.config.path_prefix, o.asset_id
-                        )
-                    }),
+                url,
                 url_expires_at: timestamp(expires),
-            })
-            .collect()
+            }
+        }))
+        .await
     }
 
     /// The lighter shape of a list item: everything but the live progress and the
     /// queue position, which cost a read each.
-    pub(super) fn list_item(&self, job: &Job) -> JobView {
-        self.render(job, None, None)
+    pub(super) async fn list_item(&self, job: &Job) -> JobView {
+        self.render(job, None, None).await
     }
 
-    fn render(
+    async fn render(
         &self,
         job: &Job,
         progress: Option<Progress>,
@@ -72,7 +71,7 @@ impl JobService {
             expires_at: timestamp(job.expires_at),
             queue_position,
             progress,
-            outputs: self.outputs_view(job),
+            outputs: self.outputs_view(job).await,
             error: job.error.clone(),
             metrics: Metrics {
                 queue_ms: job.queue_ms(),
@@ -133,7 +132,7 @@ impl JobService {
         {
             progress = Some(self.waiting_progress(position).await?);
         }
-        Ok(self.render(job, progress, queue_position))
+        Ok(self.render(job, progress, queue_position).await)
     }
 
     /// The progress shown while a job waits: honest about capacity problems.

@@ -212,4 +212,55 @@ pub async fn blob_store(blobs: Arc<dyn BlobStore>) {
         assert_eq!(blobs.get(key).await.unwrap(), None, "{key} deleted");
         assert_eq!(blobs.size(key).await.unwrap(), None, "{key} deleted");
     }
+
+    presigned_requests(blobs).await;
+}
+
+/// Presigning: a GET needs no header; an exact-size PUT names the one header its
+/// signature covers, `content-length`, with the exact size, so a client that sends
+/// what it is told is accepted and the storage refuses any other length. The URL
+/// names the key and differs between methods (each signature binds its method).
+async fn presigned_requests(blobs: &dyn BlobStore) {
+    use jobs::ports::{SignedAccess, SignedMethod};
+    let expires = Utc::now() + Duration::minutes(15);
+    let get = blobs
+        .presign(
+            "outputs/conformance/1/fox.png",
+            SignedAccess::Get {
+                content_type: Some("image/png".into()),
+            },
+            expires,
+        )
+        .await
+        .expect("presign a GET");
+    assert_eq!(get.method, SignedMethod::Get);
+    assert!(
+        get.headers.is_empty(),
+        "a GET needs no header: {:?}",
+        get.headers
+    );
+    assert!(get.url.contains("fox.png"), "the URL names the key");
+    let put = blobs
+        .presign(
+            "uploads/conformance",
+            SignedAccess::PutExact { size_bytes: 12_345 },
+            expires,
+        )
+        .await
+        .expect("presign a PUT");
+    assert_eq!(put.method, SignedMethod::Put);
+    assert_eq!(
+        put.headers,
+        vec![("content-length".to_string(), "12345".to_string())],
+        "an exact-size PUT tells the client the signed Content-Length"
+    );
+    let get_same_key = blobs
+        .presign(
+            "uploads/conformance",
+            SignedAccess::Get { content_type: None },
+            expires,
+        )
+        .await
+        .expect("presign a GET");
+    assert_ne!(get_same_key.url, put.url, "the signature binds the method");
 }
