@@ -18,9 +18,8 @@
 
 use bytes::Bytes;
 use comfyui::{Client, Outputs, UploadOptions};
-use jobs::model::{
-    Asset, BlobRecord, Job, JobError, OutputKind, OutputRecord, SCHEMA_VERSION, new_asset_id,
-};
+use jobs::assets::OutputBytes;
+use jobs::model::{Job, JobError, OutputKind, OutputRecord};
 use jobs::service::Ports;
 use serde_json::{Map, Value};
 
@@ -191,21 +190,12 @@ fn kind(k: comfyui::OutputKind) -> OutputKind {
     }
 }
 
-/// One output fetched from ComfyUI, not yet stored.
-pub(crate) struct Fetched {
-    node_id: String,
-    name: String,
-    kind: OutputKind,
-    content_type: String,
-    bytes: Bytes,
-}
-
 /// Fetches every output from ComfyUI (`/view`). Done first, while ComfyUI is known to be
 /// up; storing them ([`store_outputs`]) needs only our own storage.
 pub(crate) async fn fetch_outputs(
     client: &Client,
     outputs: &Outputs,
-) -> Result<Vec<Fetched>, StageError> {
+) -> Result<Vec<OutputBytes>, StageError> {
     let mut fetched = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for f in &outputs.files {
@@ -215,7 +205,7 @@ pub(crate) async fn fetch_outputs(
             name = format!("{}_{name}", f.index);
             seen.insert((f.node_id.clone(), name.clone()));
         }
-        fetched.push(Fetched {
+        fetched.push(OutputBytes {
             node_id: f.node_id.clone(),
             content_type: comfyui::mime_type(&f.file.filename).to_string(),
             name,
@@ -224,7 +214,7 @@ pub(crate) async fn fetch_outputs(
         });
     }
     for t in &outputs.texts {
-        fetched.push(Fetched {
+        fetched.push(OutputBytes {
             node_id: t.node_id.clone(),
             name: format!("{}_{}.txt", sanitize(&t.key), t.index),
             kind: OutputKind::Text,
@@ -235,67 +225,19 @@ pub(crate) async fn fetch_outputs(
     Ok(fetched)
 }
 
-/// Stores fetched outputs under `outputs/{job}/{attempt}/` and mints an asset for each.
+/// Stores fetched outputs and mints an asset for each, through the assets service
+/// ([`jobs::assets::mint_output`]), all at once.
 pub(crate) async fn store_outputs(
     ports: &Ports,
     job: &Job,
     attempt: u32,
-    fetched: Vec<Fetched>,
+    fetched: Vec<OutputBytes>,
 ) -> Result<Vec<OutputRecord>, StageError> {
-    let uploads = fetched
+    let minted = fetched
         .into_iter()
-        .map(|f| store_one(ports, job, attempt, f));
-    let results = futures::future::join_all(uploads).await;
-    results.into_iter().collect()
-}
-
-async fn store_one(
-    ports: &Ports,
-    job: &Job,
-    attempt: u32,
-    f: Fetched,
-) -> Result<OutputRecord, StageError> {
-    let hash = format!("blake3:{}", blake3::hash(&f.bytes).to_hex());
-    let size = f.bytes.len() as u64;
-    let blob_key = jobs::blob_keys::output(&job.id, attempt, &f.node_id, &f.name);
-    ports.blobs.put(&blob_key, f.bytes, &f.content_type).await?;
-    let now = ports.clock.now();
-    // The tenant's dedup index learns the bytes (HEAD by-hash finds outputs too).
-    ports
-        .store
-        .put_blob_record_if_absent(&BlobRecord {
-            v: SCHEMA_VERSION,
-            tenant: job.tenant.clone(),
-            hash: hash.clone(),
-            size_bytes: size,
-            blob_key: blob_key.clone(),
-            created_at: now,
-        })
-        .await?;
-    let asset = Asset {
-        v: SCHEMA_VERSION,
-        id: new_asset_id(),
-        tenant: job.tenant.clone(),
-        hash: hash.clone(),
-        size_bytes: size,
-        content_type: f.content_type.clone(),
-        file_path: Some(f.name.clone()),
-        tags: vec!["output".into()],
-        created_at: now,
-        blob_key: blob_key.clone(),
-        job_id: Some(job.id.clone()),
-    };
-    ports.store.put_asset(&asset).await?;
-    Ok(OutputRecord {
-        node_id: f.node_id,
-        name: f.name,
-        kind: f.kind,
-        content_type: f.content_type,
-        size_bytes: size,
-        asset_id: asset.id,
-        hash: Some(hash),
-        blob_key,
-    })
+        .map(|output| jobs::assets::mint_output(ports, job, attempt, output));
+    let results = futures::future::join_all(minted).await;
+    Ok(results.into_iter().collect::<Result<_, _>>()?)
 }
 
 /// A node's `class_type`, if the workflow has the node and it names one.

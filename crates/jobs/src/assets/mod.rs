@@ -26,6 +26,7 @@
 //! |---|---|
 //! | this one | [`AssetService`]: views, signed URLs, lookups, deletes, and [`release_bytes`] |
 //! | `mint` | staging streamed bytes, verifying, dedup and minting ([`AssetService::mint_staged`]) |
+//! | `outputs` | a runner's outputs stored and minted as the job tenant's assets ([`mint_output`]) |
 //! | `uploads` | the large-file upload extension, signed PUT checks, the sweep of abandoned uploads |
 //! | `checks` | what a client says about bytes: paths, hashes, tags, types |
 //! | `requests` | the request and response shapes, and their JSON Schemas |
@@ -42,6 +43,7 @@ use crate::ports::{ByteStream, Ports, SignedAccess, StoreError};
 
 mod checks;
 mod mint;
+mod outputs;
 mod range;
 mod requests;
 mod uploads;
@@ -49,6 +51,7 @@ mod uploads;
 pub use checks::{
     FILE_PATH_PATTERN, HASH_PATTERN, MAX_TAGS, parse_hash, validate_file_path, validate_meta,
 };
+pub use outputs::{OutputBytes, mint_output};
 pub use range::{RangeRequest, parse_range};
 pub use requests::{
     AssetView, CreateUploadRequest, FromHashRequest, SizeEnforcement, UploadView, request_schemas,
