@@ -75,34 +75,32 @@ impl ApiError {
         self
     }
 
+    // The common refusals are the domain's, with the status their kind maps to: one
+    // wording for each, whichever layer refuses.
+
     /// 422: the request is well-formed but its content is refused.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+        DomainError::unprocessable(code, message).into()
     }
 
+    /// 400 `invalid_request`.
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        DomainError::invalid_request(message).into()
     }
 
+    /// 404 `not_found`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        DomainError::not_found(what).into()
     }
 
+    /// 401 `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        DomainError::unauthorized(message).into()
     }
 
+    /// 503 `unavailable`, retry after a second.
     pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the service is temporarily unavailable; retry shortly",
-        )
-        .with_retry_after(1)
+        DomainError::unavailable().into()
     }
 
     /// The envelope body.
