@@ -12,14 +12,15 @@
 //! so ComfyUI's cache never hands one job another job's files.
 //!
 //! **Outputs.** Every file the prompt's history lists (saved images, temp previews,
-//! videos, anything with `filename` and `type`) is fetched through `/view`, hashed with
-//! blake3, and stored under `outputs/{job}/{attempt}/{node}/{file}`; every text output
+//! videos, anything with `filename` and `type`) is streamed from `/view` straight into
+//! storage (never held whole in memory), hashed with blake3 on the way, and stored under `outputs/{job}/{attempt}/{node}/{file}`; every text output
 //! as a `.txt` beside them. Each one is minted as an asset owned by the job's tenant.
 
 use bytes::Bytes;
 use comfyui::{Client, Outputs, UploadOptions};
-use jobs::assets::OutputBytes;
+use jobs::assets::NewOutput;
 use jobs::model::{Job, JobError, OutputKind, OutputRecord};
+use jobs::ports::BlobWriteError;
 use jobs::service::Ports;
 use serde_json::{Map, Value};
 
@@ -190,54 +191,115 @@ fn kind(k: comfyui::OutputKind) -> OutputKind {
     }
 }
 
-/// Fetches every output from ComfyUI (`/view`). Done first, while ComfyUI is known to be
-/// up; storing them ([`store_outputs`]) needs only our own storage.
-pub(crate) async fn fetch_outputs(
-    client: &Client,
-    outputs: &Outputs,
-) -> Result<Vec<OutputBytes>, StageError> {
-    let mut fetched = Vec::new();
+/// Where an output's bytes come from.
+pub(crate) enum OutputSource {
+    /// A file ComfyUI wrote, read back through `/view`.
+    File(comfyui::FileRef),
+    /// A text a node returned in its history record.
+    Text(String),
+}
+
+/// One output to store, named and typed, its bytes not fetched yet.
+pub(crate) struct PlannedOutput {
+    node_id: String,
+    name: String,
+    kind: OutputKind,
+    content_type: String,
+    source: OutputSource,
+}
+
+/// Names every output of a finished prompt (sanitised, unique within its node) and
+/// types it; nothing is fetched yet.
+pub(crate) fn plan_outputs(outputs: &Outputs) -> Vec<PlannedOutput> {
+    let mut planned = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for f in &outputs.files {
-        let bytes = client.view(&f.file).await?;
         let mut name = sanitize(&f.file.filename);
         if !seen.insert((f.node_id.clone(), name.clone())) {
             name = format!("{}_{name}", f.index);
             seen.insert((f.node_id.clone(), name.clone()));
         }
-        fetched.push(OutputBytes {
+        planned.push(PlannedOutput {
             node_id: f.node_id.clone(),
             content_type: comfyui::mime_type(&f.file.filename).to_string(),
             name,
             kind: kind(f.kind),
-            bytes,
+            source: OutputSource::File(f.file.clone()),
         });
     }
     for t in &outputs.texts {
-        fetched.push(OutputBytes {
+        planned.push(PlannedOutput {
             node_id: t.node_id.clone(),
             name: format!("{}_{}.txt", sanitize(&t.key), t.index),
             kind: OutputKind::Text,
             content_type: "text/plain; charset=utf-8".into(),
-            bytes: Bytes::from(t.text.clone().into_bytes()),
+            source: OutputSource::Text(t.text.clone()),
         });
     }
-    Ok(fetched)
+    planned
 }
 
-/// Stores fetched outputs and mints an asset for each, through the assets service
-/// ([`jobs::assets::mint_output`]), all at once.
+/// How many outputs stream from ComfyUI into storage at once.
+const OUTPUT_STREAMS: usize = 4;
+
+/// Streams each planned output from ComfyUI (`/view`) into storage and mints an asset
+/// for it through the assets service ([`jobs::assets::mint_output`]), a few at a time.
+/// No output is ever held whole in memory.
 pub(crate) async fn store_outputs(
+    client: &Client,
     ports: &Ports,
     job: &Job,
     attempt: u32,
-    fetched: Vec<OutputBytes>,
+    planned: Vec<PlannedOutput>,
 ) -> Result<Vec<OutputRecord>, StageError> {
-    let minted = fetched
-        .into_iter()
-        .map(|output| jobs::assets::mint_output(ports, job, attempt, output));
-    let results = futures::future::join_all(minted).await;
-    Ok(results.into_iter().collect::<Result<_, _>>()?)
+    use futures::{StreamExt, TryStreamExt};
+    let minted = futures::stream::iter(planned)
+        .map(|output| store_one(client, ports, job, attempt, output))
+        .buffered(OUTPUT_STREAMS);
+    minted.try_collect().await
+}
+
+async fn store_one(
+    client: &Client,
+    ports: &Ports,
+    job: &Job,
+    attempt: u32,
+    output: PlannedOutput,
+) -> Result<OutputRecord, StageError> {
+    use futures::TryStreamExt;
+    let body: jobs::ports::ByteStream = match output.source {
+        OutputSource::File(file) => Box::pin(
+            client
+                .view_response(&file)
+                .await?
+                .bytes_stream()
+                .map_err(std::io::Error::other),
+        ),
+        OutputSource::Text(text) => Box::pin(futures::stream::once(async move {
+            Ok(Bytes::from(text.into_bytes()))
+        })),
+    };
+    let name = output.name.clone();
+    let new = NewOutput {
+        node_id: output.node_id,
+        name: output.name,
+        kind: output.kind,
+        content_type: output.content_type,
+        body,
+    };
+    jobs::assets::mint_output(ports, job, attempt, new, jobs::assets::MAX_OUTPUT_BYTES)
+        .await
+        .map_err(|e| match e {
+            BlobWriteError::TooLarge { max_bytes } => StageError::Job(JobError::new(
+                "output_too_large",
+                format!("the output {name} is larger than {max_bytes} bytes"),
+            )),
+            // The stream from ComfyUI broke: treated as ComfyUI failing.
+            BlobWriteError::Body(e) => StageError::Engine(comfyui::Error::ServerGone(format!(
+                "the output {name} stopped streaming: {e}"
+            ))),
+            BlobWriteError::Store(e) => StageError::Store(e),
+        })
 }
 
 /// A node's `class_type`, if the workflow has the node and it names one.

@@ -1,5 +1,5 @@
-//! Ending a job: failing it, collecting a succeeded prompt's outputs (fetched from
-//! ComfyUI, stored and minted through the assets service), and the fenced commit of
+//! Ending a job: failing it, collecting a succeeded prompt's outputs (streamed from
+//! ComfyUI into storage and minted through the assets service), and the fenced commit of
 //! the terminal move, retried a few times before the lease is let go.
 
 use super::*;
@@ -27,8 +27,8 @@ impl JobTask {
         let outputs = run.outputs.clone();
         let attempt = fence.attempt;
         let work = async move {
-            let fetched = stage::fetch_outputs(&client, &outputs).await?;
-            stage::store_outputs(&ports, &job, attempt, fetched).await
+            let planned = stage::plan_outputs(&outputs);
+            stage::store_outputs(&client, &ports, &job, attempt, planned).await
         };
         let stored = match self.with_heartbeat(work).await {
             Err(end) => return end,

@@ -9,7 +9,7 @@
 //!                      ▼                                      │
 //!        follow the WebSocket: progress (throttled), heartbeat, cancel, timeout
 //!                      ▼
-//!        fetch outputs (/view) ─▶ store + mint assets ─▶ finish (fenced) ─▶ delete message
+//!        stream outputs (/view) into storage, mint assets ─▶ finish (fenced) ─▶ delete message
 //! ```
 //!
 //! **Holds.** A task holds its job either by a *reservation* (the job stays `queued`,

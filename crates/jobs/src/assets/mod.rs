@@ -51,7 +51,7 @@ mod uploads;
 pub use checks::{
     FILE_PATH_PATTERN, HASH_PATTERN, MAX_TAGS, parse_hash, validate_file_path, validate_meta,
 };
-pub use outputs::{OutputBytes, mint_output};
+pub use outputs::{MAX_OUTPUT_BYTES, NewOutput, mint_output};
 pub use range::{RangeRequest, parse_range};
 pub use requests::{
     AssetView, CreateUploadRequest, FromHashRequest, SizeEnforcement, UploadView, request_schemas,

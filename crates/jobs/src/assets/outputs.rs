@@ -6,42 +6,50 @@
 //! own bytes, so the retention of a job's outputs follows the job. The tenant's dedup
 //! index still learns the hash (so `HEAD /assets/by-hash` and `from-hash` find
 //! outputs), and the asset names its job, which is what keeps the bytes referenced.
+//!
+//! **Streamed, never held whole.** An output arrives as a stream (the runner pipes
+//! ComfyUI's `/view` answer straight in) and goes to [`BlobStore::put_stream`] while a
+//! blake3 hasher watches it go by: a 2 GB video costs one multipart part of memory,
+//! not 2 GB.
+//!
+//! [`BlobStore::put_stream`]: crate::ports::BlobStore::put_stream
 
-use bytes::Bytes;
-
+use super::{finish_hash, hashing};
 use crate::model::{
     Asset, BlobRecord, Job, OutputKind, OutputRecord, SCHEMA_VERSION, new_asset_id,
 };
-use crate::ports::{Ports, StoreError};
+use crate::ports::{BlobWriteError, ByteStream, Ports};
 
-/// One output a runner fetched from ComfyUI, ready to store.
-#[derive(Debug, Clone)]
-pub struct OutputBytes {
+/// The largest single output stored (10 GiB): far above any image or short video,
+/// and well inside S3's 10,000 parts of the blob store's part size.
+pub const MAX_OUTPUT_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// One output of a finished prompt, as a stream of its bytes.
+pub struct NewOutput {
     pub node_id: String,
     /// The file name, already made safe for a key (the runner sanitises ComfyUI's).
     pub name: String,
     pub kind: OutputKind,
     pub content_type: String,
-    pub bytes: Bytes,
+    pub body: ByteStream,
 }
 
-/// Stores one output of `job`'s `attempt` and mints an asset for it. Safe to repeat
-/// for the same attempt (a retried finish): the blob is overwritten with the same
-/// bytes, the dedup record is written only if absent, and a second asset over the same
-/// key is harmless (both belong to the job and go with it).
+/// Streams one output of `job`'s `attempt` into storage and mints an asset for it,
+/// refusing more than `max_bytes`. Safe to repeat for the same attempt (a retried
+/// finish): the blob is overwritten with the same bytes, the dedup record is written
+/// only if absent, and a second asset over the same key is harmless (both belong to
+/// the job and go with it).
 pub async fn mint_output(
     ports: &Ports,
     job: &Job,
     attempt: u32,
-    output: OutputBytes,
-) -> Result<OutputRecord, StoreError> {
-    let hash = format!("blake3:{}", blake3::hash(&output.bytes).to_hex());
-    let size = output.bytes.len() as u64;
+    output: NewOutput,
+    max_bytes: u64,
+) -> Result<OutputRecord, BlobWriteError> {
     let blob_key = crate::blob_keys::output(&job.id, attempt, &output.node_id, &output.name);
-    ports
-        .blobs
-        .put(&blob_key, output.bytes, &output.content_type)
-        .await?;
+    let (body, hasher) = hashing(output.body);
+    let size = ports.blobs.put_stream(&blob_key, body, max_bytes).await?;
+    let hash = finish_hash(&hasher);
     let now = ports.clock.now();
     ports
         .store
