@@ -236,6 +236,7 @@ pub fn apply(job: &Job, mv: &Move, now: DateTime<Utc>) -> Result<Applied, Refusa
             if job.status == JobStatus::Canceling {
                 finalise(&mut next, JobStatus::Canceled, now);
             } else {
+                close_lease(&mut next, now);
                 next.status = JobStatus::Queued;
                 next.lease_owner = None;
                 next.lease_until = None;
@@ -323,7 +324,21 @@ fn check_fence(job: &Job, fence: &Fence) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Adds the current lease's GPU time to [`Job::held_ms`]: from its claim to `now`, or
+/// to its expiry if it lapsed earlier (a dead runner held the GPU until then at most).
+fn close_lease(job: &mut Job, now: DateTime<Utc>) {
+    if let Some(started) = job.lease_started_at.take() {
+        let end = job.lease_until.map_or(now, |until| until.min(now));
+        let held = (end - started).num_milliseconds().max(0);
+        *job.held_ms.get_or_insert(0) += held;
+    }
+}
+
 fn grant_lease(job: &mut Job, runner: &str, lease: Duration, now: DateTime<Utc>) {
+    // A takeover ends the lapsed lease first.
+    close_lease(job, now);
+    job.held_ms.get_or_insert(0);
+    job.lease_started_at = Some(now);
     job.status = JobStatus::Running;
     job.attempt += 1;
     job.lease_owner = Some(runner.to_string());
@@ -350,6 +365,7 @@ fn fail_exhausted(job: &mut Job, now: DateTime<Utc>) {
 /// Moves to a terminal state and releases every hold on the job.
 fn finalise(job: &mut Job, status: JobStatus, now: DateTime<Utc>) {
     debug_assert!(status.is_terminal());
+    close_lease(job, now);
     let retention = job.expires_at - job.created_at;
     job.status = status;
     job.completed_at = Some(now);

@@ -231,6 +231,14 @@ pub struct Job {
     /// what a past job cost; see [`Job::cost_usd`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_price_per_hour: Option<f64>,
+    /// When the current lease began (`None` while no runner holds the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_started_at: Option<DateTime<Utc>>,
+    /// Milliseconds of GPU time spent by leases that already ended (handed back, taken
+    /// over, finished): what [`Job::gpu_seconds`] adds up. `None` on a job recorded
+    /// before this was kept, which falls back to start-to-end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<i64>,
     /// The finishing attempt's outputs (reset on takeover).
     pub outputs: Vec<OutputRecord>,
     pub error: Option<JobError>,
@@ -274,6 +282,8 @@ impl Job {
             reserved_until: None,
             preemptions: 0,
             gpu_price_per_hour: None,
+            lease_started_at: None,
+            held_ms: None,
             outputs: vec![],
             error: None,
             enqueued: false,
@@ -303,11 +313,21 @@ impl Job {
         }
     }
 
-    /// Seconds a GPU runner held the job: from its first start to its end, so a
-    /// takeover's lost attempt is counted too (the GPU was held, whoever's it was).
-    /// Null until the job finished after starting.
+    /// Seconds GPU runners held the job: the sum of its leases, each from its claim to
+    /// its end (finish, hand-back, or a lapsed lease's expiry), so a takeover's lost
+    /// attempt is counted (the GPU was held, whoever's it was) and the time a handed-back
+    /// job waited in the queue is not. Null until the job finished after starting.
     pub fn gpu_seconds(&self) -> Option<f64> {
-        self.execution_ms().map(|ms| ms.max(0) as f64 / 1000.0)
+        let ms = match self.held_ms {
+            Some(ms) => {
+                self.completed_at?;
+                self.started_at?;
+                ms
+            }
+            // Recorded before leases were summed: start to end.
+            None => self.execution_ms()?,
+        };
+        Some(ms.max(0) as f64 / 1000.0)
     }
 
     /// The estimated cost: [`Job::gpu_seconds`] at the price recorded on the job,

@@ -37,6 +37,8 @@ fn queued() -> Job {
         reserved_until: None,
         preemptions: 0,
         gpu_price_per_hour: None,
+        lease_started_at: None,
+        held_ms: None,
         outputs: vec![],
         error: None,
         enqueued: true,
@@ -679,4 +681,92 @@ fn dead_letter_fails_unless_leased() {
     for job in terminal_jobs() {
         assert!(!apply(&job, &Move::DeadLetter, t0()).unwrap().changed);
     }
+}
+
+// ---- GPU time ----------------------------------------------------------------------
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(seconds)
+}
+
+fn renew(job: &Job, owner: &str, now: DateTime<Utc>) -> Job {
+    ok(
+        job,
+        Move::Renew {
+            fence: fence(owner, job.attempt),
+            lease: lease(),
+        },
+        now,
+    )
+}
+
+fn succeed(job: &Job, owner: &str, now: DateTime<Utc>) -> Job {
+    ok(
+        job,
+        Move::Finish {
+            fence: fence(owner, job.attempt),
+            finish: Finish::Succeeded { outputs: vec![] },
+        },
+        now,
+    )
+}
+
+#[test]
+fn gpu_time_leaves_out_the_wait_after_a_hand_back() {
+    // Held 10 s, handed back (Spot), queued 90 s, then run 30 s by another runner.
+    let held = ok(&queued(), claim("a"), at(0));
+    let back = ok(
+        &held,
+        Move::HandBack {
+            fence: fence("a", 1),
+        },
+        at(10),
+    );
+    assert_eq!(back.held_ms, Some(10_000));
+    assert_eq!(back.lease_started_at, None);
+    let again = ok(&back, claim("b"), at(100));
+    let again = renew(&again, "b", at(120));
+    let done = succeed(&again, "b", at(130));
+    assert_eq!(
+        done.gpu_seconds(),
+        Some(40.0),
+        "10 s + 30 s, not the 90 s queued"
+    );
+    assert_eq!(
+        done.execution_ms(),
+        Some(130_000),
+        "start to end still spans it all"
+    );
+}
+
+#[test]
+fn gpu_time_counts_a_lost_lease_until_it_lapsed() {
+    // Runner a dies 5 s in; its lease (30 s) lapses at 30 s; b takes over at 60 s.
+    let held = ok(&queued(), claim("a"), at(0));
+    let taken = ok(&held, claim("b"), at(60));
+    assert_eq!(
+        taken.held_ms,
+        Some(30_000),
+        "a held the GPU until its lease lapsed"
+    );
+    let done = succeed(&taken, "b", at(70));
+    assert_eq!(done.gpu_seconds(), Some(40.0));
+}
+
+#[test]
+fn gpu_time_of_a_job_canceled_while_running_ends_at_the_cancel() {
+    let held = ok(&queued(), claim("a"), at(0));
+    let canceling = ok(&held, Move::Cancel, at(4));
+    let canceled = ok(
+        &canceling,
+        Move::Finish {
+            fence: fence("a", 1),
+            finish: Finish::Canceled,
+        },
+        at(5),
+    );
+    assert_eq!(canceled.gpu_seconds(), Some(5.0));
+    // Never started: no GPU time at all.
+    let never = ok(&queued(), Move::Cancel, at(5));
+    assert_eq!(never.gpu_seconds(), None);
 }
