@@ -7,6 +7,8 @@
 //! | `JobStore` | [`SqliteJobStore`]: SQLite in WAL mode | DynamoDB |
 //! | `BlobStore` | [`FileBlobStore`]: files under the data dir | S3 |
 //! | `Queue` | [`SqliteQueue`]: SQLite tables with SQS semantics | SQS |
+//! | `WebhookStore` | [`SqliteJobStore`]: tables in the jobs database | DynamoDB (+ its stream) |
+//! | `WebhookSender` | [`webhook_http::HttpSender`]: reqwest, inner addresses refused at connect | the same, in a consumer |
 //!
 //! Everything lives in one data directory ([`DataDir`], default `./.serverless-comfyui/`)
 //! that survives restarts. Local must not be kinder than AWS: the store and the queue
@@ -23,6 +25,7 @@ pub mod launcher;
 mod queue;
 pub mod serve;
 mod store;
+pub mod webhook_http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
