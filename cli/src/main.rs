@@ -85,6 +85,17 @@ enum Command {
         /// (recorded on the job when it is accepted). 0: no estimate.
         #[arg(long, default_value_t = 0.0, value_parser = dev::parse_price)]
         gpu_price_per_hour: f64,
+        /// Let webhook URLs reach loopback and private addresses (a receiver on this
+        /// machine or network). Off: they are refused, at registration and at connect.
+        #[arg(long)]
+        webhooks_allow_private: bool,
+        /// Milliseconds before a failed webhook's first retry (doubling after): tests
+        /// shorten it.
+        #[arg(long, default_value_t = 5000, hide = true)]
+        webhook_retry_first_ms: u64,
+        /// Milliseconds a deliverer holds a claimed webhook: tests shorten it.
+        #[arg(long, default_value_t = 60_000, hide = true)]
+        webhook_lease_ms: u64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -204,6 +215,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The deliverer's timings from the hidden test flags.
+fn webhook_delivery(retry_first_ms: u64, lease_ms: u64) -> jobs::webhooks::deliver::DeliveryConfig {
+    let defaults = jobs::webhooks::deliver::DeliveryConfig::default();
+    let lease = Duration::from_millis(lease_ms.max(100));
+    jobs::webhooks::deliver::DeliveryConfig {
+        backoff: jobs::webhooks::backoff::Backoff {
+            first: Duration::from_millis(retry_first_ms.max(1)),
+            ..defaults.backoff
+        },
+        // A request never outlives its claim.
+        timeout: defaults.timeout.min(lease / 2),
+        lease,
+        ..defaults
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
     if matches!(
         cli.command,
@@ -230,6 +257,9 @@ async fn run(cli: Cli) -> ExitCode {
             idempotency_ttl,
             upload_ttl,
             gpu_price_per_hour,
+            webhooks_allow_private,
+            webhook_retry_first_ms,
+            webhook_lease_ms,
         } => {
             let runner = if no_runner {
                 None
@@ -260,6 +290,8 @@ async fn run(cli: Cli) -> ExitCode {
                     .unwrap_or_else(|| DevConfig::default().idempotency_ttl.min(retention)),
                 upload_ttl,
                 gpu_price_per_hour,
+                webhooks_allow_private,
+                webhook_delivery: webhook_delivery(webhook_retry_first_ms, webhook_lease_ms),
                 ..DevConfig::default()
             })
             .await

@@ -33,6 +33,7 @@ use std::sync::Arc;
 pub use blobs::{FileBlobStore, INLINE_MAX, SIGNED_PATH, UrlSigner};
 use jobs::ports::{Clock, StoreError};
 use jobs::service::Ports;
+use jobs::webhooks::ports::WebhookStore;
 pub use queue::SqliteQueue;
 pub use store::SqliteJobStore;
 
@@ -135,8 +136,19 @@ impl DataDir {
         clock: Arc<dyn Clock>,
         public_base: &str,
     ) -> Result<(Ports, Arc<FileBlobStore>), StoreError> {
-        let store: Arc<dyn jobs::ports::JobStore> =
-            Arc::new(SqliteJobStore::open(&self.jobs_db())?);
+        let (ports, blobs, _) = self.ports_blobs_and_webhooks(clock, public_base)?;
+        Ok((ports, blobs))
+    }
+
+    /// [`Self::ports_and_blobs`], and the webhook store: the same SQLite store as
+    /// `ports.store`, since the job's own moves fill its outbox.
+    pub fn ports_blobs_and_webhooks(
+        &self,
+        clock: Arc<dyn Clock>,
+        public_base: &str,
+    ) -> Result<(Ports, Arc<FileBlobStore>, Arc<dyn WebhookStore>), StoreError> {
+        let sqlite = Arc::new(SqliteJobStore::open(&self.jobs_db())?);
+        let store: Arc<dyn jobs::ports::JobStore> = sqlite.clone();
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let blobs = Arc::new(
@@ -154,7 +166,7 @@ impl DataDir {
             queue: Arc::new(queue),
             clock,
         };
-        Ok((ports, blobs))
+        Ok((ports, blobs, sqlite))
     }
 }
 
