@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::extract::{RawBody, json_response, parse_body};
-use super::{
-    ApiError, ApiState, BAD_PATH, FORBIDDEN, UNAUTHORIZED, UNAVAILABLE, UNSUPPORTED_JSON,
-};
+use super::{ApiError, ApiState, BAD_PATH, FORBIDDEN, UNAUTHORIZED, UNAVAILABLE, UNSUPPORTED_JSON};
 use crate::auth::Tenant;
 use crate::views::ErrorEnvelope;
 use crate::webhooks::service::{

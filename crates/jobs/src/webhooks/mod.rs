@@ -22,8 +22,10 @@
 //!    stream is that outbox (the stream record is written atomically with the update).
 //! 3. **Fan out** ([`deliver::Deliverer::drain_outbox`]): each event is rendered once,
 //!    as `{"type", "timestamp", "data"}` where `data` is the job exactly as
-//!    `GET /api/v2/jobs/{id}` shows it, and becomes one [`Delivery`] per endpoint that
-//!    wants it. Rendering once means every retry sends the same bytes under the same
+//!    `GET /api/v2/jobs/{id}` shows it when the event is fanned out (within a
+//!    deliverer round of the move: final for a terminal event; a `job.running` event
+//!    of a very short job may already show it finished), and becomes one [`Delivery`]
+//!    per endpoint that wants it. Rendering once means every retry sends the same bytes under the same
 //!    `webhook-id`, so receivers can deduplicate.
 //! 4. **Delivery** ([`deliver::Deliverer::deliver_due`]): due deliveries are *claimed*
 //!    under a lease (a store write that hides them for a while), so two deliverers never
