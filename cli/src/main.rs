@@ -124,10 +124,15 @@ enum Command {
         #[command(subcommand)]
         command: client::AssetsCommand,
     },
+    /// Register, list and delete signed webhooks, and see their delivery attempts.
+    Webhooks {
+        #[command(subcommand)]
+        command: client::WebhooksCommand,
+    },
 }
 
 /// The client subcommands, whose usage errors exit with 3 (2 means "canceled" there).
-const CLIENT_COMMANDS: [&str; 3] = ["run", "jobs", "assets"];
+const CLIENT_COMMANDS: [&str; 4] = ["run", "jobs", "assets", "webhooks"];
 
 /// Parses the command line. Help and version exit 0; a usage error of a client
 /// subcommand exits 3, as its other usage errors do; `dev` and `keys` keep clap's 2.
@@ -157,6 +162,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Assets { command } => match command {
             client::AssetsCommand::Upload { json, .. } => *json,
         },
+        Command::Webhooks { command } => command.json(),
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
@@ -166,6 +172,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Run(args) => client::commands::run(args).await,
         Command::Jobs { command } => client::commands::jobs(command).await,
         Command::Assets { command } => client::commands::assets(command).await,
+        Command::Webhooks { command } => client::webhooks::webhooks(command).await,
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
@@ -234,7 +241,7 @@ fn webhook_delivery(retry_first_ms: u64, lease_ms: u64) -> jobs::webhooks::deliv
 async fn run(cli: Cli) -> ExitCode {
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. }
+        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } | Command::Webhooks { .. }
     ) {
         // The client prints its own progress and errors; no log lines in between.
         return run_client(cli.command).await;
@@ -299,7 +306,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
         Command::Tenants { command } => serverless_comfyui::tenants::run(command).await,
-        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
+        Command::Run(_)
+        | Command::Jobs { .. }
+        | Command::Assets { .. }
+        | Command::Webhooks { .. } => {
             unreachable!("handled by run_client")
         }
     };

@@ -571,7 +571,10 @@ async fn openapi_covers_every_route() {
         ("post", "/api/v2/x-serverless-comfyui/webhooks"),
         ("get", "/api/v2/x-serverless-comfyui/webhooks"),
         ("delete", "/api/v2/x-serverless-comfyui/webhooks/{id}"),
-        ("get", "/api/v2/x-serverless-comfyui/webhooks/{id}/deliveries"),
+        (
+            "get",
+            "/api/v2/x-serverless-comfyui/webhooks/{id}/deliveries",
+        ),
         ("get", "/api/v2/health"),
         ("get", "/api/v2/openapi.json"),
     ];

@@ -485,15 +485,18 @@ async fn dev_killed_between_the_job_end_and_its_delivery_delivers_after_restart(
     let receiver = Receiver::start(0).await;
     receiver.seen.lock().unwrap().down = true;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}{HOOKS}", dev.url()))
-        .json(&json!({"url": receiver.url(), "events": ["job.succeeded", "job.running"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Registered with the CLI, as a user would.
+    let created = cli(
+        &dev,
+        &[
+            "create",
+            &receiver.url(),
+            "--event",
+            "job.succeeded",
+            "--event",
+            "job.running",
+        ],
+    );
     receiver.set_secret(created["secret"].as_str().expect("a secret"));
     let job: Value = http
         .post(format!("{}/api/v2/jobs", dev.url()))
@@ -556,4 +559,42 @@ async fn dev_killed_between_the_job_end_and_its_delivery_delivers_after_restart(
         );
     }
     assert_eq!(receiver.seen.lock().unwrap().bad_signatures, 0);
+
+    // The CLI shows the endpoint (no secret) and its attempts, then deletes it.
+    let endpoint = created["id"].as_str().unwrap();
+    let listed = cli(&dev, &["list"]);
+    assert_eq!(listed["endpoints"][0]["id"], endpoint);
+    assert!(listed["endpoints"][0].get("secret").is_none());
+    let attempts = cli(&dev, &["deliveries", endpoint, "--limit", "100"]);
+    let attempts = attempts["attempts"].as_array().unwrap();
+    let delivered: Vec<_> = attempts
+        .iter()
+        .filter(|a| a["state"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 2, "{attempts:?}");
+    assert!(delivered.iter().all(|a| a["status_code"] == 204));
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a["status_code"] == 500 && a["next_attempt_at"].is_string()),
+        "the failed tries before the kill are shown with their next attempt"
+    );
+    assert_eq!(cli(&dev, &["delete", endpoint])["deleted"], endpoint);
+    assert_eq!(cli(&dev, &["list"])["endpoints"], json!([]));
+}
+
+/// `serverless-comfyui webhooks <args> --json --url <dev>`, which must succeed.
+fn cli(dev: &Dev, args: &[&str]) -> Value {
+    let output = Command::new(BIN)
+        .arg("webhooks")
+        .args(args)
+        .args(["--json", "--url", &dev.url()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "webhooks {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
