@@ -336,11 +336,12 @@ async fn a_receiver_failing_five_times_gets_each_event_exactly_once() {
 
     let accepted = receiver.accepted();
     assert_eq!(accepted.len(), 2, "one accepted delivery per event");
-    let seen = receiver.seen.lock().unwrap();
-    assert_eq!(seen.bad_signatures, 0);
-    assert_eq!(seen.tries.len(), 2, "the cat job is filtered out");
-    assert!(seen.tries.values().all(|&n| n == 6), "{:?}", seen.tries);
-    drop(seen);
+    {
+        let seen = receiver.seen.lock().unwrap();
+        assert_eq!(seen.bad_signatures, 0);
+        assert_eq!(seen.tries.len(), 2, "the cat job is filtered out");
+        assert!(seen.tries.values().all(|&n| n == 6), "{:?}", seen.tries);
+    }
     let mut delivered_jobs = Vec::new();
     for (_, body) in &accepted {
         assert_eq!(body["type"], "job.canceled");

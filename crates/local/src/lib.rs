@@ -41,6 +41,9 @@ pub use store::SqliteJobStore;
 /// because duplicates, hand-backs and pushed-back copies all count as receives.
 pub const MAX_RECEIVE_COUNT: u32 = 20;
 
+/// The ports, the file blob store behind `ports.blobs`, and the webhook store.
+pub type LocalPorts = (Ports, Arc<FileBlobStore>, Arc<dyn WebhookStore>);
+
 /// The files of one local installation.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -146,7 +149,7 @@ impl DataDir {
         &self,
         clock: Arc<dyn Clock>,
         public_base: &str,
-    ) -> Result<(Ports, Arc<FileBlobStore>, Arc<dyn WebhookStore>), StoreError> {
+    ) -> Result<LocalPorts, StoreError> {
         let sqlite = Arc::new(SqliteJobStore::open(&self.jobs_db())?);
         let store: Arc<dyn jobs::ports::JobStore> = sqlite.clone();
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)

@@ -136,13 +136,11 @@ impl WebhookService {
                     .with_details(e.details.map(|d| *d).unwrap_or(serde_json::Value::Null))
             })?,
         };
-        if !self.config.allow_private {
-            if let Some(sender) = &self.sender {
-                sender
-                    .check_url(&url)
-                    .await
-                    .map_err(|m| DomainError::unprocessable("invalid_webhook_url", m))?;
-            }
+        if let (false, Some(sender)) = (self.config.allow_private, &self.sender) {
+            sender
+                .check_url(&url)
+                .await
+                .map_err(|m| DomainError::unprocessable("invalid_webhook_url", m))?;
         }
         let endpoint = Endpoint {
             v: WEBHOOK_SCHEMA_VERSION,
