@@ -174,8 +174,29 @@ impl Deliverer {
             .await
         {
             Ok(Some(endpoint)) => endpoint,
-            // Deleted with its deliveries; this one goes with them.
-            Ok(None) => return false,
+            // Deleted: its deliveries went with it, or (a deletion cut short) this one
+            // is closed now, so no claim keeps coming back to it.
+            Ok(None) => {
+                let now = self.hooks.jobs.ports().clock.now();
+                let record = AttemptRecord {
+                    attempt: Attempt {
+                        delivery_id: delivery.id.clone(),
+                        endpoint_id: delivery.endpoint_id.clone(),
+                        event: delivery.event,
+                        job_id: delivery.job_id.clone(),
+                        attempt: delivery.attempts + 1,
+                        at: now,
+                        status_code: None,
+                        latency_ms: 0,
+                        error: Some("the endpoint was deleted".into()),
+                        state: DeliveryState::GaveUp,
+                        next_attempt_at: None,
+                    },
+                    state: DeliveryState::GaveUp,
+                };
+                let _ = store.record_attempt(&token, &record).await;
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook endpoint unreadable; the lease will lapse and it is tried again");
                 return false;

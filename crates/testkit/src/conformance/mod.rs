@@ -19,7 +19,8 @@
 //!   deletes, for blobs small (a workflow) and large (an image), since an adapter may
 //!   keep the two apart;
 //! - [`webhook_store`]: webhook endpoints, the outbox the job's own moves fill, claims
-//!   under a lease and fenced attempt records.
+//!   under a lease and fenced attempt records; [`webhook_deliveries`] is the same
+//!   without the outbox, for a store whose outbox is its stream (DynamoDB).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ pub use lease::{lease_protocol, stalled_runner_is_fenced};
 pub use queues::{queue_at_least_once, queue_sqs, queue_strict};
 pub use quotas::tenant_quotas;
 pub use store::job_store;
-pub use webhooks::webhook_store;
+pub use webhooks::{webhook_deliveries, webhook_store};
 
 /// Moves time forward for a queue under test: a manual clock, or real sleeping.
 #[async_trait]
