@@ -383,6 +383,72 @@ async fn a_receiver_failing_five_times_gets_each_event_exactly_once() {
     assert_eq!(few.body["attempts"].as_array().unwrap().len(), 3);
 }
 
+/// A receiver that never accepts: retried until the schedule's deadline, then the
+/// delivery is given up, and the last attempt says so; nothing is sent after that.
+#[tokio::test]
+async fn a_receiver_that_never_accepts_is_given_up_and_it_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevConfig {
+        data_dir: dir.path().join("data"),
+        webhooks_allow_private: true,
+        webhook_delivery: DeliveryConfig {
+            backoff: Backoff {
+                first: Duration::from_millis(20),
+                cap: Duration::from_millis(50),
+                give_up_after: Duration::from_millis(400),
+                jitter: 0.2,
+            },
+            ..quick_delivery()
+        },
+        ..DevConfig::default()
+    };
+    let t = TestApp::from_app(DevApp::build(&config, Arc::new(SystemClock)).unwrap(), dir);
+    let receiver = Receiver::start(usize::MAX).await;
+    let created = create(
+        &t,
+        json!({"url": receiver.url(), "events": ["job.canceled"]}),
+    )
+    .await;
+    receiver.set_secret(created.body["secret"].as_str().unwrap());
+    let endpoint = created.body["id"].as_str().unwrap().to_string();
+    let job = t.submit(&common::invert()).await;
+    let id = job.body["id"].as_str().unwrap();
+    t.post_raw(&format!("/api/v2/jobs/{id}/cancel"), "", None)
+        .await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let deliverer = tokio::spawn(t.app.deliverer().unwrap().run(stopped));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attempts = loop {
+        let reply = t
+            .get(&format!("{HOOKS}/{endpoint}/deliveries?limit=100"))
+            .await;
+        let attempts = reply.body["attempts"].as_array().unwrap().clone();
+        if attempts.first().is_some_and(|a| a["state"] == "gave_up") {
+            break attempts;
+        }
+        assert!(Instant::now() < deadline, "not given up: {attempts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tries = receiver.seen.lock().unwrap().tries.values().sum::<usize>();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(true);
+    deliverer.await.unwrap();
+    assert!(
+        attempts.len() >= 3,
+        "retried before giving up: {attempts:?}"
+    );
+    assert_eq!(attempts.len(), tries, "each try is recorded");
+    assert!(attempts[0]["next_attempt_at"].is_null());
+    assert!(attempts[1..].iter().all(|a| a["state"] == "pending"));
+    assert_eq!(
+        receiver.seen.lock().unwrap().tries.values().sum::<usize>(),
+        tries,
+        "nothing is sent after giving up"
+    );
+    assert!(receiver.accepted().is_empty());
+}
+
 /// The default `dev` refuses a webhook to itself even when the name only resolves
 /// inward (`localhost` is refused as a name; a loopback literal as an address).
 #[tokio::test]
