@@ -18,7 +18,7 @@
 //! | `record_attempt` | `GetItem` the delivery, then `TransactWriteItems`: `Update` it `IF token = :token` (moving it to its next due time, or to `WHDONE`), `Put` the attempt |
 //! | `list_attempts` | `Query gsi1 WHE#{endpoint}, begins_with(gsi1sk, A#)`, newest first |
 //! | `delete_finished_deliveries` | `Query gsi2 WHDONE, gsi2sk < before`, then each delivery's collection deleted |
-//! | `pending_events` | nothing: on AWS the outbox is the table's **stream** (see `docs/functions.md`, "Webhooks on AWS"); its consumer is not built yet |
+//! | `pending_events` | nothing: on AWS the outbox is the table's **stream** (see `docs/functions.md`, "Webhooks on AWS"): a consumer turns each record into an event with [`outbox_event`] and calls `Deliverer::fan_out`; that consumer (a Lambda) is not built yet |
 //!
 //! The index reads are eventually consistent; every decision they lead to is a
 //! conditional write on the base table, so a lagging index costs a skipped item, never
@@ -104,6 +104,28 @@ fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
+}
+
+/// The outbox event a stream record of the jobs table carries, if any: a job's `META`
+/// item whose `status` changed into `running` or a terminal status. `sequence` is the
+/// record's sequence number (unique per table stream), which becomes the event id, so
+/// a batch the stream delivers again fans out to the same delivery ids.
+pub fn outbox_event(sequence: &str, old: Option<&Item>, new: &Item) -> Option<OutboxEvent> {
+    if text(new, "sk") != Some("META") {
+        return None;
+    }
+    let job_id = jobs::model::JobId::parse(text(new, "pk")?.strip_prefix("JOB#")?)?;
+    let status = jobs::model::JobStatus::parse(text(new, "status")?)?;
+    let before = old.and_then(|o| text(o, "status"));
+    if before == Some(status.as_str()) || jobs::webhooks::EventType::of_status(status).is_none() {
+        return None;
+    }
+    Some(OutboxEvent {
+        id: sequence.to_string(),
+        tenant: text(new, "tenant")?.to_string(),
+        job_id,
+        status,
+    })
 }
 
 impl DynamoWebhookStore {
@@ -570,5 +592,40 @@ impl WebhookStore for DynamoWebhookStore {
             }
         }
         Ok(done.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_item(status: &str) -> Item {
+        let mut item = key("JOB#job_01JZTGXW9Q2M4R8V0B1N3P5D7F".into(), "META");
+        item.insert("status".into(), s(status));
+        item.insert("tenant".into(), s("acme"));
+        item
+    }
+
+    #[test]
+    fn a_status_change_into_running_or_an_end_is_an_event() {
+        let event = outbox_event("42", Some(&job_item("running")), &job_item("succeeded"))
+            .expect("an event");
+        assert_eq!(event.id, "42");
+        assert_eq!(event.tenant, "acme");
+        assert_eq!(event.status, jobs::model::JobStatus::Succeeded);
+        assert_eq!(event.job_id.as_str(), "job_01JZTGXW9Q2M4R8V0B1N3P5D7F");
+        assert!(outbox_event("1", Some(&job_item("queued")), &job_item("running")).is_some());
+        assert!(outbox_event("1", None, &job_item("canceled")).is_some());
+    }
+
+    #[test]
+    fn renewals_other_statuses_and_other_items_are_not() {
+        // A lease renewal rewrites the item without changing its status.
+        assert!(outbox_event("1", Some(&job_item("running")), &job_item("running")).is_none());
+        assert!(outbox_event("1", Some(&job_item("running")), &job_item("canceling")).is_none());
+        assert!(outbox_event("1", None, &job_item("queued")).is_none());
+        let mut progress = job_item("succeeded");
+        progress.insert("sk".into(), s("PROGRESS"));
+        assert!(outbox_event("1", None, &progress).is_none());
     }
 }

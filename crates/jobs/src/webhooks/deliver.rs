@@ -86,10 +86,18 @@ impl Deliverer {
         let store = &self.hooks.store;
         let events = store.pending_events(self.config.batch).await?;
         for event in &events {
-            let deliveries = self.deliveries_of(event).await?;
-            store.fan_out(event, &deliveries).await?;
+            self.fan_out(event).await?;
         }
         Ok(events.len())
+    }
+
+    /// Fans one event out: writes its deliveries (and, where the store keeps an
+    /// outbox, removes the event). Returns how many deliveries it made. What a consumer
+    /// of the table's stream calls for each record (`aws::webhooks::outbox_event`).
+    pub async fn fan_out(&self, event: &OutboxEvent) -> Result<usize, DomainError> {
+        let deliveries = self.deliveries_of(event).await?;
+        self.hooks.store.fan_out(event, &deliveries).await?;
+        Ok(deliveries.len())
     }
 
     /// The deliveries an event makes: one per endpoint that wants it, each carrying the
