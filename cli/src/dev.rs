@@ -7,7 +7,9 @@
 //!
 //! - the **wake consumer** (SQS "wake" → `dispatch`): each nudge makes one scaling
 //!   decision;
-//! - the **tick** (EventBridge, every minute): the safety net.
+//! - the **tick** (EventBridge, every minute): the safety net;
+//! - the **webhook deliverer** (on AWS: the table's stream and a queue): fans job
+//!   events out to endpoints and sends them, retrying with backoff.
 //!
 //! Shutdown is graceful: on Ctrl-C or SIGTERM the server stops accepting, finishes the
 //! requests in flight, and the loops stop.
@@ -19,12 +21,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use jobs::api::{self, ApiState, ServerInfo};
-use jobs::app::{App, AppConfig};
+use jobs::app::{App, AppConfig, WebhookParts};
 use jobs::assets::AssetsConfig;
 use jobs::auth::KeyAuthenticator;
 use jobs::dispatch::{DispatchConfig, Dispatcher};
 use jobs::ports::{Clock, NoLauncher, QueueName, SystemClock};
 use jobs::service::JobsConfig;
+use jobs::webhooks::deliver::Deliverer;
+use jobs::webhooks::ports::WebhookSender;
+use jobs::webhooks::service::WebhooksConfig;
 use local::DataDir;
 use serde_json::json;
 use tokio::sync::watch;
@@ -66,6 +71,11 @@ pub struct DevConfig {
     /// US dollars per GPU-hour, recorded on each job at submit (`--gpu-price-per-hour`);
     /// 0 records none, and `metrics.cost_micro_usd` stays null.
     pub gpu_price_per_hour: f64,
+    /// Lets webhook URLs reach loopback and private addresses
+    /// (`--webhooks-allow-private`), for a receiver on this machine.
+    pub webhooks_allow_private: bool,
+    /// The webhook deliverer's timings (tests shorten the retries).
+    pub webhook_delivery: jobs::webhooks::deliver::DeliveryConfig,
 }
 
 impl Default for DevConfig {
@@ -87,6 +97,8 @@ impl Default for DevConfig {
             idempotency_ttl: JobsConfig::default().idempotency_ttl,
             upload_ttl: AssetsConfig::default().upload_ttl,
             gpu_price_per_hour: 0.0,
+            webhooks_allow_private: false,
+            webhook_delivery: Default::default(),
         }
     }
 }
@@ -101,6 +113,9 @@ pub struct DevApp {
     blob_server: axum::Router,
     /// A web app on disk that replaces the embedded one (`DevConfig::frontend_dir`).
     site: Option<PathBuf>,
+    /// Sends webhooks (and checks their URLs at registration).
+    webhook_sender: Arc<dyn WebhookSender>,
+    webhook_delivery: jobs::webhooks::deliver::DeliveryConfig,
 }
 
 impl DevApp {
@@ -142,8 +157,8 @@ impl DevApp {
             .public_url
             .clone()
             .unwrap_or_else(|| public_base(config.listen));
-        let (ports, file_blobs) = data_dir
-            .ports_and_blobs(clock.clone(), &public_base)
+        let (ports, file_blobs, webhook_store) = data_dir
+            .ports_blobs_and_webhooks(clock.clone(), &public_base)
             .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
         let secret = data_dir.secret()?;
         let jobs_config = JobsConfig {
@@ -164,7 +179,23 @@ impl DevApp {
         ));
         let blob_server = local::serve::blob_routes(file_blobs, clock);
         let (launcher, max_workers) = launcher.unwrap_or_else(|| (Arc::new(NoLauncher), 0));
-        let app = App::build(
+        let webhook_sender: Arc<dyn WebhookSender> = Arc::new(
+            local::webhook_http::HttpSender::new(local::webhook_http::HttpSenderConfig {
+                timeout: config.webhook_delivery.timeout,
+                allow_private: config.webhooks_allow_private,
+                ..Default::default()
+            })
+            .context("building the webhook HTTP client")?,
+        );
+        let webhooks = WebhookParts {
+            store: webhook_store,
+            sender: Some(webhook_sender.clone()),
+            config: WebhooksConfig {
+                allow_private: config.webhooks_allow_private,
+                ..WebhooksConfig::default()
+            },
+        };
+        let app = App::build_with_webhooks(
             ports,
             auth,
             secret,
@@ -197,6 +228,7 @@ impl DevApp {
                 // Files on this machine: the API streams them, with Range.
                 content_delivery: jobs::api::ContentDelivery::Stream,
             },
+            Some(webhooks),
         );
         let dispatcher = Arc::new(app.dispatcher(launcher));
         Ok(DevApp {
@@ -209,7 +241,19 @@ impl DevApp {
                 .frontend_dir
                 .clone()
                 .filter(|dir| dir.join("index.html").is_file()),
+            webhook_sender,
+            webhook_delivery: config.webhook_delivery.clone(),
         })
+    }
+
+    /// The webhook deliverer: fans the outbox out and sends what is due (the loop
+    /// [`run`] starts beside the tick).
+    pub fn deliverer(&self) -> Option<Deliverer> {
+        Some(Deliverer::new(
+            self.app.webhooks()?.clone(),
+            self.webhook_sender.clone(),
+            self.webhook_delivery.clone(),
+        ))
     }
 
     /// Forgets the worker records the previous `dev` process left (its runners died
@@ -461,7 +505,9 @@ pub async fn run(mut config: DevConfig) -> anyhow::Result<()> {
     print_banner(address, &app, &config, keys.len(), active_keys, &storage);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let deliverer = app.deliverer().context("webhooks are not configured")?;
     let loops = [
+        tokio::spawn(deliverer.run(stop_rx.clone())),
         tokio::spawn(tick_loop(
             app.dispatcher.clone(),
             config.tick_every,

@@ -85,6 +85,17 @@ enum Command {
         /// (recorded on the job when it is accepted). 0: no estimate.
         #[arg(long, default_value_t = 0.0, value_parser = dev::parse_price)]
         gpu_price_per_hour: f64,
+        /// Let webhook URLs reach loopback and private addresses (a receiver on this
+        /// machine or network). Off: they are refused, at registration and at connect.
+        #[arg(long)]
+        webhooks_allow_private: bool,
+        /// Milliseconds before a failed webhook's first retry (doubling after): tests
+        /// shorten it.
+        #[arg(long, default_value_t = 5000, hide = true)]
+        webhook_retry_first_ms: u64,
+        /// Milliseconds a deliverer holds a claimed webhook: tests shorten it.
+        #[arg(long, default_value_t = 60_000, hide = true)]
+        webhook_lease_ms: u64,
     },
     /// Run one GPU runner over a `dev` data directory (what `dev` starts for you).
     #[command(hide = true)]
@@ -113,10 +124,15 @@ enum Command {
         #[command(subcommand)]
         command: client::AssetsCommand,
     },
+    /// Register, list and delete signed webhooks, and see their delivery attempts.
+    Webhooks {
+        #[command(subcommand)]
+        command: client::WebhooksCommand,
+    },
 }
 
 /// The client subcommands, whose usage errors exit with 3 (2 means "canceled" there).
-const CLIENT_COMMANDS: [&str; 3] = ["run", "jobs", "assets"];
+const CLIENT_COMMANDS: [&str; 4] = ["run", "jobs", "assets", "webhooks"];
 
 /// Parses the command line. Help and version exit 0; a usage error of a client
 /// subcommand exits 3, as its other usage errors do; `dev` and `keys` keep clap's 2.
@@ -146,6 +162,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Assets { command } => match command {
             client::AssetsCommand::Upload { json, .. } => *json,
         },
+        Command::Webhooks { command } => command.json(),
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
@@ -155,6 +172,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Run(args) => client::commands::run(args).await,
         Command::Jobs { command } => client::commands::jobs(command).await,
         Command::Assets { command } => client::commands::assets(command).await,
+        Command::Webhooks { command } => client::webhooks::webhooks(command).await,
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
@@ -204,10 +222,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The deliverer's timings from the hidden test flags.
+fn webhook_delivery(retry_first_ms: u64, lease_ms: u64) -> jobs::webhooks::deliver::DeliveryConfig {
+    let defaults = jobs::webhooks::deliver::DeliveryConfig::default();
+    let lease = Duration::from_millis(lease_ms.max(100));
+    jobs::webhooks::deliver::DeliveryConfig {
+        backoff: jobs::webhooks::backoff::Backoff {
+            first: Duration::from_millis(retry_first_ms.max(1)),
+            ..defaults.backoff
+        },
+        // A request never outlives its claim.
+        timeout: defaults.timeout.min(lease / 2),
+        lease,
+        ..defaults
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. }
+        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } | Command::Webhooks { .. }
     ) {
         // The client prints its own progress and errors; no log lines in between.
         return run_client(cli.command).await;
@@ -230,6 +264,9 @@ async fn run(cli: Cli) -> ExitCode {
             idempotency_ttl,
             upload_ttl,
             gpu_price_per_hour,
+            webhooks_allow_private,
+            webhook_retry_first_ms,
+            webhook_lease_ms,
         } => {
             let runner = if no_runner {
                 None
@@ -260,6 +297,8 @@ async fn run(cli: Cli) -> ExitCode {
                     .unwrap_or_else(|| DevConfig::default().idempotency_ttl.min(retention)),
                 upload_ttl,
                 gpu_price_per_hour,
+                webhooks_allow_private,
+                webhook_delivery: webhook_delivery(webhook_retry_first_ms, webhook_lease_ms),
                 ..DevConfig::default()
             })
             .await
@@ -267,7 +306,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
         Command::Tenants { command } => serverless_comfyui::tenants::run(command).await,
-        Command::Run(_) | Command::Jobs { .. } | Command::Assets { .. } => {
+        Command::Run(_)
+        | Command::Jobs { .. }
+        | Command::Assets { .. }
+        | Command::Webhooks { .. } => {
             unreachable!("handled by run_client")
         }
     };

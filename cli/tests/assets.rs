@@ -596,6 +596,13 @@ async fn openapi_covers_every_route() {
         ("get", "/api/v2/assets/{id}/content"),
         ("post", "/api/v2/x-serverless-comfyui/uploads"),
         ("post", "/api/v2/x-serverless-comfyui/uploads/{id}/complete"),
+        ("post", "/api/v2/x-serverless-comfyui/webhooks"),
+        ("get", "/api/v2/x-serverless-comfyui/webhooks"),
+        ("delete", "/api/v2/x-serverless-comfyui/webhooks/{id}"),
+        (
+            "get",
+            "/api/v2/x-serverless-comfyui/webhooks/{id}/deliveries",
+        ),
         ("get", "/api/v2/health"),
         ("get", "/api/v2/openapi.json"),
     ];

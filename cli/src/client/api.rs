@@ -302,6 +302,40 @@ impl Api {
 
     // ---- routes -------------------------------------------------------------------
 
+    /// A call to one of our extension routes, `base/api/v2/<segments...>?<query>`,
+    /// with a JSON body or none: the JSON answer, or `None` for a 204. Not retried on a refused
+    /// POST (only connection errors and 429/5xx, as every call).
+    pub(crate) async fn extension(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, ClientError> {
+        let mut url = self.route(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let response = self
+            .send(
+                || {
+                    let request = self
+                        .request(method.clone(), url.clone())
+                        .timeout(CALL_TIMEOUT);
+                    match body {
+                        Some(body) => request.json(body),
+                        None => request,
+                    }
+                },
+                false,
+            )
+            .await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        self.json_body(response).await.map(Some)
+    }
+
     /// `GET /api/v2/health` (no auth needed; sent anyway, harmlessly).
     pub async fn health(&self) -> Result<Value, ClientError> {
         let url = self.route(&["health"]);

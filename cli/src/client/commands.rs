@@ -61,7 +61,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn api(&self) -> Result<Api, ClientError> {
+    pub(crate) fn api(&self) -> Result<Api, ClientError> {
         Api::new(&self.url, self.api_key.clone())
     }
 }

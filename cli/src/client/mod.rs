@@ -48,6 +48,7 @@
 //! | [`display`] | the progress bar, or plain lines when stderr is not a terminal |
 //! | [`download`] | outputs → files, checked |
 //! | [`error`] | [`ClientError`] |
+//! | [`webhooks`] | `webhooks create|list|delete|deliveries` (our extension) |
 
 pub mod api;
 pub mod commands;
@@ -58,8 +59,10 @@ pub mod follow;
 pub mod sse;
 pub mod types;
 pub mod upload;
+pub mod webhooks;
 pub mod workflow;
 
 pub use api::Api;
 pub use commands::{AssetsCommand, Connection, JobsCommand, RunArgs};
 pub use error::ClientError;
+pub use webhooks::WebhooksCommand;

@@ -9,6 +9,7 @@
 //! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
 //! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
 //! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
+//! | `WebhookStore` | [`DynamoWebhookStore`] | DynamoDB (the same table) | [`webhooks`] |
 //! | the runner's model sync | [`S3Models`] | S3 (the bucket's `models/` prefix) | [`models`] |
 //!
 //! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
@@ -36,6 +37,7 @@ pub mod s3;
 pub mod sqs;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhooks;
 
 pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
 pub use dynamodb::DynamoJobStore;
@@ -43,3 +45,4 @@ pub use ecs::{EcsLauncher, EcsSettings};
 pub use models::{ModelObject, S3Models};
 pub use s3::S3BlobStore;
 pub use sqs::SqsQueue;
+pub use webhooks::DynamoWebhookStore;

@@ -543,3 +543,16 @@ async fn a_finished_job_goes_with_its_collection_and_names_its_assets() {
     );
     assert_eq!(store.tenant_usage("t").await.unwrap().active_jobs, 1);
 }
+
+/// The webhook items on the same table: endpoints, fan-out, leased claims, fenced
+/// attempts, listings and sweeps. The outbox is the table's stream on AWS, so the
+/// outbox half of `webhook_store` is not run here (see `aws::webhooks`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_conformance() {
+    let clock = manual_clock();
+    let client = common::clients().await.dynamodb;
+    let table = common::unique("t");
+    create_table(&client, &table).await.expect("create table");
+    let store = Arc::new(aws::DynamoWebhookStore::new(client, table));
+    conformance::webhook_deliveries(store, clock).await;
+}

@@ -34,6 +34,8 @@ use crate::dispatch::{DispatchConfig, Dispatcher, FleetView};
 use crate::events::EventsConfig;
 use crate::ports::Launcher;
 use crate::service::{JobService, JobsConfig, Ports};
+use crate::webhooks::ports::{WebhookSender, WebhookStore};
+use crate::webhooks::service::{WebhookService, WebhooksConfig};
 
 /// The plain settings of an application.
 #[derive(Debug, Clone)]
@@ -53,6 +55,14 @@ pub struct AppConfig {
     pub content_delivery: ContentDelivery,
 }
 
+/// What webhooks run on: their store, the sender that also checks URLs at
+/// registration (where this entry point sends), and their settings.
+pub struct WebhookParts {
+    pub store: Arc<dyn WebhookStore>,
+    pub sender: Option<Arc<dyn WebhookSender>>,
+    pub config: WebhooksConfig,
+}
+
 /// The assembled application.
 pub struct App {
     state: Arc<ApiState>,
@@ -68,12 +78,32 @@ impl App {
         cursor_key: Vec<u8>,
         config: AppConfig,
     ) -> App {
+        Self::build_with_webhooks(ports, auth, cursor_key, config, None)
+    }
+
+    /// [`App::build`], with webhooks over their store (their routes answer 501
+    /// without).
+    pub fn build_with_webhooks(
+        ports: Ports,
+        auth: Arc<dyn Authenticator>,
+        cursor_key: Vec<u8>,
+        config: AppConfig,
+        webhooks: Option<WebhookParts>,
+    ) -> App {
         let assets = Arc::new(AssetService::new(
             ports.clone(),
             config.assets,
             &config.jobs,
         ));
         let jobs = Arc::new(JobService::new(ports, config.jobs, cursor_key));
+        let webhooks = webhooks.map(|parts| {
+            Arc::new(WebhookService::new(
+                parts.store,
+                jobs.clone(),
+                parts.sender,
+                parts.config,
+            ))
+        });
         let state = Arc::new(ApiState {
             jobs,
             assets,
@@ -87,6 +117,7 @@ impl App {
             streams: Default::default(),
             cross_site: Arc::new(config.cross_site),
             content_delivery: config.content_delivery,
+            webhooks,
         });
         App {
             state,
@@ -103,6 +134,11 @@ impl App {
     /// The job service.
     pub fn jobs(&self) -> &Arc<JobService> {
         &self.state.jobs
+    }
+
+    /// The webhook service, when built with one.
+    pub fn webhooks(&self) -> Option<&Arc<WebhookService>> {
+        self.state.webhooks.as_ref()
     }
 
     /// The dispatcher over `launcher`, with the same settings health reports. Its

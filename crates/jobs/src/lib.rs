@@ -20,6 +20,7 @@
 //! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
 //! | [`blob_keys`] | where bytes live in the blob store: every key prefix, spelled once |
 //! | [`content_policy`] | which stored bytes a browser may render (the API sets the headers) |
+//! | [`webhooks`] | signed webhooks: endpoints, the outbox, Standard Webhooks signing, retries, SSRF rules |
 //! | [`faults`] | a `Queue` decorator that misbehaves as SQS may, for the suites and chaos runs |
 //!
 //! **HTTP lives in [`api`] only.** The services answer with domain values and
@@ -51,6 +52,7 @@ pub mod retention;
 pub mod service;
 pub mod validate;
 pub mod views;
+pub mod webhooks;
 
 pub use api::{ApiError, cross_site};
 pub use error::{DomainError, ErrorKind};

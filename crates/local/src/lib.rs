@@ -7,6 +7,8 @@
 //! | `JobStore` | [`SqliteJobStore`]: SQLite in WAL mode | DynamoDB |
 //! | `BlobStore` | [`FileBlobStore`]: files under the data dir | S3 |
 //! | `Queue` | [`SqliteQueue`]: SQLite tables with SQS semantics | SQS |
+//! | `WebhookStore` | [`SqliteJobStore`]: tables in the jobs database | DynamoDB (+ its stream) |
+//! | `WebhookSender` | [`webhook_http::HttpSender`]: reqwest, inner addresses refused at connect | the same, in a consumer |
 //!
 //! Everything lives in one data directory ([`DataDir`], default `./.serverless-comfyui/`)
 //! that survives restarts. Local must not be kinder than AWS: the store and the queue
@@ -23,6 +25,7 @@ pub mod launcher;
 mod queue;
 pub mod serve;
 mod store;
+pub mod webhook_http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,12 +33,16 @@ use std::sync::Arc;
 pub use blobs::{FileBlobStore, INLINE_MAX, SIGNED_PATH, UrlSigner};
 use jobs::ports::{Clock, StoreError};
 use jobs::service::Ports;
+use jobs::webhooks::ports::WebhookStore;
 pub use queue::SqliteQueue;
 pub use store::SqliteJobStore;
 
 /// Receives before a work message is dead-lettered. Far above the job's max attempts,
 /// because duplicates, hand-backs and pushed-back copies all count as receives.
 pub const MAX_RECEIVE_COUNT: u32 = 20;
+
+/// The ports, the file blob store behind `ports.blobs`, and the webhook store.
+pub type LocalPorts = (Ports, Arc<FileBlobStore>, Arc<dyn WebhookStore>);
 
 /// The files of one local installation.
 #[derive(Debug, Clone)]
@@ -132,8 +139,19 @@ impl DataDir {
         clock: Arc<dyn Clock>,
         public_base: &str,
     ) -> Result<(Ports, Arc<FileBlobStore>), StoreError> {
-        let store: Arc<dyn jobs::ports::JobStore> =
-            Arc::new(SqliteJobStore::open(&self.jobs_db())?);
+        let (ports, blobs, _) = self.ports_blobs_and_webhooks(clock, public_base)?;
+        Ok((ports, blobs))
+    }
+
+    /// [`Self::ports_and_blobs`], and the webhook store: the same SQLite store as
+    /// `ports.store`, since the job's own moves fill its outbox.
+    pub fn ports_blobs_and_webhooks(
+        &self,
+        clock: Arc<dyn Clock>,
+        public_base: &str,
+    ) -> Result<LocalPorts, StoreError> {
+        let sqlite = Arc::new(SqliteJobStore::open(&self.jobs_db())?);
+        let store: Arc<dyn jobs::ports::JobStore> = sqlite.clone();
         let queue = SqliteQueue::open(&self.queue_db(), clock.clone(), MAX_RECEIVE_COUNT)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let blobs = Arc::new(
@@ -151,7 +169,7 @@ impl DataDir {
             queue: Arc::new(queue),
             clock,
         };
-        Ok((ports, blobs))
+        Ok((ports, blobs, sqlite))
     }
 }
 

@@ -25,6 +25,8 @@ use serde::de::DeserializeOwned;
 
 use crate::db::{Db, run_cached, unavailable};
 
+mod webhooks;
+
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE jobs (
@@ -230,6 +232,8 @@ UPDATE assets SET job_id = json_extract(body, '$.job_id');
 CREATE INDEX assets_by_job ON assets (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX idempotency_by_expiry ON idempotency (expires_at_ms);
 "#,
+    // Webhooks: endpoints, the outbox a trigger fills, deliveries and attempts.
+    webhooks::MIGRATION,
 ];
 
 pub struct SqliteJobStore {

@@ -44,6 +44,13 @@ async fn retention_records_conformance() {
 }
 
 #[tokio::test]
+async fn webhook_store_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::webhook_store(store, manual_clock()).await;
+}
+
+#[tokio::test]
 async fn stalled_runner_is_fenced_through_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());

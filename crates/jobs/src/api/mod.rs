@@ -25,6 +25,7 @@
 //! | `multipart` | `POST /api/v2/assets`: the multipart form pumped to storage |
 //! | `content` | serving stored bytes: `Range`, and the content policy's headers |
 //! | `health` | health and the OpenAPI document (no authentication) |
+//! | `webhooks` | the webhook extension: endpoints and their delivery attempts |
 //! | [`cross_site`] | which web origins may call, and the body content-type rules |
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ mod extract;
 mod health;
 mod jobs;
 mod multipart;
+mod webhooks;
 
 pub use axum::Router;
 pub use content::{ContentDelivery, apply_serving_headers, blob_response};
@@ -78,6 +80,9 @@ pub struct ApiState {
     pub cross_site: Arc<crate::cross_site::CrossSitePolicy>,
     /// How asset content is delivered.
     pub content_delivery: ContentDelivery,
+    /// Webhooks, where the deployment has a store for them (else their routes answer
+    /// 501).
+    pub webhooks: Option<Arc<crate::webhooks::service::WebhookService>>,
 }
 
 /// The largest JSON request body accepted (API Gateway's limit is 10 MB).
@@ -169,6 +174,8 @@ fn read_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(assets::head_by_hash))
         .routes(routes!(assets::get_asset))
         .routes(routes!(assets::get_asset_content))
+        .routes(routes!(webhooks::list_webhooks))
+        .routes(routes!(webhooks::webhook_deliveries))
 }
 
 fn write_routes(max_body_bytes: usize, max_upload: usize) -> OpenApiRouter<Arc<ApiState>> {
@@ -179,6 +186,8 @@ fn write_routes(max_body_bytes: usize, max_upload: usize) -> OpenApiRouter<Arc<A
         .routes(routes!(assets::delete_asset))
         .routes(routes!(assets::create_upload))
         .routes(routes!(assets::complete_upload))
+        .routes(routes!(webhooks::create_webhook))
+        .routes(routes!(webhooks::delete_webhook))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // Multipart uploads stream to storage, so they may be much larger.
         .merge(

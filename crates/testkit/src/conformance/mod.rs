@@ -17,7 +17,10 @@
 //! - [`retention_records`]: what the retention sweep finds and deletes;
 //! - [`blob_store`]: whole and streamed writes, overwrites, ranges, sizes, renames and
 //!   deletes, for blobs small (a workflow) and large (an image), since an adapter may
-//!   keep the two apart.
+//!   keep the two apart;
+//! - [`webhook_store`]: webhook endpoints, the outbox the job's own moves fill, claims
+//!   under a lease and fenced attempt records; [`webhook_deliveries`] is the same
+//!   without the outbox, for a store whose outbox is its stream (DynamoDB).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -43,6 +46,7 @@ mod lease;
 mod queues;
 mod quotas;
 mod store;
+mod webhooks;
 
 pub use assets::{asset_records, retention_records};
 pub use blobs::blob_store;
@@ -50,6 +54,7 @@ pub use lease::{lease_protocol, stalled_runner_is_fenced};
 pub use queues::{queue_at_least_once, queue_sqs, queue_strict};
 pub use quotas::tenant_quotas;
 pub use store::job_store;
+pub use webhooks::{webhook_deliveries, webhook_store};
 
 /// Moves time forward for a queue under test: a manual clock, or real sleeping.
 #[async_trait]
