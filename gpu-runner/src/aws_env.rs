@@ -377,7 +377,12 @@ pub fn ports(data: &aws::DataConfig, clients: &aws::Clients) -> jobs::service::P
             &data.table,
             clock.clone(),
         )),
-        blobs: Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &data.bucket)),
+        // Small workflows come from the table (`aws::inline`); outputs go to S3.
+        blobs: Arc::new(aws::InlineInputs::reading(
+            Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &data.bucket)),
+            clients.dynamodb.clone(),
+            &data.table,
+        )),
         queue: Arc::new(aws::SqsQueue::new(clients.sqs.clone(), data.queues.clone())),
         clock,
     }
