@@ -91,6 +91,16 @@ const WORKER_ID: &str = "SERVERLESS_COMFYUI_WORKER_ID";
 /// growing to 5 s; an event stream is answered buffered). The moto end to end measured
 /// it (docs/costs.md).
 pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
+/// On AWS an idle runner's receive long-polls 5 s (locally 1 s): each is a billed SQS
+/// request, and a message that arrives is answered at once either way. The price is
+/// that an idle runner notices SIGTERM or its idle deadline up to 5 s late (far inside
+/// the task's stop timeout).
+pub const IDLE_POLL_WAIT: Duration = Duration::from_secs(5);
+/// On AWS a receive beside an active job long-polls 1 s, the shortest SQS long poll
+/// (locally 100 ms): half the requests of a paced short poll, and no missed message
+/// (a short poll samples only some of SQS's servers). The measurement is in
+/// docs/costs.md.
+pub const BUSY_POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// Tests only: a seed for the fault-injecting work queue (the local binary's hidden
 /// `--chaos-queue-seed`). The template never sets it.
@@ -396,6 +406,8 @@ pub async fn prepare(
     metadata_uri: Option<&str>,
 ) -> Result<(RunnerConfig, EngineSpec, jobs::service::Ports), RunnerError> {
     let (mut config, engine) = env.settings.to_config()?;
+    config.poll_wait = IDLE_POLL_WAIT;
+    config.busy_poll_wait = BUSY_POLL_WAIT;
     if env.settings.worker_id.is_none() {
         config.worker_id = worker_id_from(metadata_uri, METADATA_TIMEOUT).await;
     }

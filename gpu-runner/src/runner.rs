@@ -333,9 +333,10 @@ impl MainLoop {
                 want => {
                     let short = !(matches!(want, Want::Claim) && self.active.is_empty());
                     // Beside an active job (reserving the next, or while one finishes)
-                    // a receive waits 100 ms, which SQS (whole seconds) turns into a
-                    // short poll that answers at once: unpaced, this loop sent
-                    // ReceiveMessage back to back, ~40 billed requests a job on moto.
+                    // a receive waits `busy_poll_wait` (100 ms locally, which SQS,
+                    // counting whole seconds, would turn into a short poll that answers
+                    // at once): unpaced, this loop sent ReceiveMessage back to back,
+                    // ~40 billed requests a job on moto.
                     if short {
                         let left = last_short_receive.map_or(Duration::ZERO, |at| {
                             SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed())
@@ -363,7 +364,7 @@ impl MainLoop {
                             }
                             w
                         }
-                        _ => Duration::from_millis(100),
+                        _ => self.sh.config.busy_poll_wait,
                     };
                     // Not raced against anything: dropping a receive mid-flight would
                     // hide a message for a whole visibility timeout.

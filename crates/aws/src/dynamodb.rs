@@ -13,8 +13,9 @@
 //! them under different key prefixes):
 //!
 //! - `gsi1` (`gsi1pk`, `gsi1sk`): the **tenant index** of jobs (projecting the list
-//!   fields only: the job body without progress, which lives in its own item and is
-//!   never indexed), the asset-by-hash lookup, and the API key list.
+//!   fields only, [`GSI1_ATTRIBUTES`]: the job body without progress, which lives in
+//!   its own item and is never indexed, and not `enqueued`, so `mark_enqueued` writes
+//!   no index entry), the asset-by-hash lookup, and the API key list.
 //! - `gsi2` (`gsi2pk`, `gsi2sk`): the **sparse index of active jobs**. Only a job that
 //!   is `queued`, `running` or `canceling` carries `gsi2pk`; the write that makes it
 //!   terminal `REMOVE`s it, so the index holds the working set, not history. Pending
@@ -39,6 +40,7 @@
 //! | upload | `UPLOAD#{id}` | `UPLOAD` | `body`, `expires` (ms), `ttl` (a day after `expires`) | `gsi2pk = UPLOADS`, `gsi2sk = {id}` |
 //! | tenant quota | `TENANT#{tenant}` | `QUOTA` | `body` | — |
 //! | tenant usage | `TENANT#{tenant}` | `USAGE` | `active`, `stored` (bytes), `window` (epoch second), `in_window` | — |
+//! | inline input | `INLINE#inputs/{job}.json` | `INLINE` | `bytes`, `content_type`, `ttl` (written by [`crate::inline`], not by this store) | — |
 //!
 //! (`{len}:` is the tenant's length: with it, no tenant and key pair can spell another's
 //! partition key, whatever `#` they contain.)
@@ -154,6 +156,11 @@ type Item = HashMap<String, AttributeValue>;
 pub const GSI1: &str = "gsi1";
 /// The sparse index of active jobs.
 pub const GSI2: &str = "gsi2";
+/// The non-key attributes the tenant index projects: what its reads use (a job's
+/// `body`, `out_count` and `labels`; an asset's `body`, `file_path` and `blob_key`; an
+/// API key's `body`). Not `enqueued`: recording an enqueue writes only the base item.
+/// template.yaml's `gsi1` says the same.
+pub const GSI1_ATTRIBUTES: [&str; 5] = ["body", "out_count", "labels", "file_path", "blob_key"];
 /// Pages a filtered read may spend before answering with what it has.
 const READ_BUDGET_PAGES: usize = 10;
 /// Rows a label-filtered tenant listing examines before it answers with a short page
@@ -898,8 +905,8 @@ fn job_attributes(job: &Job) -> StoreResult<Vec<(&'static str, Option<AttributeV
 }
 
 /// Creates the table as the deployment template does (for tests and local tooling):
-/// on-demand, both indexes projecting all attributes of the items that carry their
-/// keys, TTL on `ttl`.
+/// on-demand, the tenant index projecting [`GSI1_ATTRIBUTES`], the active index all
+/// attributes, TTL on `ttl`.
 pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dynamodb::Error> {
     let attr = |name: &str| {
         AttributeDefinition::builder()
@@ -915,19 +922,22 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dy
             .build()
             .expect("name and type are set")
     };
-    let index = |name: &str, pk: &str, sk: &str| {
+    let index = |name: &str, pk: &str, sk: &str, projection: Projection| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
             .key_schema(schema(pk, KeyType::Hash))
             .key_schema(schema(sk, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(projection)
             .build()
             .expect("index fields are set")
     };
+    let tenant_projection = Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .set_non_key_attributes(Some(GSI1_ATTRIBUTES.map(String::from).to_vec()))
+        .build();
+    let all = Projection::builder()
+        .projection_type(ProjectionType::All)
+        .build();
     client
         .create_table()
         .table_name(table)
@@ -940,8 +950,8 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dy
         ))
         .key_schema(schema("pk", KeyType::Hash))
         .key_schema(schema("sk", KeyType::Range))
-        .global_secondary_indexes(index(GSI1, "gsi1pk", "gsi1sk"))
-        .global_secondary_indexes(index(GSI2, "gsi2pk", "gsi2sk"))
+        .global_secondary_indexes(index(GSI1, "gsi1pk", "gsi1sk", tenant_projection))
+        .global_secondary_indexes(index(GSI2, "gsi2pk", "gsi2sk", all))
         .send()
         .await?;
     client

@@ -543,3 +543,48 @@ async fn a_finished_job_goes_with_its_collection_and_names_its_assets() {
     );
     assert_eq!(store.tenant_usage("t").await.unwrap().active_jobs, 1);
 }
+
+/// The tenant index projects what a listing reads and not `enqueued`: recording an
+/// enqueue writes the job's item only, and the listing still answers whole jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_index_projects_the_list_fields_only() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use jobs::ports::ListQuery;
+    let clock = manual_clock();
+    let store = fresh_store(clock.clone()).await;
+    let job = conformance::sample_job("t", clock.now(), &[("k", "v")]);
+    store.create_job(&job, None, clock.now()).await.unwrap();
+    store.mark_enqueued(&job.id).await.unwrap();
+    let client = common::clients().await.dynamodb;
+    let indexed = client
+        .query()
+        .table_name(store.table())
+        .index_name(aws::dynamodb::GSI1)
+        .key_condition_expression("gsi1pk = :t")
+        .expression_attribute_values(":t", AttributeValue::S("TENANT#t".into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(indexed.len(), 1);
+    let item = &indexed[0];
+    for name in ["body", "out_count", "labels"] {
+        assert!(item.contains_key(name), "{name} is projected");
+    }
+    for name in ["enqueued", "reserved_until", "status", "rev"] {
+        assert!(!item.contains_key(name), "{name} is not projected");
+    }
+    let listed = store
+        .list_jobs(&ListQuery {
+            tenant: "t".into(),
+            metadata: vec![("k".into(), "v".into())],
+            limit: 10,
+            before: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, job.id);
+    assert_eq!(listed[0].metadata, job.metadata);
+}
