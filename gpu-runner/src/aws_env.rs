@@ -94,13 +94,9 @@ pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
 /// On AWS an idle runner's receive long-polls 5 s (locally 1 s): each is a billed SQS
 /// request, and a message that arrives is answered at once either way. The price is
 /// that an idle runner notices SIGTERM or its idle deadline up to 5 s late (far inside
-/// the task's stop timeout).
+/// the task's stop timeout). Only when idle: beside a job the receive stays short (see
+/// the main loop). The measurement is in docs/costs.md.
 pub const IDLE_POLL_WAIT: Duration = Duration::from_secs(5);
-/// On AWS a receive beside an active job long-polls 1 s, the shortest SQS long poll
-/// (locally 100 ms): half the requests of a paced short poll, and no missed message
-/// (a short poll samples only some of SQS's servers). The measurement is in
-/// docs/costs.md.
-pub const BUSY_POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// Tests only: a seed for the fault-injecting work queue (the local binary's hidden
 /// `--chaos-queue-seed`). The template never sets it.
@@ -407,7 +403,9 @@ pub async fn prepare(
 ) -> Result<(RunnerConfig, EngineSpec, jobs::service::Ports), RunnerError> {
     let (mut config, engine) = env.settings.to_config()?;
     config.poll_wait = IDLE_POLL_WAIT;
-    config.busy_poll_wait = BUSY_POLL_WAIT;
+    if let Some(emf) = aws::emf::Emf::from_env() {
+        config.observer = Some(Arc::new(MetricsObserver(emf)));
+    }
     if env.settings.worker_id.is_none() {
         config.worker_id = worker_id_from(metadata_uri, METADATA_TIMEOUT).await;
     }
@@ -423,6 +421,46 @@ pub async fn prepare(
     }
     let ports = crate::cli::with_chaos_queue(ports(&env.data, clients), env.chaos_queue_seed);
     Ok((config, engine, ports))
+}
+
+/// Publishes each finished job's metrics as an EMF log line (`aws::emf`).
+struct MetricsObserver(aws::emf::Emf);
+
+impl crate::config::RunnerObserver for MetricsObserver {
+    fn job_done(&self, timing: &crate::config::JobTiming) {
+        self.0.publish(&job_metrics(timing));
+    }
+}
+
+/// What a finished job publishes: its end by status, the queue wait and execution the
+/// API shows, and the time it held the GPU (ComfyUI's own execution timestamps, else
+/// the runner's view of them). Nothing for a job this runner did not commit.
+fn job_metrics(t: &crate::config::JobTiming) -> Vec<(aws::emf::Name, f64)> {
+    use aws::emf::Name;
+    use jobs::model::JobStatus;
+    let ended = match t.status {
+        Some(JobStatus::Succeeded) => Name::JobsSucceeded,
+        Some(JobStatus::Failed) => Name::JobsFailed,
+        Some(JobStatus::Canceled) => Name::JobsCanceled,
+        _ => return Vec::new(),
+    };
+    let mut out = vec![(ended, 1.0)];
+    let seconds = |ms: i64| ms.max(0) as f64 / 1000.0;
+    if let Some(ms) = t.queue_ms {
+        out.push((Name::QueueWaitSeconds, seconds(ms)));
+    }
+    if let Some(ms) = t.execution_ms {
+        out.push((Name::ExecutionSeconds, seconds(ms)));
+    }
+    let gpu = match (t.comfy_exec_ms, t.exec_start, t.exec_end) {
+        (Some((start, end)), _, _) => Some(seconds(end - start)),
+        (None, Some(start), Some(end)) => Some(end.duration_since(start).as_secs_f64()),
+        _ => None,
+    };
+    if let Some(gpu) = gpu {
+        out.push((Name::GpuSeconds, gpu));
+    }
+    out
 }
 
 /// `gpu-runner-aws`: the whole start-up (see the module docs). Exit codes: 0 after an

@@ -48,11 +48,6 @@ pub struct RunnerConfig {
     pub progress_interval: Duration,
     /// Long-poll wait of an idle receive.
     pub poll_wait: Duration,
-    /// Wait of a receive beside an active job (reserving the next, or while one
-    /// finishes). Short locally, where a wait costs nothing; on SQS, which counts
-    /// whole seconds and bills each request, 1 s (`aws_env`): one long poll instead of
-    /// two short ones, and a message that arrives is answered at once either way.
-    pub busy_poll_wait: Duration,
     /// An API-format workflow run once after each ComfyUI start, before taking jobs.
     pub warmup_workflow: Option<Map<String, Value>>,
     /// ComfyUI's input, output and temp folders, when the runner owns them (it spawned
@@ -101,7 +96,6 @@ impl Default for RunnerConfig {
             max_reserved_wait: Duration::from_secs(60),
             progress_interval: Duration::from_millis(500),
             poll_wait: Duration::from_secs(1),
-            busy_poll_wait: Duration::from_millis(100),
             warmup_workflow: None,
             comfyui_dirs: None,
             required_node_classes: Vec::new(),
@@ -155,6 +149,10 @@ pub struct JobTiming {
     /// True when the job was reserved and pre-submitted behind another.
     pub pipelined: bool,
     pub status: Option<JobStatus>,
+    /// As the committed job record says ([`jobs::model::Job::queue_ms`] and
+    /// [`jobs::model::Job::execution_ms`]): what the API shows, for metrics.
+    pub queue_ms: Option<i64>,
+    pub execution_ms: Option<i64>,
 }
 
 /// Measurement hooks. Called from the runner's tasks; keep them cheap.

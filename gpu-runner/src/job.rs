@@ -214,6 +214,8 @@ impl JobTask {
                     - chrono::Duration::from_std(p.received.elapsed()).unwrap_or_default(),
                 finished_at: None,
                 comfy_exec_ms: None,
+                queue_ms: None,
+                execution_ms: None,
                 claimed,
                 submitted: None,
                 exec_start: None,
@@ -954,6 +956,8 @@ impl JobTask {
                     self.timing.finished = Some(Instant::now());
                     self.timing.finished_at = Some(self.ports().clock.now());
                     log_commit(&job, self.sh.worker(), "finish");
+                    self.timing.queue_ms = job.queue_ms();
+                    self.timing.execution_ms = job.execution_ms();
                     let status = job.status;
                     self.job = job;
                     self.delete_message().await;

@@ -333,10 +333,9 @@ impl MainLoop {
                 want => {
                     let short = !(matches!(want, Want::Claim) && self.active.is_empty());
                     // Beside an active job (reserving the next, or while one finishes)
-                    // a receive waits `busy_poll_wait` (100 ms locally, which SQS,
-                    // counting whole seconds, would turn into a short poll that answers
-                    // at once): unpaced, this loop sent ReceiveMessage back to back,
-                    // ~40 billed requests a job on moto.
+                    // a receive waits 100 ms, which SQS (whole seconds) turns into a
+                    // short poll that answers at once: unpaced, this loop sent
+                    // ReceiveMessage back to back, ~40 billed requests a job on moto.
                     if short {
                         let left = last_short_receive.map_or(Duration::ZERO, |at| {
                             SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed())
@@ -364,7 +363,11 @@ impl MainLoop {
                             }
                             w
                         }
-                        _ => self.sh.config.busy_poll_wait,
+                        // Short, so that a job that ends is reaped (and the registry
+                        // says idle) at once: a long poll here delayed that by up to
+                        // its wait, and a dispatcher deciding meanwhile launched a
+                        // second runner for the next job (seen on moto, 1 s polls).
+                        _ => Duration::from_millis(100),
                     };
                     // Not raced against anything: dropping a receive mid-flight would
                     // hide a message for a whole visibility timeout.

@@ -40,6 +40,7 @@
 //! | upload | `UPLOAD#{id}` | `UPLOAD` | `body`, `expires` (ms), `ttl` (a day after `expires`) | `gsi2pk = UPLOADS`, `gsi2sk = {id}` |
 //! | tenant quota | `TENANT#{tenant}` | `QUOTA` | `body` | — |
 //! | tenant usage | `TENANT#{tenant}` | `USAGE` | `active`, `stored` (bytes), `window` (epoch second), `in_window` | — |
+//! | stream slot | `TENANT#{tenant}` | `STREAM#{n:05}` (n below the tenant's stream limit) | `holder`, `until` (ms), `ttl` | — |
 //! | inline input | `INLINE#inputs/{job}.json` | `INLINE` | `bytes`, `content_type`, `ttl` (written by [`crate::inline`], not by this store) | — |
 //!
 //! (`{len}:` is the tenant's length: with it, no tenant and key pair can spell another's
@@ -59,6 +60,7 @@
 //! |---|---|
 //! | `create_job_within_quota` (and `create_job`, unlimited) | `TransactWriteItems`: `Put` job if `attribute_not_exists(pk)`; `Put` idempotency record if `attribute_not_exists(pk) OR expires <= :now`; `Update` of the tenant's `USAGE` item: `ADD active :1` if `active < :max`, and for the submit rate (a fixed one-second window) either `ADD in_window :1` if `window = :w AND in_window < :rate` (the window read is this second or later) or `SET window = :second, in_window = 1` if `window = :w` (it was older; `attribute_not_exists` if none). Each with `ReturnValuesOnConditionCheckFailure = ALL_OLD`. The window is read first (`GetItem`, eventually consistent: the condition pins what was read) only when the rate is limited. Refusals, from the cancellation reasons: the record's → `KeyTaken(old record)` (a replay is answered before any quota); the job's → `Conflict`; the usage item's → `OverQuota(ActiveJobs)` or `OverQuota(SubmitRate)` as its old item shows, or, when it shows room, a lost race on the window, retried (bounded) on that item. A `TransactionConflict` (another transaction on the usage item) is retried with backoff, bounded. Then the queue position (below). |
 //! | `get_tenant_quota` / `put_tenant_quota` | `GetItem` / `PutItem` `TENANT#{t}` `QUOTA` |
+//! | `acquire_stream_slot` / `release_stream_slot` | `Query TENANT#{t}` `begins_with(sk, STREAM#)` (consistent), then `PutItem STREAM#{n}` for a free `n` below the limit (or the holder's own) `IF attribute_not_exists(pk) OR until <= :now OR holder = :holder`; a lost race reads again (bounded). Exact: each of the `max` slot items has one holder at a time. Release: the same `Query`, `DeleteItem IF holder = :holder` |
 //! | `tenant_usage` | `GetItem` `TENANT#{t}` `USAGE` (consistent; counters clamped at 0) |
 //! | `get_job` | one `Query pk = JOB#{id}` (strongly consistent): the job and its outputs |
 //! | `job_status` | `GetItem META`, eventually consistent, `ProjectionExpression status, attempt, ttl`: half a read unit (the item is under 4 KB), what a runner polls every second while its job runs, so a cancel lands within a second |
@@ -104,8 +106,7 @@
 //!   `job_assets` are complete (the collection, then `META` if still finished).
 //! - The progress and worker items carry no `ttl` yet (progress does not know its
 //!   job's retention; workers need a heartbeat grace to be chosen).
-//! - The stream counters that must hold across Lambda instances, and
-//!   `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
+//! - `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
 //! - One tenant's writes that change its usage (job creates, job ends, blob records)
 //!   all touch its `USAGE` item: DynamoDB takes about 1,000 write units a second per
 //!   item, and a transactional write costs two, so a tenant tops out near 500 of them
@@ -267,6 +268,21 @@ fn signed(item: &Item, name: &str) -> i64 {
 
 /// A tenant's partition: its quota and usage items (the key's rest is the whole
 /// tenant, so no tenant spells another's).
+/// The sort key of a tenant's stream slot `index` (beside its `QUOTA` and `USAGE`).
+fn stream_sk(index: u32) -> String {
+    format!("STREAM#{index:05}")
+}
+
+/// A pseudo-random index below `len` (no need for a real generator: it only spreads
+/// concurrent takers over free slots).
+fn rand_index(len: usize) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    nanos % len.max(1)
+}
+
 fn tenant_pk(tenant: &str) -> String {
     format!("TENANT#{tenant}")
 }
@@ -623,6 +639,30 @@ impl DynamoJobStore {
             }
         }
         Ok(())
+    }
+
+    /// The tenant's stream slot items, by slot number (one consistent `Query`).
+    async fn stream_slots(&self, tenant: &str) -> StoreResult<Vec<(u32, Item)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :slot)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":slot", s("STREAM#"))
+            .send()
+            .await
+            .map_err(|e| self.unavailable("Query stream slots", &e))?;
+        Ok(out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| {
+                let index = sort_key(&item).strip_prefix("STREAM#")?.parse().ok()?;
+                Some((index, item))
+            })
+            .collect())
     }
 
     /// `ADD {counter} :delta` on the tenant's usage item, unconditioned: the part of a
@@ -1081,6 +1121,97 @@ impl JobStore for DynamoJobStore {
             active_jobs: signed(&item, "active").max(0) as u64,
             stored_bytes: signed(&item, "stored").max(0) as u64,
         })
+    }
+
+    async fn acquire_stream_slot(
+        &self,
+        tenant: &str,
+        holder: &str,
+        max: u32,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        for _ in 0..TRANSACTION_TRIES {
+            let held = self.stream_slots(tenant).await?;
+            let live = |item: &Item| signed(item, "until") > now.timestamp_millis();
+            // Its own slot is renewed; else a free (absent or expired) one is taken.
+            let own = held.iter().find(
+                |(_, item)| matches!(item.get("holder"), Some(AttributeValue::S(h)) if h == holder),
+            );
+            let index = match own {
+                Some((index, _)) => *index,
+                None => {
+                    let taken: Vec<u32> = held
+                        .iter()
+                        .filter(|(_, item)| live(item))
+                        .map(|(index, _)| *index)
+                        .collect();
+                    let free: Vec<u32> = (0..max).filter(|i| !taken.contains(i)).collect();
+                    if free.is_empty() {
+                        return Ok(false);
+                    }
+                    // Spread concurrent takers over the free slots: fewer lost races.
+                    free[rand_index(free.len())]
+                }
+            };
+            let mut item = key(tenant_pk(tenant), &stream_sk(index));
+            item.insert("holder".into(), s(holder));
+            item.insert("until".into(), n(until.timestamp_millis()));
+            item.insert("ttl".into(), n(until.timestamp() + 3600));
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression(
+                    "attribute_not_exists(pk) OR #until <= :now OR #holder = :holder",
+                )
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_names("#holder", "holder")
+                .expression_attribute_values(":now", n(now.timestamp_millis()))
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(true),
+                // Another holder took it since the read: read again.
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(self.unavailable("PutItem stream slot", &e)),
+            }
+        }
+        // Lost every race: the slots are contended, which is what "full" means.
+        Ok(false)
+    }
+
+    async fn release_stream_slot(&self, tenant: &str, holder: &str) -> StoreResult<()> {
+        for (index, item) in self.stream_slots(tenant).await? {
+            if !matches!(item.get("holder"), Some(AttributeValue::S(h)) if h == holder) {
+                continue;
+            }
+            let result = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(tenant_pk(tenant), &stream_sk(index))))
+                .condition_expression("#holder = :holder")
+                .expression_attribute_names("#holder", "holder")
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            if let Err(e) = result
+                && !matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_))
+                )
+            {
+                return Err(self.unavailable("DeleteItem stream slot", &e));
+            }
+        }
+        Ok(())
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {

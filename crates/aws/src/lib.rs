@@ -31,6 +31,7 @@
 pub mod config;
 pub mod dynamodb;
 pub mod ecs;
+pub mod emf;
 mod error;
 pub mod inline;
 pub mod models;

@@ -588,3 +588,16 @@ async fn the_tenant_index_projects_the_list_fields_only() {
     assert_eq!(listed[0].id, job.id);
     assert_eq!(listed[0].metadata, job.metadata);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_slot_conformance() {
+    let store = Arc::new(fresh_store(Arc::new(SystemClock)).await);
+    conformance::stream_slots(store.clone()).await;
+    // Two handles on one table: two Lambda instances of `status`.
+    let other = Arc::new(DynamoJobStore::new(
+        common::clients().await.dynamodb,
+        store.table(),
+        Arc::new(SystemClock),
+    ));
+    conformance::stream_slots_are_exact_under_concurrency(store, other).await;
+}

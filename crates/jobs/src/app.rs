@@ -71,6 +71,10 @@ impl App {
             config.assets,
             &config.jobs,
         ));
+        let streams = Arc::new(crate::events::StreamLimiter::new(
+            ports.store.clone(),
+            ports.clock.clone(),
+        ));
         let jobs = Arc::new(JobService::new(ports, config.jobs, cursor_key));
         let state = Arc::new(ApiState {
             jobs,
@@ -82,7 +86,7 @@ impl App {
             auth,
             info: config.info,
             events: config.events,
-            streams: Default::default(),
+            streams,
             cross_site: Arc::new(config.cross_site),
         });
         App {

@@ -43,6 +43,7 @@ mod lease;
 mod queues;
 mod quotas;
 mod store;
+mod streams;
 
 pub use assets::{asset_records, retention_records};
 pub use blobs::blob_store;
@@ -50,6 +51,7 @@ pub use lease::{lease_protocol, stalled_runner_is_fenced};
 pub use queues::{queue_at_least_once, queue_sqs, queue_strict};
 pub use quotas::tenant_quotas;
 pub use store::job_store;
+pub use streams::{stream_slots, stream_slots_are_exact_under_concurrency};
 
 /// Moves time forward for a queue under test: a manual clock, or real sleeping.
 #[async_trait]
