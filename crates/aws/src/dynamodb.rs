@@ -172,7 +172,10 @@ const LIST_PAGE_ROWS: usize = 100;
 /// Tries of a transaction cancelled because another transaction held one of its items
 /// (`TransactionConflict`: per-tenant usage items are shared by a tenant's writes), and
 /// of an admission or blob-record delete that lost a race on what it read.
-const TRANSACTION_TRIES: u32 = 5;
+/// With [`backoff_delay`], the tries span about 1.3 s at most: a contended submit still
+/// answers well inside a Lambda's timeout, and one that gives up answers 503 with
+/// `Retry-After`.
+const TRANSACTION_TRIES: u32 = 7;
 
 /// The `JobStore` on one DynamoDB table.
 #[derive(Clone)]
@@ -293,13 +296,20 @@ fn blob_pk(tenant: &str, hash: &str) -> String {
 
 /// A short randomized pause before retrying a conflicted transaction.
 async fn backoff(attempt: u32) {
+    tokio::time::sleep(backoff_delay(attempt)).await;
+}
+
+/// "Full jitter": uniformly random in `[0, 20 ms << attempt]` (capped at 640 ms).
+/// Transactions that met on a tenant's usage item (concurrent submits) then spread
+/// over the whole window and seldom meet again; with a fixed delay and a few ms of
+/// jitter they retried in step and met again (a 503 seen with 8 concurrent submits).
+fn backoff_delay(attempt: u32) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
-    let jitter = std::collections::hash_map::RandomState::new()
+    let window_ms = 20u64 << attempt.min(5);
+    let random = std::collections::hash_map::RandomState::new()
         .build_hasher()
-        .finish()
-        % 10;
-    let ms = (10u64 << attempt.min(5)) + jitter;
-    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        .finish();
+    std::time::Duration::from_millis(random % (window_ms + 1))
 }
 
 fn sort_key(item: &Item) -> &str {
@@ -1953,5 +1963,29 @@ impl JobStore for DynamoJobStore {
 
     fn kind(&self) -> &'static str {
         "dynamodb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_spread_over_a_growing_window() {
+        for attempt in 0..TRANSACTION_TRIES {
+            let window = 20u64 << attempt.min(5);
+            let delays: Vec<u64> = (0..400)
+                .map(|_| backoff_delay(attempt).as_millis() as u64)
+                .collect();
+            assert!(delays.iter().all(|d| *d <= window), "within the window");
+            let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+            // Spread over most of the window, not a few ms around one value.
+            assert!(
+                max - min >= window / 2,
+                "attempt {attempt}: {min}..{max} ms of {window}"
+            );
+        }
+        let total: u64 = (0..TRANSACTION_TRIES - 1).map(|a| 20u64 << a.min(5)).sum();
+        assert!(total <= 1_500, "the tries stay bounded: {total} ms at most");
     }
 }
