@@ -53,8 +53,10 @@ impl Default for EventsConfig {
 /// of `status`), not per process.
 ///
 /// **The guarantee, exact:** at most `max_streams_per_tenant` slots are held at once,
-/// whatever the number of processes: the store takes a slot with one conditional write
-/// (DynamoDB: one of `max` slot items; SQLite: under its write lock; see each adapter).
+/// whatever the number of processes: the store decides, with one conditional write
+/// (ARCHITECTURE §4's rule for every decision; DynamoDB: one of `max` slot items;
+/// SQLite: the one process that serves streams; see each adapter). A slot is held
+/// like a lease: until a deadline, freed early by its holder or late by time.
 /// A slot is taken until the stream's window ends plus [`SLOT_MARGIN`] and freed when
 /// the stream ends; a process that dies mid-stream (a Lambda frozen or killed, so
 /// the free never runs) leaves a slot that frees itself at that `until`. What it
