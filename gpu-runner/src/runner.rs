@@ -438,7 +438,6 @@ impl MainLoop {
                 &fleet,
                 &workers,
                 self.sh.ports.clock.now(),
-                jobs::dispatch::DispatchConfig::default().worker_stale_after,
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the fleet; leaving on idle");

@@ -102,6 +102,11 @@ pub struct Fleet {
     /// past their idle timeout (see `dispatch::keeps_warm`).
     #[serde(default)]
     pub min_warm: u32,
+    /// The dispatcher's `worker_stale_after` (seconds) as the last decision used it:
+    /// a runner deciding whether it is kept warm judges the registry the same way.
+    /// `None` (a record older than the field): the default.
+    #[serde(default)]
+    pub worker_stale_after_s: Option<u64>,
     /// The last capacity failure, shown in health and in queued jobs' progress.
     pub capacity_error: Option<String>,
     pub capacity_error_at: Option<DateTime<Utc>>,
