@@ -35,6 +35,7 @@
 //! | `SERVERLESS_COMFYUI_MODEL_CACHE` | — | the instance's model cache directory (needed by the next) |
 //! | `SERVERLESS_COMFYUI_MODELS_MANIFEST` | — | the S3 key of `models.yaml` in the bucket (e.g. `models/models.yaml`); absent object: no models |
 //! | `SERVERLESS_COMFYUI_WORKER_ID` | the ECS task id | override the worker id |
+//! | `SERVERLESS_COMFYUI_METRICS_STACK` | — | each finished job's metrics as an EMF line on stdout (`aws::emf`), dimension `Stack` = this |
 //! | `ECS_CONTAINER_METADATA_URI_V4` | set by ECS | the task metadata endpoint; absent: a generated id and a warning |
 //! | `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED` | — | **tests only** (the chaos suite on moto): the work queue misbehaves on purpose ([`crate::cli::with_chaos_queue`]); never set it in a deployment |
 
@@ -69,6 +70,7 @@ pub const VARIABLES: &[&str] = &[
     MODEL_CACHE,
     MODELS_MANIFEST,
     WORKER_ID,
+    aws::emf::STACK_VAR,
     TEST_CHAOS_QUEUE_SEED,
 ];
 
