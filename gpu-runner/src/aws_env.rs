@@ -35,6 +35,7 @@
 //! | `SERVERLESS_COMFYUI_MODEL_CACHE` | — | the instance's model cache directory (needed by the next) |
 //! | `SERVERLESS_COMFYUI_MODELS_MANIFEST` | — | the S3 key of `models.yaml` in the bucket (e.g. `models/models.yaml`); absent object: no models |
 //! | `SERVERLESS_COMFYUI_WORKER_ID` | the ECS task id | override the worker id |
+//! | `SERVERLESS_COMFYUI_METRICS_STACK` | — | each finished job's metrics as an EMF line on stdout (`aws::emf`), dimension `Stack` = this |
 //! | `ECS_CONTAINER_METADATA_URI_V4` | set by ECS | the task metadata endpoint; absent: a generated id and a warning |
 //! | `SERVERLESS_COMFYUI_TEST_CHAOS_QUEUE_SEED` | — | **tests only** (the chaos suite on moto): the work queue misbehaves on purpose ([`crate::cli::with_chaos_queue`]); never set it in a deployment |
 
@@ -69,6 +70,7 @@ pub const VARIABLES: &[&str] = &[
     MODEL_CACHE,
     MODELS_MANIFEST,
     WORKER_ID,
+    aws::emf::STACK_VAR,
     TEST_CHAOS_QUEUE_SEED,
 ];
 
@@ -91,6 +93,12 @@ const WORKER_ID: &str = "SERVERLESS_COMFYUI_WORKER_ID";
 /// growing to 5 s; an event stream is answered buffered). The moto end to end measured
 /// it (docs/costs.md).
 pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
+/// On AWS an idle runner's receive long-polls 5 s (locally 1 s): each is a billed SQS
+/// request, and a message that arrives is answered at once either way. The price is
+/// that an idle runner notices SIGTERM or its idle deadline up to 5 s late (far inside
+/// the task's stop timeout). Only when idle: beside a job the receive stays short (see
+/// the main loop). The measurement is in docs/costs.md.
+pub const IDLE_POLL_WAIT: Duration = Duration::from_secs(5);
 
 /// Tests only: a seed for the fault-injecting work queue (the local binary's hidden
 /// `--chaos-queue-seed`). The template never sets it.
@@ -377,7 +385,12 @@ pub fn ports(data: &aws::DataConfig, clients: &aws::Clients) -> jobs::service::P
             &data.table,
             clock.clone(),
         )),
-        blobs: Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &data.bucket)),
+        // Small workflows come from the table (`aws::inline`); outputs go to S3.
+        blobs: Arc::new(aws::InlineInputs::reading(
+            Arc::new(aws::S3BlobStore::new(clients.s3.clone(), &data.bucket)),
+            clients.dynamodb.clone(),
+            &data.table,
+        )),
         queue: Arc::new(aws::SqsQueue::new(clients.sqs.clone(), data.queues.clone())),
         clock,
     }
@@ -391,6 +404,10 @@ pub async fn prepare(
     metadata_uri: Option<&str>,
 ) -> Result<(RunnerConfig, EngineSpec, jobs::service::Ports), RunnerError> {
     let (mut config, engine) = env.settings.to_config()?;
+    config.poll_wait = IDLE_POLL_WAIT;
+    if let Some(emf) = aws::emf::Emf::from_env() {
+        config.observer = Some(Arc::new(MetricsObserver(emf)));
+    }
     if env.settings.worker_id.is_none() {
         config.worker_id = worker_id_from(metadata_uri, METADATA_TIMEOUT).await;
     }
@@ -406,6 +423,46 @@ pub async fn prepare(
     }
     let ports = crate::cli::with_chaos_queue(ports(&env.data, clients), env.chaos_queue_seed);
     Ok((config, engine, ports))
+}
+
+/// Publishes each finished job's metrics as an EMF log line (`aws::emf`).
+struct MetricsObserver(aws::emf::Emf);
+
+impl crate::config::RunnerObserver for MetricsObserver {
+    fn job_done(&self, timing: &crate::config::JobTiming) {
+        self.0.publish(&job_metrics(timing));
+    }
+}
+
+/// What a finished job publishes: its end by status, the queue wait and execution the
+/// API shows, and the time it held the GPU (ComfyUI's own execution timestamps, else
+/// the runner's view of them). Nothing for a job this runner did not commit.
+fn job_metrics(t: &crate::config::JobTiming) -> Vec<(aws::emf::Name, f64)> {
+    use aws::emf::Name;
+    use jobs::model::JobStatus;
+    let ended = match t.status {
+        Some(JobStatus::Succeeded) => Name::JobsSucceeded,
+        Some(JobStatus::Failed) => Name::JobsFailed,
+        Some(JobStatus::Canceled) => Name::JobsCanceled,
+        _ => return Vec::new(),
+    };
+    let mut out = vec![(ended, 1.0)];
+    let seconds = |ms: i64| ms.max(0) as f64 / 1000.0;
+    if let Some(ms) = t.queue_ms {
+        out.push((Name::QueueWaitSeconds, seconds(ms)));
+    }
+    if let Some(ms) = t.execution_ms {
+        out.push((Name::ExecutionSeconds, seconds(ms)));
+    }
+    let gpu = match (t.comfy_exec_ms, t.exec_start, t.exec_end) {
+        (Some((start, end)), _, _) => Some(seconds(end - start)),
+        (None, Some(start), Some(end)) => Some(end.duration_since(start).as_secs_f64()),
+        _ => None,
+    };
+    if let Some(gpu) = gpu {
+        out.push((Name::GpuSeconds, gpu));
+    }
+    out
 }
 
 /// `gpu-runner-aws`: the whole start-up (see the module docs). Exit codes: 0 after an

@@ -243,3 +243,49 @@ async fn without_an_answer_the_id_is_generated_within_the_timeout() {
         started.elapsed()
     );
 }
+
+fn timing(status: Option<jobs::model::JobStatus>) -> crate::config::JobTiming {
+    let now = std::time::Instant::now();
+    crate::config::JobTiming {
+        job_id: jobs::model::JobId::generate(),
+        attempt: 1,
+        received: now,
+        claimed: Some(now),
+        submitted: Some(now),
+        exec_start: Some(now),
+        exec_end: Some(now + Duration::from_millis(2500)),
+        finished: Some(now),
+        received_at: chrono::Utc::now(),
+        finished_at: Some(chrono::Utc::now()),
+        comfy_exec_ms: None,
+        pipelined: false,
+        status,
+        queue_ms: Some(1500),
+        execution_ms: Some(3000),
+    }
+}
+
+#[test]
+fn a_finished_job_publishes_its_end_waits_and_gpu_time() {
+    use aws::emf::Name;
+    use jobs::model::JobStatus;
+    let metrics = job_metrics(&timing(Some(JobStatus::Succeeded)));
+    assert_eq!(
+        metrics,
+        vec![
+            (Name::JobsSucceeded, 1.0),
+            (Name::QueueWaitSeconds, 1.5),
+            (Name::ExecutionSeconds, 3.0),
+            (Name::GpuSeconds, 2.5),
+        ]
+    );
+    // ComfyUI's own timestamps win over the runner's view.
+    let mut t = timing(Some(JobStatus::Failed));
+    t.comfy_exec_ms = Some((10_000, 14_000));
+    let metrics = job_metrics(&t);
+    assert_eq!(metrics[0], (Name::JobsFailed, 1.0));
+    assert_eq!(metrics.last(), Some(&(Name::GpuSeconds, 4.0)));
+    // A job this runner handed back or lost publishes nothing.
+    assert!(job_metrics(&timing(None)).is_empty());
+    assert!(job_metrics(&timing(Some(JobStatus::Queued))).is_empty());
+}

@@ -149,6 +149,10 @@ pub struct JobTiming {
     /// True when the job was reserved and pre-submitted behind another.
     pub pipelined: bool,
     pub status: Option<JobStatus>,
+    /// As the committed job record says ([`jobs::model::Job::queue_ms`] and
+    /// [`jobs::model::Job::execution_ms`]): what the API shows, for metrics.
+    pub queue_ms: Option<i64>,
+    pub execution_ms: Option<i64>,
 }
 
 /// Measurement hooks. Called from the runner's tasks; keep them cheap.

@@ -363,6 +363,10 @@ impl MainLoop {
                             }
                             w
                         }
+                        // Short, so that a job that ends is reaped (and the registry
+                        // says idle) at once: a long poll here delayed that by up to
+                        // its wait, and a dispatcher deciding meanwhile launched a
+                        // second runner for the next job (seen on moto, 1 s polls).
                         _ => Duration::from_millis(100),
                     };
                     // Not raced against anything: dropping a receive mid-flight would
@@ -434,7 +438,6 @@ impl MainLoop {
                 &fleet,
                 &workers,
                 self.sh.ports.clock.now(),
-                jobs::dispatch::DispatchConfig::default().worker_stale_after,
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the fleet; leaving on idle");

@@ -13,8 +13,9 @@
 //! them under different key prefixes):
 //!
 //! - `gsi1` (`gsi1pk`, `gsi1sk`): the **tenant index** of jobs (projecting the list
-//!   fields only: the job body without progress, which lives in its own item and is
-//!   never indexed), the asset-by-hash lookup, and the API key list.
+//!   fields only, [`GSI1_ATTRIBUTES`]: the job body without progress, which lives in
+//!   its own item and is never indexed, and not `enqueued`, so `mark_enqueued` writes
+//!   no index entry), the asset-by-hash lookup, and the API key list.
 //! - `gsi2` (`gsi2pk`, `gsi2sk`): the **sparse index of active jobs**. Only a job that
 //!   is `queued`, `running` or `canceling` carries `gsi2pk`; the write that makes it
 //!   terminal `REMOVE`s it, so the index holds the working set, not history. Pending
@@ -39,6 +40,8 @@
 //! | upload | `UPLOAD#{id}` | `UPLOAD` | `body`, `expires` (ms), `ttl` (a day after `expires`) | `gsi2pk = UPLOADS`, `gsi2sk = {id}` |
 //! | tenant quota | `TENANT#{tenant}` | `QUOTA` | `body` | — |
 //! | tenant usage | `TENANT#{tenant}` | `USAGE` | `active`, `stored` (bytes), `window` (epoch second), `in_window` | — |
+//! | stream slot | `TENANT#{tenant}` | `STREAM#{n:05}` (n below the tenant's stream limit) | `holder`, `until` (ms), `ttl` | — |
+//! | inline input | `INLINE#inputs/{job}.json` | `INLINE` | `bytes`, `content_type`, `ttl` (written by [`crate::inline`], not by this store) | — |
 //!
 //! (`{len}:` is the tenant's length: with it, no tenant and key pair can spell another's
 //! partition key, whatever `#` they contain.)
@@ -57,6 +60,7 @@
 //! |---|---|
 //! | `create_job_within_quota` (and `create_job`, unlimited) | `TransactWriteItems`: `Put` job if `attribute_not_exists(pk)`; `Put` idempotency record if `attribute_not_exists(pk) OR expires <= :now`; `Update` of the tenant's `USAGE` item: `ADD active :1` if `active < :max`, and for the submit rate (a fixed one-second window) either `ADD in_window :1` if `window = :w AND in_window < :rate` (the window read is this second or later) or `SET window = :second, in_window = 1` if `window = :w` (it was older; `attribute_not_exists` if none). Each with `ReturnValuesOnConditionCheckFailure = ALL_OLD`. The window is read first (`GetItem`, eventually consistent: the condition pins what was read) only when the rate is limited. Refusals, from the cancellation reasons: the record's → `KeyTaken(old record)` (a replay is answered before any quota); the job's → `Conflict`; the usage item's → `OverQuota(ActiveJobs)` or `OverQuota(SubmitRate)` as its old item shows, or, when it shows room, a lost race on the window, retried (bounded) on that item. A `TransactionConflict` (another transaction on the usage item) is retried with backoff, bounded. Then the queue position (below). |
 //! | `get_tenant_quota` / `put_tenant_quota` | `GetItem` / `PutItem` `TENANT#{t}` `QUOTA` |
+//! | `acquire_stream_slot` / `release_stream_slot` | `Query TENANT#{t}` `begins_with(sk, STREAM#)` (consistent), then `PutItem STREAM#{n}` for a free `n` below the limit (or the holder's own) `IF attribute_not_exists(pk) OR until <= :now OR holder = :holder`; a lost race reads again (bounded). Exact: each of the `max` slot items has one holder at a time. Release: the same `Query`, `DeleteItem IF holder = :holder` |
 //! | `tenant_usage` | `GetItem` `TENANT#{t}` `USAGE` (consistent; counters clamped at 0) |
 //! | `get_job` | one `Query pk = JOB#{id}` (strongly consistent): the job and its outputs |
 //! | `job_status` | `GetItem META`, eventually consistent, `ProjectionExpression status, attempt, ttl`: half a read unit (the item is under 4 KB), what a runner polls every second while its job runs, so a cancel lands within a second |
@@ -102,8 +106,7 @@
 //!   `job_assets` are complete (the collection, then `META` if still finished).
 //! - The progress and worker items carry no `ttl` yet (progress does not know its
 //!   job's retention; workers need a heartbeat grace to be chosen).
-//! - The stream counters that must hold across Lambda instances, and
-//!   `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
+//! - `serverless-comfyui keys create|list|revoke --table NAME` over the `KEY#` items.
 //! - One tenant's writes that change its usage (job creates, job ends, blob records)
 //!   all touch its `USAGE` item: DynamoDB takes about 1,000 write units a second per
 //!   item, and a transactional write costs two, so a tenant tops out near 500 of them
@@ -154,6 +157,11 @@ type Item = HashMap<String, AttributeValue>;
 pub const GSI1: &str = "gsi1";
 /// The sparse index of active jobs.
 pub const GSI2: &str = "gsi2";
+/// The non-key attributes the tenant index projects: what its reads use (a job's
+/// `body`, `out_count` and `labels`; an asset's `body`, `file_path` and `blob_key`; an
+/// API key's `body`). Not `enqueued`: recording an enqueue writes only the base item.
+/// template.yaml's `gsi1` says the same.
+pub const GSI1_ATTRIBUTES: [&str; 5] = ["body", "out_count", "labels", "file_path", "blob_key"];
 /// Pages a filtered read may spend before answering with what it has.
 const READ_BUDGET_PAGES: usize = 10;
 /// Rows a label-filtered tenant listing examines before it answers with a short page
@@ -164,7 +172,10 @@ const LIST_PAGE_ROWS: usize = 100;
 /// Tries of a transaction cancelled because another transaction held one of its items
 /// (`TransactionConflict`: per-tenant usage items are shared by a tenant's writes), and
 /// of an admission or blob-record delete that lost a race on what it read.
-const TRANSACTION_TRIES: u32 = 5;
+/// With [`backoff_delay`], the tries span about 1.3 s at most: a contended submit still
+/// answers well inside a Lambda's timeout, and one that gives up answers 503 with
+/// `Retry-After`.
+const TRANSACTION_TRIES: u32 = 7;
 
 /// The `JobStore` on one DynamoDB table.
 #[derive(Clone)]
@@ -260,6 +271,21 @@ fn signed(item: &Item, name: &str) -> i64 {
 
 /// A tenant's partition: its quota and usage items (the key's rest is the whole
 /// tenant, so no tenant spells another's).
+/// The sort key of a tenant's stream slot `index` (beside its `QUOTA` and `USAGE`).
+fn stream_sk(index: u32) -> String {
+    format!("STREAM#{index:05}")
+}
+
+/// A pseudo-random index below `len` (no need for a real generator: it only spreads
+/// concurrent takers over free slots).
+fn rand_index(len: usize) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    nanos % len.max(1)
+}
+
 fn tenant_pk(tenant: &str) -> String {
     format!("TENANT#{tenant}")
 }
@@ -270,13 +296,20 @@ fn blob_pk(tenant: &str, hash: &str) -> String {
 
 /// A short randomized pause before retrying a conflicted transaction.
 async fn backoff(attempt: u32) {
+    tokio::time::sleep(backoff_delay(attempt)).await;
+}
+
+/// "Full jitter": uniformly random in `[0, 20 ms << attempt]` (capped at 640 ms).
+/// Transactions that met on a tenant's usage item (concurrent submits) then spread
+/// over the whole window and seldom meet again; with a fixed delay and a few ms of
+/// jitter they retried in step and met again (a 503 seen with 8 concurrent submits).
+fn backoff_delay(attempt: u32) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
-    let jitter = std::collections::hash_map::RandomState::new()
+    let window_ms = 20u64 << attempt.min(5);
+    let random = std::collections::hash_map::RandomState::new()
         .build_hasher()
-        .finish()
-        % 10;
-    let ms = (10u64 << attempt.min(5)) + jitter;
-    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        .finish();
+    std::time::Duration::from_millis(random % (window_ms + 1))
 }
 
 fn sort_key(item: &Item) -> &str {
@@ -618,6 +651,30 @@ impl DynamoJobStore {
         Ok(())
     }
 
+    /// The tenant's stream slot items, by slot number (one consistent `Query`).
+    async fn stream_slots(&self, tenant: &str) -> StoreResult<Vec<(u32, Item)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :slot)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":slot", s("STREAM#"))
+            .send()
+            .await
+            .map_err(|e| self.unavailable("Query stream slots", &e))?;
+        Ok(out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| {
+                let index = sort_key(&item).strip_prefix("STREAM#")?.parse().ok()?;
+                Some((index, item))
+            })
+            .collect())
+    }
+
     /// `ADD {counter} :delta` on the tenant's usage item, unconditioned: the part of a
     /// transaction that keeps the counter in step with the write beside it.
     fn usage_delta(
@@ -898,8 +955,8 @@ fn job_attributes(job: &Job) -> StoreResult<Vec<(&'static str, Option<AttributeV
 }
 
 /// Creates the table as the deployment template does (for tests and local tooling):
-/// on-demand, both indexes projecting all attributes of the items that carry their
-/// keys, TTL on `ttl`.
+/// on-demand, the tenant index projecting [`GSI1_ATTRIBUTES`], the active index all
+/// attributes, TTL on `ttl`.
 pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dynamodb::Error> {
     let attr = |name: &str| {
         AttributeDefinition::builder()
@@ -915,19 +972,22 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dy
             .build()
             .expect("name and type are set")
     };
-    let index = |name: &str, pk: &str, sk: &str| {
+    let index = |name: &str, pk: &str, sk: &str, projection: Projection| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
             .key_schema(schema(pk, KeyType::Hash))
             .key_schema(schema(sk, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(projection)
             .build()
             .expect("index fields are set")
     };
+    let tenant_projection = Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .set_non_key_attributes(Some(GSI1_ATTRIBUTES.map(String::from).to_vec()))
+        .build();
+    let all = Projection::builder()
+        .projection_type(ProjectionType::All)
+        .build();
     client
         .create_table()
         .table_name(table)
@@ -940,8 +1000,8 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), aws_sdk_dy
         ))
         .key_schema(schema("pk", KeyType::Hash))
         .key_schema(schema("sk", KeyType::Range))
-        .global_secondary_indexes(index(GSI1, "gsi1pk", "gsi1sk"))
-        .global_secondary_indexes(index(GSI2, "gsi2pk", "gsi2sk"))
+        .global_secondary_indexes(index(GSI1, "gsi1pk", "gsi1sk", tenant_projection))
+        .global_secondary_indexes(index(GSI2, "gsi2pk", "gsi2sk", all))
         .send()
         .await?;
     client
@@ -1071,6 +1131,97 @@ impl JobStore for DynamoJobStore {
             active_jobs: signed(&item, "active").max(0) as u64,
             stored_bytes: signed(&item, "stored").max(0) as u64,
         })
+    }
+
+    async fn acquire_stream_slot(
+        &self,
+        tenant: &str,
+        holder: &str,
+        max: u32,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        for _ in 0..TRANSACTION_TRIES {
+            let held = self.stream_slots(tenant).await?;
+            let live = |item: &Item| signed(item, "until") > now.timestamp_millis();
+            // Its own slot is renewed; else a free (absent or expired) one is taken.
+            let own = held.iter().find(
+                |(_, item)| matches!(item.get("holder"), Some(AttributeValue::S(h)) if h == holder),
+            );
+            let index = match own {
+                Some((index, _)) => *index,
+                None => {
+                    let taken: Vec<u32> = held
+                        .iter()
+                        .filter(|(_, item)| live(item))
+                        .map(|(index, _)| *index)
+                        .collect();
+                    let free: Vec<u32> = (0..max).filter(|i| !taken.contains(i)).collect();
+                    if free.is_empty() {
+                        return Ok(false);
+                    }
+                    // Spread concurrent takers over the free slots: fewer lost races.
+                    free[rand_index(free.len())]
+                }
+            };
+            let mut item = key(tenant_pk(tenant), &stream_sk(index));
+            item.insert("holder".into(), s(holder));
+            item.insert("until".into(), n(until.timestamp_millis()));
+            item.insert("ttl".into(), n(until.timestamp() + 3600));
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression(
+                    "attribute_not_exists(pk) OR #until <= :now OR #holder = :holder",
+                )
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_names("#holder", "holder")
+                .expression_attribute_values(":now", n(now.timestamp_millis()))
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(true),
+                // Another holder took it since the read: read again.
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(self.unavailable("PutItem stream slot", &e)),
+            }
+        }
+        // Lost every race: the slots are contended, which is what "full" means.
+        Ok(false)
+    }
+
+    async fn release_stream_slot(&self, tenant: &str, holder: &str) -> StoreResult<()> {
+        for (index, item) in self.stream_slots(tenant).await? {
+            if !matches!(item.get("holder"), Some(AttributeValue::S(h)) if h == holder) {
+                continue;
+            }
+            let result = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(tenant_pk(tenant), &stream_sk(index))))
+                .condition_expression("#holder = :holder")
+                .expression_attribute_names("#holder", "holder")
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            if let Err(e) = result
+                && !matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_))
+                )
+            {
+                return Err(self.unavailable("DeleteItem stream slot", &e));
+            }
+        }
+        Ok(())
     }
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
@@ -1812,5 +1963,29 @@ impl JobStore for DynamoJobStore {
 
     fn kind(&self) -> &'static str {
         "dynamodb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_spread_over_a_growing_window() {
+        for attempt in 0..TRANSACTION_TRIES {
+            let window = 20u64 << attempt.min(5);
+            let delays: Vec<u64> = (0..400)
+                .map(|_| backoff_delay(attempt).as_millis() as u64)
+                .collect();
+            assert!(delays.iter().all(|d| *d <= window), "within the window");
+            let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+            // Spread over most of the window, not a few ms around one value.
+            assert!(
+                max - min >= window / 2,
+                "attempt {attempt}: {min}..{max} ms of {window}"
+            );
+        }
+        let total: u64 = (0..TRANSACTION_TRIES - 1).map(|a| 20u64 << a.min(5)).sum();
+        assert!(total <= 1_500, "the tries stay bounded: {total} ms at most");
     }
 }

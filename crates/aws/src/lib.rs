@@ -7,6 +7,7 @@
 //! |---|---|---|---|
 //! | `Queue` | [`SqsQueue`] | SQS (standard queues with a redrive policy) | [`sqs`] |
 //! | `BlobStore` | [`S3BlobStore`] | S3 (one private bucket) | [`s3`] |
+//! | `BlobStore` (small job inputs) | [`InlineInputs`] around [`S3BlobStore`] | DynamoDB items up to 4 KiB, S3 beyond | [`inline`] |
 //! | `Launcher` | [`EcsLauncher`] | ECS `RunTask` / `StopTask` | [`ecs`] |
 //! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
 //! | `WebhookStore` | [`DynamoWebhookStore`] | DynamoDB (the same table) | [`webhooks`] |
@@ -31,7 +32,9 @@
 pub mod config;
 pub mod dynamodb;
 pub mod ecs;
+pub mod emf;
 mod error;
+pub mod inline;
 pub mod models;
 pub mod s3;
 pub mod sqs;
@@ -42,6 +45,7 @@ pub mod webhooks;
 pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
 pub use dynamodb::DynamoJobStore;
 pub use ecs::{EcsLauncher, EcsSettings};
+pub use inline::InlineInputs;
 pub use models::{ModelObject, S3Models};
 pub use s3::S3BlobStore;
 pub use sqs::SqsQueue;

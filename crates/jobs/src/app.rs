@@ -95,6 +95,10 @@ impl App {
             config.assets,
             &config.jobs,
         ));
+        let streams = Arc::new(crate::events::StreamLimiter::new(
+            ports.store.clone(),
+            ports.clock.clone(),
+        ));
         let jobs = Arc::new(JobService::new(ports, config.jobs, cursor_key));
         let webhooks = webhooks.map(|parts| {
             Arc::new(WebhookService::new(
@@ -114,7 +118,7 @@ impl App {
             auth,
             info: config.info,
             events: config.events,
-            streams: Default::default(),
+            streams,
             cross_site: Arc::new(config.cross_site),
             content_delivery: config.content_delivery,
             webhooks,

@@ -84,13 +84,20 @@ pub fn desired_workers(busy: u32, unclaimed_queued: u64, config: &DispatchConfig
 /// exactly the spare ones leave and a kept one never waits for a tick to be
 /// relaunched. (Not `desired`: a decision made for a queue that has since drained
 /// would keep runners until the next tick.)
+///
+/// A worker is live as the dispatcher judges it: its `worker_stale_after`, recorded
+/// in the fleet by the decision ([`Fleet::worker_stale_after_s`]).
 pub fn keeps_warm(
     worker_id: &str,
     fleet: &Fleet,
     workers: &[WorkerRecord],
     now: DateTime<Utc>,
-    stale_after: Duration,
 ) -> bool {
+    let stale_after = fleet
+        .worker_stale_after_s
+        .and_then(|s| i64::try_from(s).ok())
+        .map(Duration::seconds)
+        .unwrap_or_else(|| DispatchConfig::default().worker_stale_after);
     let live = |w: &&WorkerRecord| now - w.heartbeat_at <= stale_after;
     let busy = workers
         .iter()
@@ -371,6 +378,8 @@ impl Dispatcher {
             next.v = SCHEMA_VERSION;
             next.desired = desired;
             next.min_warm = self.config.min_warm_workers;
+            next.worker_stale_after_s =
+                u64::try_from(self.config.worker_stale_after.num_seconds()).ok();
             next.decided_at = Some(now);
             if deficit > 0 {
                 next.launch_lease_until = Some(now + self.config.launch_lease);
@@ -658,7 +667,6 @@ mod tests {
     #[test]
     fn exactly_the_desired_idle_runners_are_kept_warm() {
         let now = Utc::now();
-        let stale = Duration::minutes(2);
         // A queue decision's `desired` keeps nobody: only the warm floor does.
         let fleet = |min_warm| Fleet {
             desired: 9,
@@ -672,7 +680,7 @@ mod tests {
         let kept = |desired, workers: &[WorkerRecord]| -> Vec<&'static str> {
             ["a", "b", "c"]
                 .into_iter()
-                .filter(|id| keeps_warm(id, &fleet(desired), workers, now, stale))
+                .filter(|id| keeps_warm(id, &fleet(desired), workers, now))
                 .collect()
         };
         assert_eq!(
@@ -705,5 +713,18 @@ mod tests {
             worker("b", WorkerPhase::Idle, now),
         ];
         assert_eq!(kept(1, &with_dead), ["b"]);
+        // Live as the dispatcher judged it: its recorded `worker_stale_after`, not a
+        // default of the runner's.
+        let quiet = [
+            worker("a", WorkerPhase::Idle, now - Duration::minutes(5)),
+            worker("b", WorkerPhase::Idle, now),
+        ];
+        let patient = Fleet {
+            min_warm: 1,
+            worker_stale_after_s: Some(600),
+            ..Fleet::default()
+        };
+        assert!(keeps_warm("a", &patient, &quiet, now));
+        assert!(!keeps_warm("b", &patient, &quiet, now));
     }
 }

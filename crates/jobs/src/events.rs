@@ -13,11 +13,11 @@
 //! It is bounded the way it must be on AWS (API Gateway buffers and cuts responses at
 //! 30 s): after [`EventsConfig::window`] the stream ends and comfy-sdk reconnects by
 //! itself, getting a fresh snapshot. Each tenant may hold at most
-//! [`EventsConfig::max_streams_per_tenant`] streams at once (`too_many_streams`).
-//! The count is per process ([`StreamLimiter`]).
+//! [`EventsConfig::max_streams_per_tenant`] streams at once (`too_many_streams`),
+//! counted in the store, so across processes ([`StreamLimiter`] says how exactly).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::error::{DomainError, ErrorKind};
 use crate::model::{JobStatus, Progress};
+use crate::ports::{Clock, JobStore};
 use crate::service::JobService;
 use crate::views::OutputView;
 
@@ -47,36 +48,83 @@ impl Default for EventsConfig {
     }
 }
 
-/// Counts open streams per tenant.
-#[derive(Default)]
+/// Holds the tenants' stream slots in the store ([`JobStore::acquire_stream_slot`]),
+/// so the limit holds across every process that serves streams (each Lambda instance
+/// of `status`), not per process.
+///
+/// **The guarantee, exact:** at most `max_streams_per_tenant` slots are held at once,
+/// whatever the number of processes: the store decides, with one conditional write
+/// (ARCHITECTURE §4's rule for every decision; DynamoDB: one of `max` slot items;
+/// SQLite: the one process that serves streams; see each adapter). A slot is held
+/// like a lease: until a deadline, freed early by its holder or late by time.
+/// A slot is taken until the stream's window ends plus [`SLOT_MARGIN`] and freed when
+/// the stream ends; a process that dies mid-stream (a Lambda frozen or killed, so
+/// the free never runs) leaves a slot that frees itself at that `until`. What it
+/// costs is the other way round: for at most a window plus the margin, such a dead
+/// stream still counts against its tenant (a limit that can briefly refuse one
+/// stream too many, never admit one).
+///
+/// [`JobStore::acquire_stream_slot`]: crate::ports::JobStore::acquire_stream_slot
 pub struct StreamLimiter {
-    open: Mutex<HashMap<String, usize>>,
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
 }
 
+/// How long past its window a slot is held: the stream's last read and the free
+/// that follows it.
+pub const SLOT_MARGIN: Duration = Duration::from_secs(10);
+
 /// Holds one tenant's stream slot; frees it when dropped (the client went away or the
-/// stream ended).
+/// stream ended). The free is a store write, spawned; if it never runs, the slot
+/// expires.
 pub struct StreamSlot {
-    limiter: Arc<StreamLimiter>,
+    store: Arc<dyn JobStore>,
     tenant: String,
+    holder: String,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.limiter.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.tenant) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.tenant);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime to write with: the slot expires
+        };
+        let (store, tenant, holder) = (
+            self.store.clone(),
+            std::mem::take(&mut self.tenant),
+            std::mem::take(&mut self.holder),
+        );
+        runtime.spawn(async move {
+            if let Err(e) = store.release_stream_slot(&tenant, &holder).await {
+                tracing::warn!(error = %e, "could not free a stream slot; it expires by itself");
             }
-        }
+        });
     }
 }
 
 impl StreamLimiter {
-    pub fn acquire(self: &Arc<Self>, tenant: &str, max: usize) -> Result<StreamSlot, DomainError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(tenant.to_string()).or_default();
-        if *count >= max {
+    pub fn new(store: Arc<dyn JobStore>, clock: Arc<dyn Clock>) -> Self {
+        StreamLimiter { store, clock }
+    }
+
+    /// A slot for a stream that lasts at most `window`, if `tenant` holds fewer than
+    /// `max`.
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        max: usize,
+        window: Duration,
+    ) -> Result<StreamSlot, DomainError> {
+        let holder = ulid::Ulid::new().to_string();
+        let now = self.clock.now();
+        let until = now
+            + chrono::Duration::from_std(window + SLOT_MARGIN)
+                .map_err(|_| DomainError::unavailable())?;
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        if !self
+            .store
+            .acquire_stream_slot(tenant, &holder, max, now, until)
+            .await?
+        {
             return Err(DomainError::new(
                 ErrorKind::TooManyRequests,
                 "too_many_streams",
@@ -84,10 +132,10 @@ impl StreamLimiter {
             )
             .with_retry_after(5));
         }
-        *count += 1;
         Ok(StreamSlot {
-            limiter: self.clone(),
+            store: self.store.clone(),
             tenant: tenant.to_string(),
+            holder,
         })
     }
 }
@@ -144,7 +192,9 @@ pub async fn job_events(
     // Not found before taking a slot, so probing unknown ids costs nothing. Each look is
     // one snapshot read (job, progress and queue position together).
     let first = jobs.get(&tenant, &raw_id).await?;
-    let slot = limiter.acquire(&tenant, config.max_streams_per_tenant)?;
+    let slot = limiter
+        .acquire(&tenant, config.max_streams_per_tenant, config.window)
+        .await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<JobEvent>(32);
     tokio::spawn(async move {
         let _slot = slot;

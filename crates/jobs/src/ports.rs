@@ -102,6 +102,11 @@ pub struct Fleet {
     /// past their idle timeout (see `dispatch::keeps_warm`).
     #[serde(default)]
     pub min_warm: u32,
+    /// The dispatcher's `worker_stale_after` (seconds) as the last decision used it:
+    /// a runner deciding whether it is kept warm judges the registry the same way.
+    /// `None` (a record older than the field): the default.
+    #[serde(default)]
+    pub worker_stale_after_s: Option<u64>,
     /// The last capacity failure, shown in health and in queued jobs' progress.
     pub capacity_error: Option<String>,
     pub capacity_error_at: Option<DateTime<Utc>>,
@@ -192,6 +197,23 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// What a tenant uses now: active jobs, and bytes of its blob records.
     async fn tenant_usage(&self, tenant: &str) -> StoreResult<crate::model::TenantUsage>;
+
+    /// Takes one of `tenant`'s `max` live-event-stream slots for `holder` until
+    /// `until`, or renews `holder`'s own. Slots whose `until` is at or before `now`
+    /// count for nothing, so a holder that crashed frees its slot by itself.
+    /// `Ok(false)`: all `max` are held. Exact across every process sharing the store:
+    /// never more than `max` unexpired slots at once (the events module's docs).
+    async fn acquire_stream_slot(
+        &self,
+        tenant: &str,
+        holder: &str,
+        max: u32,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Frees `holder`'s slot before its `until` (none held: Ok).
+    async fn release_stream_slot(&self, tenant: &str, holder: &str) -> StoreResult<()>;
 
     async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>>;
 

@@ -236,10 +236,18 @@ CREATE INDEX idempotency_by_expiry ON idempotency (expires_at_ms);
     webhooks::MIGRATION,
 ];
 
+/// Live event-stream slots: tenant -> holder -> until.
+type StreamSlots =
+    std::collections::HashMap<String, std::collections::HashMap<String, DateTime<Utc>>>;
+
 pub struct SqliteJobStore {
     db: Db,
     /// Label entries a filtered listing examines at most per request.
     list_scan_budget: usize,
+    /// Live event-stream slots: tenant -> holder -> until. In memory, not in the
+    /// database: locally one process (`dev`) serves every stream, through one store,
+    /// so a count in its memory is exact; a restart ends every stream anyway.
+    stream_slots: std::sync::Mutex<StreamSlots>,
 }
 
 /// Label entries one filtered list request examines at most (about 10 ms of index
@@ -504,6 +512,7 @@ impl SqliteJobStore {
         Ok(SqliteJobStore {
             db: Db::open(path, MIGRATIONS)?,
             list_scan_budget: LIST_SCAN_BUDGET,
+            stream_slots: Default::default(),
         })
     }
 }
@@ -1150,6 +1159,35 @@ impl JobStore for SqliteJobStore {
             )
             .await
             .map(|_| ())
+    }
+
+    async fn acquire_stream_slot(
+        &self,
+        tenant: &str,
+        holder: &str,
+        max: u32,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut all = self.stream_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = all.entry(tenant.to_string()).or_default();
+        slots.retain(|_, held_until| *held_until > now);
+        if !slots.contains_key(holder) && slots.len() >= max as usize {
+            return Ok(false);
+        }
+        slots.insert(holder.to_string(), until);
+        Ok(true)
+    }
+
+    async fn release_stream_slot(&self, tenant: &str, holder: &str) -> StoreResult<()> {
+        let mut all = self.stream_slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slots) = all.get_mut(tenant) {
+            slots.remove(holder);
+            if slots.is_empty() {
+                all.remove(tenant);
+            }
+        }
+        Ok(())
     }
 
     async fn tenant_usage(&self, tenant: &str) -> StoreResult<TenantUsage> {

@@ -117,3 +117,12 @@ async fn blob_store_conformance() {
         .unwrap();
     conformance::blob_store(ports.blobs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_slot_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteJobStore::open(&dir.path().join("jobs.sqlite")).unwrap());
+    conformance::stream_slots(store.clone()).await;
+    // Locally one store serves every stream (the slots live in its memory).
+    conformance::stream_slots_are_exact_under_concurrency(store.clone(), store).await;
+}

@@ -14,9 +14,10 @@
 use std::sync::Arc;
 
 use aws::EcsLauncher;
+use aws::emf::{Emf, Name};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use jobs::dispatch::Dispatcher;
+use jobs::dispatch::{Dispatcher, TickReport};
 use jobs::ports::{LaunchError, StoreError};
 use serde_json::Value;
 
@@ -161,6 +162,8 @@ pub fn classify(event: Value) -> Result<DispatchEvent, DispatchError> {
 pub struct DispatchHandler {
     dispatcher: Dispatcher,
     launcher: Arc<EcsLauncher>,
+    /// EMF metric lines (`aws::emf`), when the stack is named.
+    metrics: Option<Emf>,
 }
 
 impl DispatchHandler {
@@ -169,6 +172,13 @@ impl DispatchHandler {
         DispatchHandler {
             dispatcher: deployment.app().dispatcher(launcher.clone()),
             launcher,
+            metrics: Emf::from_env(),
+        }
+    }
+
+    fn publish(&self, values: &[(Name, f64)]) {
+        if let Some(emf) = &self.metrics {
+            emf.publish(values);
         }
     }
 
@@ -181,6 +191,7 @@ impl DispatchHandler {
             DispatchEvent::Tick => {
                 let report = self.dispatcher.tick().await;
                 tracing::info!(?report, "tick");
+                self.publish(&tick_metrics(&report));
                 Ok(to_json(&report))
             }
             DispatchEvent::Reclaim {
@@ -197,6 +208,7 @@ impl DispatchHandler {
                 Ok(serde_json::json!({ "stopped": stopped }))
             }
             DispatchEvent::LaunchFailed { message } => {
+                self.publish(&[(Name::CapacityErrors, 1.0)]);
                 self.dispatcher.record_capacity_error(&message).await?;
                 Ok(Value::Null)
             }
@@ -207,7 +219,12 @@ impl DispatchHandler {
     async fn wake(&self, batch: SqsEvent) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
         match self.dispatcher.scale().await {
-            Ok(report) => tracing::info!(?report, messages = batch.records.len(), "wake"),
+            Ok(report) => {
+                tracing::info!(?report, messages = batch.records.len(), "wake");
+                if report.capacity_error.is_some() {
+                    self.publish(&[(Name::CapacityErrors, 1.0)]);
+                }
+            }
             Err(e) => {
                 // Reported back, the messages return after their visibility timeout;
                 // the tick decides again meanwhile.
@@ -223,6 +240,74 @@ impl DispatchHandler {
     }
 }
 
+/// What a tick publishes: the jobs waiting for a runner and the busy runners (one
+/// job each) as it saw them, the jobs it expired and the dead-lettered jobs it failed,
+/// and a capacity error its scale decision met. Without a scale decision (the store
+/// could not be read) only the moves it made. Nothing at all when every value is 0:
+/// CloudWatch bills a custom metric for each hour it is written in, so an idle
+/// deployment's ticks write none (the dashboard shows no data: nothing happened).
+pub fn tick_metrics(report: &TickReport) -> Vec<(Name, f64)> {
+    let mut out = vec![
+        (Name::JobsExpired, f64::from(report.expired)),
+        (Name::JobsFailed, f64::from(report.dead_lettered)),
+    ];
+    if let Some(scale) = &report.scale {
+        out.push((Name::JobsQueued, scale.unclaimed_queued as f64));
+        out.push((Name::JobsRunning, f64::from(scale.busy)));
+        if scale.capacity_error.is_some() {
+            out.push((Name::CapacityErrors, 1.0));
+        }
+    }
+    if out.iter().all(|(_, v)| *v == 0.0) {
+        out.clear();
+    }
+    out
+}
+
 fn to_json(value: &impl serde::Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobs::dispatch::ScaleReport;
+
+    #[test]
+    fn a_tick_publishes_its_counts_and_a_capacity_error() {
+        let mut report = TickReport {
+            expired: 2,
+            dead_lettered: 1,
+            ..TickReport::default()
+        };
+        assert!(
+            tick_metrics(&TickReport {
+                scale: Some(ScaleReport::default()),
+                ..TickReport::default()
+            })
+            .is_empty(),
+            "an idle tick writes no metric (each costs by the hour written)"
+        );
+        assert_eq!(
+            tick_metrics(&report),
+            vec![(Name::JobsExpired, 2.0), (Name::JobsFailed, 1.0)],
+            "no scale decision: only the moves"
+        );
+        report.scale = Some(ScaleReport {
+            unclaimed_queued: 7,
+            busy: 3,
+            capacity_error: Some("VcpuLimitExceeded".into()),
+            ..ScaleReport::default()
+        });
+        assert_eq!(
+            tick_metrics(&report),
+            vec![
+                (Name::JobsExpired, 2.0),
+                (Name::JobsFailed, 1.0),
+                (Name::JobsQueued, 7.0),
+                (Name::JobsRunning, 3.0),
+                (Name::CapacityErrors, 1.0),
+            ]
+        );
+    }
 }

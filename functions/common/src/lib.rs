@@ -26,7 +26,7 @@ pub mod env;
 
 use std::sync::Arc;
 
-use aws::{AwsConfig, Clients, DynamoJobStore, EcsLauncher, S3BlobStore, SqsQueue};
+use aws::{AwsConfig, Clients, DynamoJobStore, EcsLauncher, InlineInputs, S3BlobStore, SqsQueue};
 use jobs::api::{self, ServerInfo};
 use jobs::app::{App, AppConfig};
 use jobs::assets::AssetsConfig;
@@ -112,9 +112,14 @@ impl Deployment {
                 self.aws.table.clone(),
                 self.clock.clone(),
             )),
-            blobs: Arc::new(S3BlobStore::new(
-                self.clients.s3.clone(),
-                self.aws.bucket.clone(),
+            blobs: Arc::new(InlineInputs::new(
+                Arc::new(S3BlobStore::new(
+                    self.clients.s3.clone(),
+                    self.aws.bucket.clone(),
+                )),
+                self.clients.dynamodb.clone(),
+                self.aws.table.clone(),
+                self.tunables.retention,
             )),
             queue: Arc::new(SqsQueue::new(
                 self.clients.sqs.clone(),

@@ -502,3 +502,59 @@ fn every_variable_the_functions_read_is_set_by_the_template() {
         );
     }
 }
+
+/// The per-tenant limit on live event streams holds across `status` instances: two
+/// routers, each built as a Lambda instance builds its own (before, each counted its
+/// own streams), share the store's slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_holds_across_status_instances() {
+    let (deployment, _ecs) = deployment().await;
+    let key = api_key(&deployment, "acme").await;
+    let submit = front(submit_router(&deployment)).await;
+    let first = front(status_router(&deployment)).await;
+    let second = front(status_router(&deployment)).await;
+    let http = http();
+    let (code, job) = json_of(
+        http.post(format!("{submit}/api/v2/jobs"))
+            .bearer_auth(&key)
+            .json(&invert())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let open = |base: &str| {
+        http.get(format!("{base}/api/v2/jobs/{id}/events"))
+            .bearer_auth(&key)
+            .send()
+    };
+    let max = jobs::events::EventsConfig::default().max_streams_per_tenant;
+    let mut streams = Vec::new();
+    for _ in 0..max {
+        let response = open(&first).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        streams.push(response);
+    }
+    let (code, refused) = json_of(open(&second).await.unwrap()).await;
+    assert_eq!(
+        (code, &refused["error"]["code"]),
+        (429, &json!("too_many_streams"))
+    );
+    // A closed stream frees its slot for the other instance (the server notices at
+    // its next read of the job; bounded wait).
+    drop(streams.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = open(&second).await.unwrap();
+        if response.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -79,6 +79,8 @@ impl JobTask {
                     self.timing.finished = Some(Instant::now());
                     self.timing.finished_at = Some(self.ports().clock.now());
                     log_commit(&job, self.sh.worker(), "finish");
+                    self.timing.queue_ms = job.queue_ms();
+                    self.timing.execution_ms = job.execution_ms();
                     let status = job.status;
                     self.job = job;
                     self.delete_message().await;

@@ -220,6 +220,8 @@ impl JobTask {
                     - chrono::Duration::from_std(p.received.elapsed()).unwrap_or_default(),
                 finished_at: None,
                 comfy_exec_ms: None,
+                queue_ms: None,
+                execution_ms: None,
                 claimed,
                 submitted: None,
                 exec_start: None,

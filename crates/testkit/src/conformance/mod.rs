@@ -46,6 +46,7 @@ mod lease;
 mod queues;
 mod quotas;
 mod store;
+mod streams;
 mod webhooks;
 
 pub use assets::{asset_records, retention_records};
@@ -54,6 +55,7 @@ pub use lease::{lease_protocol, stalled_runner_is_fenced};
 pub use queues::{queue_at_least_once, queue_sqs, queue_strict};
 pub use quotas::tenant_quotas;
 pub use store::job_store;
+pub use streams::{stream_slots, stream_slots_are_exact_under_concurrency};
 pub use webhooks::{webhook_deliveries, webhook_store};
 
 /// Moves time forward for a queue under test: a manual clock, or real sleeping.
