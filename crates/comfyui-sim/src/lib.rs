@@ -42,15 +42,16 @@
 //!   `POST /__sim/faults`.
 //! - Optionally the newer jobs API ([`SimConfig::jobs_api`]).
 
+mod catalogue;
 mod config;
 mod image;
 mod media;
 mod nodes;
 mod nodes_media;
-mod pyfmt;
+// One checker and one Python formatter, shared with submit (see comfyui-graph).
+use comfyui_graph::pyfmt;
 mod server;
 mod state;
-mod validate;
 mod worker;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! `validate_prompt` and `validate_inputs` of ComfyUI 0.3.64's `execution.py`, with the
-//! same error types, messages, `extra_info` keys and quirks:
+//! `validate_prompt` and `validate_inputs` of ComfyUI 0.3.64's `execution.py`, over any
+//! [`Catalogue`], with the same error types, messages, `extra_info` keys and quirks:
 //! - class checks first, first offender only (`invalid_prompt`);
 //! - an exception while validating an upstream node is filed under that upstream node but
 //!   carries the *downstream* input's name and config (`exception_during_inner_validation`);
@@ -12,24 +12,29 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::nodes::{self, Env};
+use crate::Catalogue;
 use crate::pyfmt::{PyErr, obj, py_eq, py_float, py_int, py_num, py_repr, py_str, py_truthy};
 
 /// A Python exception escaped: aiohttp answers 500.
 #[derive(Debug)]
 pub struct Crash(pub PyErr);
 
+/// What a prompt ComfyUI would queue: its output nodes that passed, and the errors of
+/// the outputs it dropped (a 200 that carries `node_errors`).
+#[derive(Debug)]
 pub struct Validated {
     pub outputs: Vec<String>,
     pub node_errors: Map<String, Value>,
 }
 
+/// What ComfyUI answers 400 with: `{"error": .., "node_errors": ..}`.
+#[derive(Debug)]
 pub struct Rejected {
     pub error: Value,
     pub node_errors: Map<String, Value>,
 }
 
-fn err(ty: &str, message: &str, details: &str, extra: Value) -> Value {
+pub(crate) fn err(ty: &str, message: &str, details: &str, extra: Value) -> Value {
     obj([
         ("type", json!(ty)),
         ("message", json!(message)),
@@ -53,15 +58,15 @@ fn fake_traceback(lines: &[(u32, &str)]) -> Value {
 
 type Result3 = (bool, Vec<Value>);
 
-struct Ctx<'a> {
+struct Ctx<'a, C: Catalogue + ?Sized> {
     prompt: &'a mut Map<String, Value>,
-    env: &'a Env,
+    catalogue: &'a C,
     validated: Vec<(String, Result3)>,
     /// Nodes being validated further up the stack: a cycle is Python's RecursionError.
     stack: Vec<String>,
 }
 
-impl Ctx<'_> {
+impl<C: Catalogue + ?Sized> Ctx<'_, C> {
     fn get_validated(&self, id: &str) -> Option<&Result3> {
         self.validated.iter().find(|(k, _)| k == id).map(|(_, v)| v)
     }
@@ -75,7 +80,7 @@ impl Ctx<'_> {
 }
 
 /// A node's `class_type`, or "" when it has none.
-pub(crate) fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
+pub fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
     prompt
         .get(id)
         .and_then(|n| n.get("class_type"))
@@ -100,7 +105,7 @@ fn types_match(received: &Value, input: &Value) -> bool {
     rs.iter().any(|t| is.contains(t))
 }
 
-fn validate_inputs(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
+fn validate_inputs<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> Result<Result3, PyErr> {
     if let Some(r) = ctx.get_validated(id) {
         return Ok(r.clone());
     }
@@ -116,7 +121,7 @@ fn validate_inputs(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
     r
 }
 
-fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
+fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> Result<Result3, PyErr> {
     let node = ctx.prompt.get(id).cloned().unwrap_or(Value::Null);
     let inputs = match node.get("inputs") {
         Some(Value::Object(m)) => m.clone(),
@@ -132,8 +137,9 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
         None => return Err(PyErr::key_error(&json!("inputs"))),
     };
     let class = class_of(ctx.prompt, id);
-    let info = nodes::class_info(&class).expect("class checked before");
-    let class_inputs = nodes::input_types(&class, ctx.env);
+    let catalogue = ctx.catalogue;
+    let class_inputs = catalogue.input_types(&class).unwrap_or_default();
+    let skip_checks = catalogue.validate_inputs(&class);
     let mut errors = Vec::new();
     let mut valid = true;
     let mut coerced: Vec<(String, Value)> = Vec::new();
@@ -179,9 +185,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     other => return Err(PyErr::key_error(other)),
                 };
                 let o_class = class_of(ctx.prompt, &o_key);
-                let returns = nodes::class_info(&o_class)
-                    .map(|c| c.returns)
-                    .unwrap_or(&[]);
+                let returns = catalogue.returns(&o_class);
                 let received_type = match &link[1] {
                     Value::Number(n) if n.is_i64() || n.is_u64() => {
                         let i = n.as_i64().unwrap_or(i64::MAX);
@@ -190,12 +194,13 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         if idx < 0 || idx >= len {
                             return Err(PyErr::new("IndexError", "tuple index out of range"));
                         }
-                        returns[idx as usize]
+                        returns[idx as usize].clone()
                     }
                     Value::Bool(b) => {
                         let idx = *b as usize;
-                        *returns
+                        returns
                             .get(idx)
+                            .cloned()
                             .ok_or_else(|| PyErr::new("IndexError", "tuple index out of range"))?
                     }
                     other => {
@@ -208,16 +213,17 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         ));
                     }
                 };
-                let received = json!(received_type);
+                let received = received_type;
                 if !types_match(&received, &input_type) {
                     errors.push(err(
                         "return_type_mismatch",
                         "Return type mismatch between linked nodes",
                         &format!(
-                            "{x}, received_type({received_type}) mismatch input_type({})",
+                            "{x}, received_type({}) mismatch input_type({})",
+                            py_str(&received),
                             py_str(&input_type)
                         ),
-                        json!({"input_name": x, "input_config": info_pair, "received_type": received_type, "linked_node": val}),
+                        json!({"input_name": x, "input_config": info_pair, "received_type": received, "linked_node": val}),
                     ));
                     continue;
                 }
@@ -278,7 +284,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     }
                     None => {}
                 }
-                if info.validate_inputs.contains(&x.as_str()) {
+                if skip_checks.iter().any(|s| s == x) || catalogue.resolved_later(&val) {
                     continue;
                 }
                 if let (Some(min), Some(v)) = (extra_info.get("min"), py_num(&val))
@@ -303,7 +309,12 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     ));
                     continue;
                 }
-                if let Value::Array(options) = &input_type
+                // Newer servers spell a combo `["COMBO", {"options": [...]}]`.
+                let options = match &input_type {
+                    Value::String(s) if s == "COMBO" => extra_info.get("options"),
+                    other => Some(other),
+                };
+                if let Some(Value::Array(options)) = options
                     && !options.iter().any(|o| py_eq(o, &val))
                 {
                     let (list_info, config) = if options.len() > 20 {
@@ -330,7 +341,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
             inp.insert(k, v);
         }
     }
-    if !info.validate_inputs.is_empty() {
+    if !skip_checks.is_empty() {
         let inputs_now = ctx
             .prompt
             .get(id)
@@ -338,12 +349,9 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
             .and_then(|i| i.as_object())
             .cloned()
             .unwrap_or_default();
-        let all_present = info
-            .validate_inputs
-            .iter()
-            .all(|n| inputs_now.contains_key(*n));
+        let all_present = skip_checks.iter().all(|n| inputs_now.contains_key(n.as_str()));
         if all_present {
-            for (input, msg) in nodes::custom_validate(&class, &inputs_now, ctx.env) {
+            for (input, msg) in catalogue.custom_validate(&class, &inputs_now) {
                 errors.push(err(
                     "custom_validation_failed",
                     "Custom validation failed for node",
@@ -360,10 +368,10 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
 }
 
 /// Validate a prompt in place. `Err(Crash)`: the real server would raise (500).
-pub fn validate_prompt(
+pub fn validate_prompt<C: Catalogue + ?Sized>(
     prompt: &mut Map<String, Value>,
     partial: Option<&Value>,
-    env: &Env,
+    catalogue: &C,
 ) -> Result<Result<Validated, Rejected>, Crash> {
     let mut outputs = Vec::new();
     for (id, node) in prompt.iter() {
@@ -408,8 +416,8 @@ pub fn validate_prompt(
                 node_errors: Map::new(),
             }));
         };
-        let info = class.as_str().and_then(nodes::class_info);
-        let Some(info) = info else {
+        let output_node = class.as_str().and_then(|c| catalogue.output_node(c));
+        let Some(output_node) = output_node else {
             return Ok(Err(Rejected {
                 error: err(
                     "invalid_prompt",
@@ -423,7 +431,7 @@ pub fn validate_prompt(
                 node_errors: Map::new(),
             }));
         };
-        if info.output_node {
+        if output_node {
             let included = match partial {
                 None => true,
                 Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(id)),
@@ -445,7 +453,7 @@ pub fn validate_prompt(
 
     let mut ctx = Ctx {
         prompt,
-        env,
+        catalogue,
         validated: Vec::new(),
         stack: Vec::new(),
     };
