@@ -110,3 +110,12 @@ async fn blob_store_conformance() {
         .unwrap();
     conformance::blob_store(ports.blobs).await;
 }
+
+#[tokio::test]
+async fn catalogue_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path()).unwrap();
+    let clock = manual_clock();
+    let ports = data.ports(clock.clone(), "http://127.0.0.1:8787").unwrap();
+    conformance::catalogues(ports, clock).await;
+}
