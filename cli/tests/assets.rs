@@ -568,6 +568,7 @@ async fn openapi_covers_every_route() {
         ("get", "/api/v2/assets/{id}/content"),
         ("post", "/api/v2/x-serverless-comfyui/uploads"),
         ("post", "/api/v2/x-serverless-comfyui/uploads/{id}/complete"),
+        ("get", "/api/v2/x-serverless-comfyui/catalogue"),
         ("get", "/api/v2/health"),
         ("get", "/api/v2/openapi.json"),
     ];

@@ -14,9 +14,16 @@ const SIM_CATALOGUE: &[u8] =
 const INSTALLED: &str = "v1-5-pruned-emaonly-fp16.safetensors";
 
 async fn publish(t: &TestApp) -> jobs::catalogue::CatalogueRef {
-    jobs::catalogue::publish(t.app.app.jobs().ports(), SIM_CATALOGUE, "file:object_info.sim.json")
-        .await
-        .unwrap()
+    let ports = t.app.app.jobs().ports();
+    jobs::catalogue::publish(
+        ports.store.as_ref(),
+        ports.blobs.as_ref(),
+        ports.clock.as_ref(),
+        SIM_CATALOGUE,
+        "file:object_info.sim.json",
+    )
+    .await
+    .unwrap()
 }
 
 fn txt2img(edit: impl FnOnce(&mut Value)) -> Value {
@@ -119,4 +126,90 @@ async fn a_huge_wrong_value_is_answered_in_bounded_space() {
         "{} bytes",
         reply.body.to_string().len()
     );
+}
+
+#[tokio::test]
+async fn the_publish_command_seeds_a_data_dir_that_dev_then_checks_against() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fixture = format!(
+        "{}/../crates/comfyui-graph/tests/fixtures/object_info.sim.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serverless-comfyui"))
+        .args(["catalogue", "publish", "--file", &fixture, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("node classes  19"), "{printed}");
+
+    let t = TestApp::in_dir(
+        dir,
+        std::sync::Arc::new(jobs::ports::SystemClock),
+        jobs::api::DEFAULT_MAX_BODY_BYTES,
+    );
+    let reply = t.submit(&txt2img(|_| {})).await;
+    assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_serverless-comfyui"))
+        .args(["catalogue", "publish", "--comfyui-url", "http://127.0.0.1:9", "--data-dir"])
+        .arg(t.app.data_dir.root())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "an unreachable ComfyUI is an error");
+}
+
+#[tokio::test]
+async fn the_catalogue_route_serves_the_latest_with_its_hash_as_etag() {
+    let t = TestApp::new();
+    let none = t.get("/api/v2/x-serverless-comfyui/catalogue").await;
+    assert_envelope(&none, StatusCode::NOT_FOUND, "no_catalogue");
+
+    let pointer = publish(&t).await;
+    let got = t.get("/api/v2/x-serverless-comfyui/catalogue").await;
+    assert_eq!(got.status, StatusCode::OK);
+    let etag = got.headers.get("etag").unwrap().to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", pointer.hash));
+    let want: Value = serde_json::from_slice(SIM_CATALOGUE).unwrap();
+    assert_eq!(got.body, want);
+    assert_eq!(
+        got.body["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0],
+        json!([INSTALLED]),
+        "the web app reads the installed models from it"
+    );
+    let source = got.headers["x-serverless-comfyui-catalogue-source"]
+        .to_str()
+        .unwrap();
+    assert!(source.starts_with("file:object_info.sim.json at "), "{source}");
+
+    let revalidate = |tag: &str| {
+        axum::http::Request::builder()
+            .uri("/api/v2/x-serverless-comfyui/catalogue")
+            .header("if-none-match", tag)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let same = t.send(revalidate(&etag)).await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(same.body, Value::Null);
+    let stale = t.send(revalidate("\"blake3:00\", W/\"x\"")).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.body, want);
+}
+
+#[tokio::test]
+async fn the_catalogue_route_needs_a_key_once_keys_exist() {
+    let t = TestApp::new();
+    publish(&t).await;
+    let (key, _) = t.create_key("acme").await;
+    let anonymous = t.get("/api/v2/x-serverless-comfyui/catalogue").await;
+    assert_envelope(&anonymous, StatusCode::UNAUTHORIZED, "unauthorized");
+    let request = axum::http::Request::builder()
+        .uri("/api/v2/x-serverless-comfyui/catalogue")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let keyed = t.send_as(Some(&key), request).await;
+    assert_eq!(keyed.status, StatusCode::OK);
 }

@@ -91,9 +91,10 @@ pub async fn publish_catalogue(client: comfyui::Client, ports: jobs::ports::Port
     let work = async {
         let info = client.object_info().await.map_err(|e| e.to_string())?;
         let bytes = serde_json::to_vec(&serde_json::Value::Object(info)).map_err(|e| e.to_string())?;
-        jobs::catalogue::publish(&ports, &bytes, &source)
+        let (store, blobs, clock) = (&ports.store, &ports.blobs, &ports.clock);
+        jobs::catalogue::publish(store.as_ref(), blobs.as_ref(), clock.as_ref(), &bytes, &source)
             .await
-            .map_err(|e| e.message.clone())
+            .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(PUBLISH_TIMEOUT, work).await {
         Ok(Ok(pointer)) => tracing::info!(hash = %pointer.hash, classes = pointer.classes, "published the node catalogue"),

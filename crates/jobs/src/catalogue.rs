@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::DomainError;
 use crate::model::SCHEMA_VERSION;
-use crate::ports::Ports;
+use crate::ports::{BlobStore, Clock, JobStore, Ports};
 
 /// The largest catalogue accepted (a ComfyUI with many custom nodes and models
 /// answers a few MB).
@@ -59,7 +59,15 @@ pub struct CatalogueRef {
 }
 
 /// Parses, stores (once per content) and points the store at a catalogue.
-pub async fn publish(ports: &Ports, json: &[u8], source: &str) -> Result<CatalogueRef, DomainError> {
+/// Takes the store, the blob store and the clock rather than [`Ports`]: the CLI
+/// publishes to a deployed stack without its queues.
+pub async fn publish(
+    store: &dyn JobStore,
+    blobs: &dyn BlobStore,
+    clock: &dyn Clock,
+    json: &[u8],
+    source: &str,
+) -> Result<CatalogueRef, DomainError> {
     if json.len() > MAX_CATALOGUE_BYTES {
         return Err(DomainError::unprocessable(
             "invalid_catalogue",
@@ -74,18 +82,18 @@ pub async fn publish(ports: &Ports, json: &[u8], source: &str) -> Result<Catalog
         .map_err(|e| DomainError::unprocessable("invalid_catalogue", e.to_string()))?;
     let hash = format!("blake3:{}", blake3::hash(&bytes).to_hex());
     let key = crate::blob_keys::catalogue(&hash);
-    if ports.blobs.size(&key).await?.is_none() {
-        ports.blobs.put(&key, bytes.clone(), "application/json").await?;
+    if blobs.size(&key).await?.is_none() {
+        blobs.put(&key, bytes.clone(), "application/json").await?;
     }
     let pointer = CatalogueRef {
         v: SCHEMA_VERSION,
         hash,
         size_bytes: bytes.len() as u64,
         classes: parsed.len() as u64,
-        published_at: ports.clock.now(),
+        published_at: clock.now(),
         source: crate::validate::clip(source, MAX_SOURCE_BYTES),
     };
-    ports.store.put_catalogue_ref(&pointer).await?;
+    store.put_catalogue_ref(&pointer).await?;
     tracing::info!(hash = %pointer.hash, classes = pointer.classes, source = %pointer.source, "node catalogue published");
     Ok(pointer)
 }

@@ -29,6 +29,15 @@ fn graph(ckpt: &str) -> Map<String, Value> {
     g.as_object().unwrap().clone()
 }
 
+async fn publish(
+    ports: &Ports,
+    json: &[u8],
+    source: &str,
+) -> Result<CatalogueRef, jobs::DomainError> {
+    let (store, blobs, clock) = (&ports.store, &ports.blobs, &ports.clock);
+    catalogue::publish(store.as_ref(), blobs.as_ref(), clock.as_ref(), json, source).await
+}
+
 /// `ports.clock` must be `clock`.
 pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     let store = ports.store.as_ref();
@@ -68,9 +77,9 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     let one = tiny_catalogue(&["a.safetensors"]);
     let pretty = serde_json::to_vec_pretty(&one).unwrap();
     let compact = serde_json::to_vec(&one).unwrap();
-    let first = catalogue::publish(&ports, &pretty, "runner:w-1").await.unwrap();
+    let first = publish(&ports, &pretty, "runner:w-1").await.unwrap();
     clock.advance(Duration::seconds(5));
-    let second = catalogue::publish(&ports, &compact, "runner:w-2").await.unwrap();
+    let second = publish(&ports, &compact, "runner:w-2").await.unwrap();
     assert_eq!(first.hash, second.hash, "content-addressed");
     assert_eq!(first.classes, 2);
     assert_eq!(second.size_bytes, compact.len() as u64);
@@ -101,8 +110,7 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     );
 
     // A new catalogue (a model installed): the parsed copy follows the pointer.
-    let two = catalogue::publish(
-        &ports,
+    let two = publish(&ports,
         &serde_json::to_vec(&tiny_catalogue(&["a.safetensors", "b.safetensors"])).unwrap(),
         "url:http://gpu:8188",
     )
@@ -120,7 +128,7 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
 
     // Not a catalogue: refused, and the pointer stays.
     for bad in [&b"not json"[..], b"[]", b"{}", b"{\"A\": 1}"] {
-        let e = catalogue::publish(&ports, bad, "file:bad").await.unwrap_err();
+        let e = publish(&ports, bad, "file:bad").await.unwrap_err();
         assert_eq!(e.code, "invalid_catalogue", "{}", String::from_utf8_lossy(bad));
     }
     assert_eq!(store.get_catalogue_ref().await.unwrap().unwrap().hash, two.hash);
