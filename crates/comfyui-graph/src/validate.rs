@@ -149,9 +149,12 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
             continue;
         };
         for (x, def) in defs {
-            let input_type = def.get(0).cloned().unwrap_or(Value::Null);
-            let extra_info = def.get(1).cloned().unwrap_or_else(|| json!({}));
-            let info_pair = json!([input_type, extra_info]);
+            let input_type = def.get(0).unwrap_or(&Value::Null);
+            let no_options = json!({});
+            let extra_info = def.get(1).unwrap_or(&no_options);
+            // Built only for an error: a combo of thousands of model names is not copied
+            // for every valid input.
+            let info_pair = || json!([input_type, extra_info]);
             let Some(val) = inputs.get(x) else {
                 if cat == "required" {
                     errors.push(err(
@@ -169,7 +172,7 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                         "bad_linked_input",
                         "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
@@ -214,16 +217,16 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                     }
                 };
                 let received = received_type;
-                if !types_match(&received, &input_type) {
+                if !types_match(&received, input_type) {
                     errors.push(err(
                         "return_type_mismatch",
                         "Return type mismatch between linked nodes",
                         &format!(
                             "{x}, received_type({}) mismatch input_type({})",
                             py_str(&received),
-                            py_str(&input_type)
+                            py_str(input_type)
                         ),
-                        json!({"input_name": x, "input_config": info_pair, "received_type": received, "linked_node": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_type": received, "linked_node": val}),
                     ));
                     continue;
                 }
@@ -241,7 +244,7 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                             &ex.msg,
                             json!({
                                 "input_name": x,
-                                "input_config": info_pair,
+                                "input_config": info_pair(),
                                 "exception_message": ex.msg,
                                 "exception_type": ex.ty,
                                 "traceback": fake_traceback(&[(808, "validate_inputs"), (788, "validate_inputs")]),
@@ -278,7 +281,7 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                             "invalid_input_type",
                             &format!("Failed to convert an input value to a {ty} value"),
                             &format!("{x}, {}, {}", py_str(&val), ex.msg),
-                            json!({"input_name": x, "input_config": info_pair, "received_value": val, "exception_message": ex.msg}),
+                            json!({"input_name": x, "input_config": info_pair(), "received_value": val, "exception_message": ex.msg}),
                         ));
                         continue;
                     }
@@ -294,7 +297,7 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                         "value_smaller_than_min",
                         &format!("Value {} smaller than min of {}", py_str(&val), py_str(min)),
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
@@ -305,12 +308,12 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                         "value_bigger_than_max",
                         &format!("Value {} bigger than max of {}", py_str(&val), py_str(max)),
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
                 // Newer servers spell a combo `["COMBO", {"options": [...]}]`.
-                let options = match &input_type {
+                let options = match input_type {
                     Value::String(s) if s == "COMBO" => extra_info.get("options"),
                     other => Some(other),
                 };
@@ -321,7 +324,7 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
                         (format!("(list of length {})", options.len()), Value::Null)
                     } else {
                         let items: Vec<String> = options.iter().map(py_repr).collect();
-                        (format!("[{}]", items.join(", ")), info_pair.clone())
+                        (format!("[{}]", items.join(", ")), info_pair())
                     };
                     errors.push(err(
                         "value_not_in_list",
