@@ -32,7 +32,11 @@ pub enum CatalogueCommand {
     /// Publish a ComfyUI's `/object_info` as the latest node catalogue.
     Publish {
         /// A saved `/object_info` answer.
-        #[arg(long, conflicts_with = "comfyui_url", required_unless_present = "comfyui_url")]
+        #[arg(
+            long,
+            conflicts_with = "comfyui_url",
+            required_unless_present = "comfyui_url"
+        )]
         file: Option<PathBuf>,
         /// A running ComfyUI (its `/object_info` is read).
         #[arg(long)]
@@ -118,7 +122,10 @@ pub async fn run(command: CatalogueCommand) -> anyhow::Result<()> {
                     let meta = std::fs::metadata(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     if meta.len() > MAX_CATALOGUE_BYTES as u64 {
-                        bail!("{}: larger than {MAX_CATALOGUE_BYTES} bytes", path.display());
+                        bail!(
+                            "{}: larger than {MAX_CATALOGUE_BYTES} bytes",
+                            path.display()
+                        );
                     }
                     let bytes = std::fs::read(&path)
                         .with_context(|| format!("reading {}", path.display()))?;

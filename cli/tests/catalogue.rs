@@ -104,7 +104,9 @@ async fn a_typo_in_a_class_and_a_number_out_of_range_are_422() {
 
     // The same graph with the model installed and the number in range runs, unnoted.
     let ok = t
-        .submit(&txt2img(|wf| wf["4"]["inputs"]["ckpt_name"] = json!(INSTALLED)))
+        .submit(&txt2img(|wf| {
+            wf["4"]["inputs"]["ckpt_name"] = json!(INSTALLED)
+        }))
         .await;
     assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
     let message = ok.body["progress"]["message"].as_str().unwrap_or("");
@@ -141,7 +143,11 @@ async fn the_publish_command_seeds_a_data_dir_that_dev_then_checks_against() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("node classes  19"), "{printed}");
 
@@ -154,7 +160,13 @@ async fn the_publish_command_seeds_a_data_dir_that_dev_then_checks_against() {
     assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow");
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_serverless-comfyui"))
-        .args(["catalogue", "publish", "--comfyui-url", "http://127.0.0.1:9", "--data-dir"])
+        .args([
+            "catalogue",
+            "publish",
+            "--comfyui-url",
+            "http://127.0.0.1:9",
+            "--data-dir",
+        ])
         .arg(t.app.data_dir.root())
         .output()
         .unwrap();
@@ -170,7 +182,13 @@ async fn the_catalogue_route_serves_the_latest_with_its_hash_as_etag() {
     let pointer = publish(&t).await;
     let got = t.get("/api/v2/x-serverless-comfyui/catalogue").await;
     assert_eq!(got.status, StatusCode::OK);
-    let etag = got.headers.get("etag").unwrap().to_str().unwrap().to_string();
+    let etag = got
+        .headers
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(etag, format!("\"{}\"", pointer.hash));
     let want: Value = serde_json::from_slice(SIM_CATALOGUE).unwrap();
     assert_eq!(got.body, want);
@@ -182,7 +200,10 @@ async fn the_catalogue_route_serves_the_latest_with_its_hash_as_etag() {
     let source = got.headers["x-serverless-comfyui-catalogue-source"]
         .to_str()
         .unwrap();
-    assert!(source.starts_with("file:object_info.sim.json at "), "{source}");
+    assert!(
+        source.starts_with("file:object_info.sim.json at "),
+        "{source}"
+    );
 
     let revalidate = |tag: &str| {
         axum::http::Request::builder()

@@ -918,7 +918,10 @@ fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
     // now refused at submit (422, exit 3), with ComfyUI's node_errors, and no job.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while dev.get_status("/api/v2/x-serverless-comfyui/catalogue") != 200 {
-        assert!(std::time::Instant::now() < deadline, "no catalogue published");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no catalogue published"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let json_out = dev.cli(&[

@@ -90,14 +90,23 @@ const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn publish_catalogue(client: comfyui::Client, ports: jobs::ports::Ports, source: String) {
     let work = async {
         let info = client.object_info().await.map_err(|e| e.to_string())?;
-        let bytes = serde_json::to_vec(&serde_json::Value::Object(info)).map_err(|e| e.to_string())?;
+        let bytes =
+            serde_json::to_vec(&serde_json::Value::Object(info)).map_err(|e| e.to_string())?;
         let (store, blobs, clock) = (&ports.store, &ports.blobs, &ports.clock);
-        jobs::catalogue::publish(store.as_ref(), blobs.as_ref(), clock.as_ref(), &bytes, &source)
-            .await
-            .map_err(|e| e.to_string())
+        jobs::catalogue::publish(
+            store.as_ref(),
+            blobs.as_ref(),
+            clock.as_ref(),
+            &bytes,
+            &source,
+        )
+        .await
+        .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(PUBLISH_TIMEOUT, work).await {
-        Ok(Ok(pointer)) => tracing::info!(hash = %pointer.hash, classes = pointer.classes, "published the node catalogue"),
+        Ok(Ok(pointer)) => {
+            tracing::info!(hash = %pointer.hash, classes = pointer.classes, "published the node catalogue")
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "could not publish the node catalogue"),
         Err(_) => tracing::warn!("publishing the node catalogue timed out"),
     }

@@ -70,7 +70,10 @@ pub trait Catalogue {
 pub fn check(catalogue: &impl Catalogue, graph: &Map<String, Value>) -> Option<Value> {
     let mut copy = graph.clone();
     let body = |error: Value, node_errors: Map<String, Value>| {
-        pyfmt::obj([("error", error), ("node_errors", Value::Object(node_errors))])
+        pyfmt::obj([
+            ("error", error),
+            ("node_errors", Value::Object(node_errors)),
+        ])
     };
     match validate_prompt(&mut copy, None, catalogue) {
         Ok(Ok(v)) if v.node_errors.is_empty() => None,

@@ -121,7 +121,10 @@ fn validate_inputs<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> Result<
     r
 }
 
-fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> Result<Result3, PyErr> {
+fn validate_inputs_inner<C: Catalogue + ?Sized>(
+    ctx: &mut Ctx<C>,
+    id: &str,
+) -> Result<Result3, PyErr> {
     let node = ctx.prompt.get(id).cloned().unwrap_or(Value::Null);
     let inputs = match node.get("inputs") {
         Some(Value::Object(m)) => m.clone(),
@@ -352,7 +355,9 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> R
             .and_then(|i| i.as_object())
             .cloned()
             .unwrap_or_default();
-        let all_present = skip_checks.iter().all(|n| inputs_now.contains_key(n.as_str()));
+        let all_present = skip_checks
+            .iter()
+            .all(|n| inputs_now.contains_key(n.as_str()));
         if all_present {
             for (input, msg) in catalogue.custom_validate(&class, &inputs_now) {
                 errors.push(err(

@@ -143,7 +143,10 @@ fn numbers_out_of_range_wrong_types_and_missing_slots() {
     let got = check(&catalogue(), &g).unwrap();
     let e = &got["node_errors"]["3"]["errors"][0];
     assert_eq!(e["type"], "return_type_mismatch");
-    assert_eq!(e["details"], "model, received_type(CLIP) mismatch input_type(MODEL)");
+    assert_eq!(
+        e["details"],
+        "model, received_type(CLIP) mismatch input_type(MODEL)"
+    );
 
     // A slot the checkpoint loader does not have (it has three outputs). ComfyUI files
     // the IndexError under the node that reads the link, with its consumer's input.
@@ -152,7 +155,10 @@ fn numbers_out_of_range_wrong_types_and_missing_slots() {
     let e = &got["node_errors"]["3"]["errors"][0];
     assert_eq!(e["type"], "exception_during_inner_validation");
     assert_eq!(e["extra_info"]["exception_type"], "IndexError");
-    assert_eq!(e["extra_info"]["exception_message"], "tuple index out of range");
+    assert_eq!(
+        e["extra_info"]["exception_message"],
+        "tuple index out of range"
+    );
     assert_eq!(e["extra_info"]["input_name"], "samples");
 }
 
@@ -173,7 +179,10 @@ fn asset_references_and_newer_combo_spelling() {
     assert_eq!(check(&cat, &ok), None);
     let bad = graph(json!({"1": {"class_type": "Pick", "inputs": {"m": "b.safetensors"}}}));
     let got = check(&cat, &bad).unwrap();
-    assert_eq!(got["node_errors"]["1"]["errors"][0]["type"], "value_not_in_list");
+    assert_eq!(
+        got["node_errors"]["1"]["errors"][0]["type"],
+        "value_not_in_list"
+    );
 }
 
 #[test]

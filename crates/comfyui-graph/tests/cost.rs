@@ -64,9 +64,12 @@ fn check_cost_on_a_real_size_catalogue() {
     )
     .unwrap();
     // A LoRA between the checkpoint and the sampler, as typical graphs have.
-    graph.insert("10".into(), json!({"class_type": "LoraLoader", "inputs": {
+    graph.insert(
+        "10".into(),
+        json!({"class_type": "LoraLoader", "inputs": {
         "model": ["4", 0], "clip": ["4", 1], "lora_name": "loras/style-01999.safetensors",
-        "strength_model": 0.8, "strength_clip": 0.8}}));
+        "strength_model": 0.8, "strength_clip": 0.8}}),
+    );
     graph["3"]["inputs"]["model"] = json!(["10", 0]);
     graph["6"]["inputs"]["clip"] = json!(["10", 1]);
     graph["7"]["inputs"]["clip"] = json!(["10", 1]);
@@ -89,6 +92,10 @@ fn check_cost_on_a_real_size_catalogue() {
         bytes.len(),
         catalogue.len(),
         graph.len(),
-        if cfg!(debug_assertions) { "debug build" } else { "optimised build" }
+        if cfg!(debug_assertions) {
+            "debug build"
+        } else {
+            "optimised build"
+        }
     );
 }

@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use crate::catalogue::SimCatalogue;
 use crate::config::Faults;
 use crate::nodes::{self, annotated_filepath, commonpath, normpath, pjoin};
 use crate::pyfmt::{obj, py_float, py_str, py_truthy};
 use crate::state::{Item, Session, Shared, WsOut, lock};
-use crate::catalogue::SimCatalogue;
 use comfyui_graph::validate_prompt;
 
 type St = State<Arc<Shared>>;

@@ -124,7 +124,10 @@ pub struct Catalogues {
 
 impl Catalogues {
     /// The latest catalogue, parsed; `None` when there is none, or it cannot be read.
-    pub async fn latest(&self, ports: &Ports) -> Result<Option<(String, Arc<ObjectInfo>)>, DomainError> {
+    pub async fn latest(
+        &self,
+        ports: &Ports,
+    ) -> Result<Option<(String, Arc<ObjectInfo>)>, DomainError> {
         let Some(pointer) = ports.store.get_catalogue_ref().await? else {
             return Ok(None);
         };
@@ -186,7 +189,9 @@ fn refusal(body: Value, hash: &str) -> DomainError {
     let mut budget = MAX_REPORTED_BYTES;
     for (id, mut entry) in all {
         clip_strings(&mut entry, crate::validate::MAX_MESSAGE_BYTES);
-        let size = serde_json::to_vec(&entry).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&entry)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if listed.len() >= MAX_REPORTED_NODES || size > budget {
             break;
         }
@@ -220,7 +225,10 @@ fn summary(error: &Value, node_errors: &Map<String, Value>) -> String {
     let head = text(error, "message");
     let line = match first {
         Some(first) => format!("ComfyUI would refuse this workflow ({head}); {first}"),
-        None => format!("ComfyUI would refuse this workflow: {head} {}", text(error, "details")),
+        None => format!(
+            "ComfyUI would refuse this workflow: {head} {}",
+            text(error, "details")
+        ),
     };
     crate::validate::clip(line.trim_end(), crate::validate::MAX_MESSAGE_BYTES)
 }

@@ -75,15 +75,23 @@ pub(super) async fn get_catalogue(
     let source = format!(
         "{} at {}",
         pointer.source,
-        pointer.published_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        pointer
+            .published_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     let mut response = (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (header::ETAG, etag_value),
             // Revalidate each time: a runner with other models may publish at any moment.
-            (header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-cache"),
+            ),
         ],
         bytes,
     )

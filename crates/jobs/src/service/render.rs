@@ -130,9 +130,9 @@ impl JobService {
         }
         if let Some(position) = queue_position {
             // A graph accepted unchecked says so beside the wait.
-            let unchecked = progress.as_ref().is_some_and(|p| {
-                p.message.as_deref() == Some(crate::catalogue::UNCHECKED_MESSAGE)
-            });
+            let unchecked = progress
+                .as_ref()
+                .is_some_and(|p| p.message.as_deref() == Some(crate::catalogue::UNCHECKED_MESSAGE));
             if progress.is_none() || unchecked {
                 let mut waiting = self.waiting_progress(position).await?;
                 if unchecked && let Some(m) = waiting.message.as_mut() {

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{JobService, Submitted};
-use crate::error::{DomainError, ErrorKind};
 use crate::catalogue::Verdict;
+use crate::error::{DomainError, ErrorKind};
 use crate::model::{
     IdempotencyRecord, Job, JobInput, JobStatus, Progress, ProgressRecord, SCHEMA_VERSION,
     WorkMessage,

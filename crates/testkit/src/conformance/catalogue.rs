@@ -41,7 +41,11 @@ async fn publish(
 /// `ports.clock` must be `clock`.
 pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     let store = ports.store.as_ref();
-    assert_eq!(store.get_catalogue_ref().await.unwrap(), None, "none at first");
+    assert_eq!(
+        store.get_catalogue_ref().await.unwrap(),
+        None,
+        "none at first"
+    );
     let checks = Catalogues::default();
     assert_eq!(
         checks.check(&ports, &graph("x")).await.unwrap(),
@@ -59,7 +63,10 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
         source: "runner:w-1 http://127.0.0.1:8188".into(),
     };
     store.put_catalogue_ref(&pointer).await.unwrap();
-    assert_eq!(store.get_catalogue_ref().await.unwrap(), Some(pointer.clone()));
+    assert_eq!(
+        store.get_catalogue_ref().await.unwrap(),
+        Some(pointer.clone())
+    );
     let moved = CatalogueRef {
         hash: format!("blake3:{}", "1".repeat(64)),
         source: "file:seed.json".into(),
@@ -83,7 +90,10 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     assert_eq!(first.hash, second.hash, "content-addressed");
     assert_eq!(first.classes, 2);
     assert_eq!(second.size_bytes, compact.len() as u64);
-    assert!(second.published_at > first.published_at, "the pointer moved");
+    assert!(
+        second.published_at > first.published_at,
+        "the pointer moved"
+    );
     assert_eq!(second.source, "runner:w-2");
     let key = jobs::blob_keys::catalogue(&first.hash);
     assert_eq!(
@@ -100,7 +110,10 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
         checks.check(&ports, &graph("a.safetensors")).await.unwrap(),
         Verdict::Passed
     );
-    let refused = checks.check(&ports, &graph("b.safetensors")).await.unwrap_err();
+    let refused = checks
+        .check(&ports, &graph("b.safetensors"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code, "invalid_workflow");
     let details = refused.details.as_deref().unwrap();
     assert_eq!(details["catalogue"], json!(first.hash));
@@ -110,7 +123,8 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     );
 
     // A new catalogue (a model installed): the parsed copy follows the pointer.
-    let two = publish(&ports,
+    let two = publish(
+        &ports,
         &serde_json::to_vec(&tiny_catalogue(&["a.safetensors", "b.safetensors"])).unwrap(),
         "url:http://gpu:8188",
     )
@@ -129,7 +143,15 @@ pub async fn catalogues(ports: Ports, clock: Arc<ManualClock>) {
     // Not a catalogue: refused, and the pointer stays.
     for bad in [&b"not json"[..], b"[]", b"{}", b"{\"A\": 1}"] {
         let e = publish(&ports, bad, "file:bad").await.unwrap_err();
-        assert_eq!(e.code, "invalid_catalogue", "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            e.code,
+            "invalid_catalogue",
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
     }
-    assert_eq!(store.get_catalogue_ref().await.unwrap().unwrap().hash, two.hash);
+    assert_eq!(
+        store.get_catalogue_ref().await.unwrap().unwrap().hash,
+        two.hash
+    );
 }
