@@ -37,6 +37,7 @@ import { normaliseNodeErrors, describeItem } from "../lib/nodeErrors";
 import { uploadInput } from "../lib/upload";
 import { detectText, readPngTextChunks, type ApiWorkflow } from "../workflow/detect";
 import { assetRef, discoverInputs, imageInputsNeedingUpload, setInput, type Field } from "../workflow/discover";
+import { type Catalogue } from "../workflow/catalogue";
 import { InputsForm, type UploadState } from "../components/InputsForm";
 import { ErrorCallout } from "../components/ErrorCallout";
 import invertEx from "../examples/invert.json";
@@ -81,6 +82,16 @@ export function NewJobScreen() {
   const [dragOver, setDragOver] = useState(false);
   const fileInput = useRef<HTMLInputElement>(null);
   const idemKey = useRef<string>(newIdempotencyKey());
+  // The node catalogue, for model names and other combo values (best effort: none, no hints).
+  const [catalogue, setCatalogue] = useState<Catalogue | null>(null);
+  useEffect(() => {
+    const abort = new AbortController();
+    client
+      .getCatalogue(abort.signal)
+      .then((c) => setCatalogue(c as Catalogue | null))
+      .catch(() => setCatalogue(null));
+    return () => abort.abort();
+  }, [client]);
 
   const detection = useMemo(() => detectText(text), [text]);
   const workflow: ApiWorkflow | null = detection.kind === "api" ? detection.workflow : null;
@@ -336,7 +347,7 @@ export function NewJobScreen() {
                     </Flex>
                   </Text>
                 </Flex>
-                <InputsForm groups={groups} showAll={showAll} nodeErrors={nodeErrors} uploads={uploads} onChange={onFieldChange} onPickImage={onPickImage} />
+                <InputsForm groups={groups} showAll={showAll} nodeErrors={nodeErrors} uploads={uploads} catalogue={catalogue} onChange={onFieldChange} onPickImage={onPickImage} />
               </>
             )}
           </Flex>
