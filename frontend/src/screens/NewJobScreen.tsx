@@ -82,19 +82,23 @@ export function NewJobScreen() {
   const [dragOver, setDragOver] = useState(false);
   const fileInput = useRef<HTMLInputElement>(null);
   const idemKey = useRef<string>(newIdempotencyKey());
+
+  const detection = useMemo(() => detectText(text), [text]);
+  const workflow: ApiWorkflow | null = detection.kind === "api" ? detection.workflow : null;
   // The node catalogue, for model names and other combo values (best effort: none, no hints).
+  // Read again for each workflow pasted: a runner may have published one meanwhile (the
+  // server answers 304 to the browser's revalidation when nothing changed).
   const [catalogue, setCatalogue] = useState<Catalogue | null>(null);
+  const hasWorkflow = detection.kind === "api";
   useEffect(() => {
+    if (!hasWorkflow) return;
     const abort = new AbortController();
     client
       .getCatalogue(abort.signal)
       .then((c) => setCatalogue(c as Catalogue | null))
-      .catch(() => setCatalogue(null));
+      .catch(() => undefined);
     return () => abort.abort();
-  }, [client]);
-
-  const detection = useMemo(() => detectText(text), [text]);
-  const workflow: ApiWorkflow | null = detection.kind === "api" ? detection.workflow : null;
+  }, [client, hasWorkflow]);
   const groups = useMemo(() => (workflow ? discoverInputs(workflow) : []), [workflow]);
   const missingImages = useMemo(() => (workflow ? imageInputsNeedingUpload(workflow) : []), [workflow]);
   const nodeErrors = useMemo(
