@@ -33,7 +33,9 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 pub use catalogue::{CatalogueError, ObjectInfo};
-pub use validate::{Crash, Rejected, Validated, class_of, validate_prompt};
+pub use validate::{
+    Crash, Rejected, Validated, class_of, validate_prompt, validate_prompt_unchanged,
+};
 
 /// What the checker needs to know about node classes.
 pub trait Catalogue {
@@ -65,17 +67,15 @@ pub trait Catalogue {
 /// The checker's verdict in ComfyUI's 400 body shape, or `None` when ComfyUI would run
 /// the whole graph. A graph ComfyUI would partly run (some outputs valid, a 200 with
 /// `node_errors`) counts as refused: the runner treats it as a rejection too. The graph
-/// is checked on a copy: ComfyUI coerces literals in place, and the caller keeps the
-/// graph as its user sent it.
+/// is left as its user sent it (ComfyUI would coerce literals in place), and not copied.
 pub fn check(catalogue: &impl Catalogue, graph: &Map<String, Value>) -> Option<Value> {
-    let mut copy = graph.clone();
     let body = |error: Value, node_errors: Map<String, Value>| {
         pyfmt::obj([
             ("error", error),
             ("node_errors", Value::Object(node_errors)),
         ])
     };
-    match validate_prompt(&mut copy, None, catalogue) {
+    match validate::validate_prompt_unchanged(graph, None, catalogue) {
         Ok(Ok(v)) if v.node_errors.is_empty() => None,
         Ok(Ok(v)) => Some(body(
             validate::err(

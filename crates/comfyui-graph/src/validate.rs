@@ -10,6 +10,8 @@
 //! walk them in declaration order, so several errors on one node may come in another
 //! order than a given real run.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value, json};
 
 use crate::Catalogue;
@@ -59,8 +61,11 @@ fn fake_traceback(lines: &[(u32, &str)]) -> Value {
 type Result3 = (bool, Vec<Value>);
 
 struct Ctx<'a, C: Catalogue + ?Sized> {
-    prompt: &'a mut Map<String, Value>,
+    prompt: &'a Map<String, Value>,
     catalogue: &'a C,
+    /// The literals ComfyUI would coerce in place (node, input, value), when the caller
+    /// wants them written back; `None` leaves the graph as it was, copying nothing.
+    coerced: Option<&'a mut Vec<(String, String, Value)>>,
     validated: Vec<(String, Result3)>,
     /// Nodes being validated further up the stack: a cycle is Python's RecursionError.
     stack: Vec<String>,
@@ -125,9 +130,10 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(
     ctx: &mut Ctx<C>,
     id: &str,
 ) -> Result<Result3, PyErr> {
-    let node = ctx.prompt.get(id).cloned().unwrap_or(Value::Null);
+    let prompt = ctx.prompt;
+    let node = prompt.get(id).unwrap_or(&Value::Null);
     let inputs = match node.get("inputs") {
-        Some(Value::Object(m)) => m.clone(),
+        Some(Value::Object(m)) => m,
         Some(other) => {
             return Err(PyErr::new(
                 "TypeError",
@@ -259,25 +265,29 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(
                     }
                 }
             } else {
-                let mut val = val.clone();
-                if let Value::Object(m) = &val
+                // Borrowed until a coercion changes it: a long prompt is not copied.
+                let raw: &Value = val;
+                let mut val = Cow::Borrowed(raw);
+                if let Value::Object(m) = raw
                     && let Some(inner) = m.get("__value__")
                 {
-                    val = inner.clone();
-                    coerced.push((x.clone(), val.clone()));
+                    val = Cow::Borrowed(inner);
+                    coerced.push((x.clone(), inner.clone()));
                 }
                 let ty = input_type.as_str().unwrap_or("");
                 let conv = match ty {
                     "INT" => Some(py_int(&val)),
                     "FLOAT" => Some(py_float(&val)),
+                    // str() of a str is itself: nothing to convert.
+                    "STRING" if val.is_string() => None,
                     "STRING" => Some(Ok(Value::String(py_str(&val)))),
                     "BOOLEAN" => Some(Ok(Value::Bool(py_truthy(&val)))),
                     _ => None,
                 };
                 match conv {
                     Some(Ok(v)) => {
-                        val = v;
-                        coerced.push((x.clone(), val.clone()));
+                        coerced.push((x.clone(), v.clone()));
+                        val = Cow::Owned(v);
                     }
                     Some(Err(ex)) => {
                         errors.push(err(
@@ -341,20 +351,12 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(
         }
     }
 
-    // Write the coerced literals back into the prompt, as ComfyUI does in place.
-    if let Some(Value::Object(inp)) = ctx.prompt.get_mut(id).and_then(|n| n.get_mut("inputs")) {
-        for (k, v) in coerced {
-            inp.insert(k, v);
-        }
-    }
     if !skip_checks.is_empty() {
-        let inputs_now = ctx
-            .prompt
-            .get(id)
-            .and_then(|n| n.get("inputs"))
-            .and_then(|i| i.as_object())
-            .cloned()
-            .unwrap_or_default();
+        // What the node's inputs are once coerced, as VALIDATE_INPUTS sees them.
+        let mut inputs_now = inputs.clone();
+        for (k, v) in &coerced {
+            inputs_now.insert(k.clone(), v.clone());
+        }
         let all_present = skip_checks
             .iter()
             .all(|n| inputs_now.contains_key(n.as_str()));
@@ -370,16 +372,47 @@ fn validate_inputs_inner<C: Catalogue + ?Sized>(
         }
     }
 
+    // Written back by the caller, as ComfyUI coerces in place.
+    if let Some(out) = ctx.coerced.as_mut() {
+        out.extend(coerced.into_iter().map(|(k, v)| (id.to_string(), k, v)));
+    }
     let r = (errors.is_empty() && valid, errors);
     ctx.set_validated(id, r.clone());
     Ok(r)
 }
 
-/// Validate a prompt in place. `Err(Crash)`: the real server would raise (500).
+/// Validate a prompt in place, as ComfyUI does: its literals are coerced (`"64"` → `64`).
+/// `Err(Crash)`: the real server would raise (500).
 pub fn validate_prompt<C: Catalogue + ?Sized>(
     prompt: &mut Map<String, Value>,
     partial: Option<&Value>,
     catalogue: &C,
+) -> Result<Result<Validated, Rejected>, Crash> {
+    let mut coerced = Vec::new();
+    let verdict = run(prompt, partial, catalogue, Some(&mut coerced));
+    for (id, k, v) in coerced {
+        if let Some(Value::Object(inputs)) = prompt.get_mut(&id).and_then(|n| n.get_mut("inputs")) {
+            inputs.insert(k, v);
+        }
+    }
+    verdict
+}
+
+/// The same verdict as [`validate_prompt`], leaving the prompt as it is (and copying
+/// none of it).
+pub fn validate_prompt_unchanged<C: Catalogue + ?Sized>(
+    prompt: &Map<String, Value>,
+    partial: Option<&Value>,
+    catalogue: &C,
+) -> Result<Result<Validated, Rejected>, Crash> {
+    run(prompt, partial, catalogue, None)
+}
+
+fn run<'a, C: Catalogue + ?Sized>(
+    prompt: &'a Map<String, Value>,
+    partial: Option<&Value>,
+    catalogue: &'a C,
+    coerced: Option<&'a mut Vec<(String, String, Value)>>,
 ) -> Result<Result<Validated, Rejected>, Crash> {
     let mut outputs = Vec::new();
     for (id, node) in prompt.iter() {
@@ -462,6 +495,7 @@ pub fn validate_prompt<C: Catalogue + ?Sized>(
     let mut ctx = Ctx {
         prompt,
         catalogue,
+        coerced,
         validated: Vec::new(),
         stack: Vec::new(),
     };

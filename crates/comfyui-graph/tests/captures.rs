@@ -250,3 +250,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn check_leaves_the_graph_as_sent_and_validate_prompt_coerces_as_comfyui() {
+    let mut g = txt2img();
+    g["4"]["inputs"]["ckpt_name"] = json!("v1-5-pruned-emaonly-fp16.safetensors");
+    g["5"]["inputs"]["width"] = json!("64");
+    g["3"]["inputs"]["cfg"] = json!({"__value__": 7});
+    let sent = g.clone();
+    assert_eq!(
+        check(&catalogue(), &g),
+        None,
+        "\"64\" converts as ComfyUI converts it"
+    );
+    assert_eq!(g, sent);
+    let verdict = comfyui_graph::validate_prompt(&mut g, None, &catalogue()).unwrap();
+    assert!(verdict.is_ok());
+    assert_eq!(g["5"]["inputs"]["width"], json!(64));
+    assert_eq!(g["3"]["inputs"]["cfg"], json!(7.0));
+    assert_eq!(g["6"]["inputs"]["text"], sent["6"]["inputs"]["text"]);
+}
