@@ -5,8 +5,10 @@
 //! - [`dev`]: the whole product on one machine: the Comfy API v2 server over the local
 //!   adapters (SQLite, files), the tick, and the dispatcher.
 //! - [`keys`]: API keys for `dev`.
+//! - [`catalogue`]: publish and show the node catalogue submit checks graphs against.
 //! - [`client`]: the command-line client of any Comfy API v2 endpoint (`run`, `jobs`,
 //!   `assets`).
+pub mod catalogue;
 pub mod client;
 pub mod dev;
 pub mod keys;

@@ -110,6 +110,12 @@ enum Command {
         #[command(subcommand)]
         command: serverless_comfyui::tenants::TenantsCommand,
     },
+    /// Publish or show the node catalogue (a ComfyUI's /object_info) that submit checks
+    /// graphs against.
+    Catalogue {
+        #[command(subcommand)]
+        command: serverless_comfyui::catalogue::CatalogueCommand,
+    },
     /// Run a workflow on a Comfy API v2 server: upload inputs, submit, show progress,
     /// download the outputs. Exit code: 0 succeeded, 1 failed, 2 canceled, 3 usage or
     /// connection error.
@@ -166,6 +172,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
+        | Command::Catalogue { .. }
         | Command::Runner(_) => false,
     };
     let result = match command {
@@ -176,6 +183,7 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Dev { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. }
+        | Command::Catalogue { .. }
         | Command::Runner(_) => {
             unreachable!("not a client command")
         }
@@ -306,6 +314,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Runner(args) => return gpu_runner::cli::run_cli(args).await,
         Command::Keys { command } => serverless_comfyui::keys::run(command).await,
         Command::Tenants { command } => serverless_comfyui::tenants::run(command).await,
+        Command::Catalogue { command } => serverless_comfyui::catalogue::run(command).await,
         Command::Run(_)
         | Command::Jobs { .. }
         | Command::Assets { .. }

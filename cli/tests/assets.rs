@@ -603,6 +603,7 @@ async fn openapi_covers_every_route() {
             "get",
             "/api/v2/x-serverless-comfyui/webhooks/{id}/deliveries",
         ),
+        ("get", "/api/v2/x-serverless-comfyui/catalogue"),
         ("get", "/api/v2/health"),
         ("get", "/api/v2/openapi.json"),
     ];

@@ -180,6 +180,16 @@ impl Dev {
         })
     }
 
+    /// The status of a raw GET.
+    fn get_status(&self, path: &str) -> u16 {
+        let url = format!("{}{path}", self.url);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { reqwest::get(&url).await.unwrap().status().as_u16() })
+    }
+
     fn get_bytes(&self, path: &str) -> Vec<u8> {
         let url = format!("{}{path}", self.url);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -886,7 +896,8 @@ fn no_wait_then_jobs_get_reaches_succeeded() {
 fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
     let dev = Dev::start();
     // Valid as a graph (so the server takes it), refused by ComfyUI's own validation:
-    // EmptyImage's width has a minimum of 1.
+    // EmptyImage's width has a minimum of 1. The first job of a fresh `dev` goes
+    // unchecked (no runner has published its node catalogue yet), so ComfyUI refuses it.
     let invert = workflow_path("invert.json");
     let out = dev.cli(&["run", invert.to_str().unwrap(), "--set", "1.width=0"]);
     assert_eq!(out.code, Some(1), "{out:#?}");
@@ -897,6 +908,22 @@ fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
         .find(|l| l.starts_with("error    "))
         .unwrap_or_else(|| panic!("an error line: {out:#?}"));
     assert!(error_line.contains("(node 1, EmptyImage)"), "{error_line}");
+    let job = &dev.cli(&["jobs", "list", "--json"]).json()["jobs"][0];
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["node_id"], "1");
+    assert_eq!(job["error"]["class_type"], "EmptyImage");
+    assert!(job["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+
+    // The runner published its ComfyUI's catalogue when it started: the same graph is
+    // now refused at submit (422, exit 3), with ComfyUI's node_errors, and no job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dev.get_status("/api/v2/x-serverless-comfyui/catalogue") != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no catalogue published"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let json_out = dev.cli(&[
         "run",
         invert.to_str().unwrap(),
@@ -904,12 +931,15 @@ fn a_failed_job_exits_1_with_its_error_code_node_and_class() {
         "1.width=0",
         "--json",
     ]);
-    assert_eq!(json_out.code, Some(1));
-    let job = &json_out.json()["job"];
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["node_id"], "1");
-    assert_eq!(job["error"]["class_type"], "EmptyImage");
-    assert!(job["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(json_out.code, Some(3), "{json_out:#?}");
+    let error = &json_out.json()["error"];
+    assert_eq!(error["code"], "invalid_workflow", "{error}");
+    assert_eq!(
+        error["details"]["node_errors"]["1"]["errors"][0]["type"],
+        "value_smaller_than_min"
+    );
+    let jobs = dev.cli(&["jobs", "list", "--json"]).json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
 }
 
 #[test]

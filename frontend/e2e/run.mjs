@@ -359,6 +359,30 @@ const steps = [
     },
   },
   {
+    id: "catalogue",
+    title: "9b. offers the installed checkpoints from the node catalogue, and a model not installed is refused before any GPU",
+    run: async () => {
+      // The runner that ran the earlier jobs published its ComfyUI's /object_info.
+      await pasteWorkflow(page, wf("txt2img-sd15.json"));
+      await page.getByText("All inputs").click();
+      const field = page.locator("#f-4-ckpt_name");
+      await field.waitFor();
+      await page.waitForFunction(() => document.querySelectorAll("#f-4-ckpt_name-options option").length > 0, null, { timeout: 20000 });
+      const offered = await page.locator("#f-4-ckpt_name-options option").evaluateAll((os) => os.map((o) => o.getAttribute("value")));
+      assert(offered.includes("v1-5-pruned-emaonly.safetensors"), `the checkpoints offered: ${JSON.stringify(offered)}`);
+      await field.fill("not-installed.safetensors");
+      await page.getByRole("button", { name: "Run workflow" }).click();
+      const err = page.locator('[data-testid="submit-error"]');
+      await err.waitFor({ timeout: 20000 });
+      const code = await err.getAttribute("data-code");
+      assert(code === "invalid_workflow", `a model not installed got ${code}, not invalid_workflow`);
+      const nodes = await page.locator("[data-node-error]").evaluateAll((els) => els.map((e) => e.getAttribute("data-node-error")));
+      assert(nodes.includes("4"), `no per-node error for node 4 (got ${JSON.stringify(nodes)})`);
+      await shot(page, "desktop-catalogue-refusal");
+      return `offered ${offered.join(", ")}; not installed → ${code} on nodes ${nodes.join(",")}`;
+    },
+  },
+  {
     id: "history",
     title: "10. pages through the history (label filter, cursor paging, newest first)",
     run: async () => {

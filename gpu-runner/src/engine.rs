@@ -161,6 +161,9 @@ pub(crate) struct SupervisorConfig {
     pub worker_id: String,
     /// Checked in `/object_info` before the warm-up ([`crate::nodes`]).
     pub required_classes: Vec<String>,
+    /// Where each started ComfyUI's `/object_info` is published as the node catalogue
+    /// ([`crate::nodes::publish_catalogue`]); `None` publishes nothing.
+    pub catalogue: Option<jobs::ports::Ports>,
 }
 
 pub(crate) fn spawn_supervisor(
@@ -293,6 +296,14 @@ async fn supervise(
                     continue;
                 }
             }
+        }
+        if let Some(ports) = &config.catalogue {
+            let source = format!("runner:{} {url}", config.worker_id);
+            tokio::spawn(crate::nodes::publish_catalogue(
+                client.clone(),
+                ports.clone(),
+                source,
+            ));
         }
         if let Some(wf) = &config.warmup {
             warm_up(&client, wf, &config).await;

@@ -8,6 +8,11 @@
 //! promised class is missing it takes no job, registers in the phase `refusing` with the
 //! missing classes in its record's detail (health shows both), and exits when idle.
 //!
+//! Each time its ComfyUI starts, the runner also publishes that ComfyUI's whole
+//! `/object_info` as the node catalogue ([`publish_catalogue`], `jobs::catalogue`):
+//! submit then refuses graphs this ComfyUI would refuse, before any GPU starts. It runs
+//! beside the boot, bounded in time, and a failure is only logged: jobs never wait on it.
+//!
 //! The manifest's format (the image build reads the same file; see its comments):
 //!
 //! ```toml
@@ -74,6 +79,37 @@ pub fn missing_classes(
         .cloned()
         .collect();
     (!missing.is_empty()).then_some(missing)
+}
+
+/// How long publishing the catalogue may take (reading `/object_info`, a blob write
+/// and a store write).
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads ComfyUI's `/object_info` and publishes it as the node catalogue. Logs, never
+/// fails: the catalogue is an early check; ComfyUI still validates every prompt.
+pub async fn publish_catalogue(client: comfyui::Client, ports: jobs::ports::Ports, source: String) {
+    let work = async {
+        let info = client.object_info().await.map_err(|e| e.to_string())?;
+        let bytes =
+            serde_json::to_vec(&serde_json::Value::Object(info)).map_err(|e| e.to_string())?;
+        let (store, blobs, clock) = (&ports.store, &ports.blobs, &ports.clock);
+        jobs::catalogue::publish(
+            store.as_ref(),
+            blobs.as_ref(),
+            clock.as_ref(),
+            &bytes,
+            &source,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, work).await {
+        Ok(Ok(pointer)) => {
+            tracing::info!(hash = %pointer.hash, classes = pointer.classes, "published the node catalogue")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not publish the node catalogue"),
+        Err(_) => tracing::warn!("publishing the node catalogue timed out"),
+    }
 }
 
 /// The reason a runner refuses jobs, as health shows it.

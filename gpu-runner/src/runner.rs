@@ -103,6 +103,7 @@ impl Runner {
                 warmup: self.config.warmup_workflow.clone(),
                 worker_id: self.config.worker_id.clone(),
                 required_classes: self.config.required_node_classes.clone(),
+                catalogue: Some(self.ports.clone()),
             },
             stop_engine.clone(),
         );

@@ -154,3 +154,46 @@ async fn a_refusing_runner_takes_nothing_and_still_exits_when_idle() {
         "deregistered"
     );
 }
+
+/// At boot the runner publishes its ComfyUI's `/object_info` as the node catalogue;
+/// submit then refuses a graph that ComfyUI would refuse, and still accepts one it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_publishes_its_comfyuis_catalogue_and_submit_checks_against_it() {
+    let sim = sim(5).await;
+    let env = Env::new();
+    assert_eq!(env.ports.store.get_catalogue_ref().await.unwrap(), None);
+    let runner = start_runner(&env, attach(&sim), test_config());
+    let mut pointer = None;
+    for _ in 0..500 {
+        pointer = env.ports.store.get_catalogue_ref().await.unwrap();
+        if pointer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pointer = pointer.expect("published at boot");
+    assert!(pointer.source.contains(&runner.worker_id), "{pointer:?}");
+    assert!(pointer.source.contains(&sim.base_url()), "{pointer:?}");
+    let live: serde_json::Value = reqwest::get(format!("{}/object_info", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pointer.classes as usize, live.as_object().unwrap().len());
+
+    let id = env.submit(&sampler(2, 4)).await;
+    let job = env.wait_terminal(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+
+    let mut typo = sampler(2, 5);
+    typo["3"]["class_type"] = serde_json::json!("KSamplerr");
+    let body = serde_json::to_vec(&serde_json::json!({ "workflow": typo })).unwrap();
+    let refused = env.jobs.submit("t", &body, None).await.unwrap_err();
+    assert_eq!(refused.code, "invalid_workflow");
+    assert_eq!(
+        refused.details.as_deref().unwrap()["error"]["type"],
+        "invalid_prompt"
+    );
+    runner.stop().await;
+}

@@ -445,13 +445,16 @@ async fn websocket_drop_is_survived() {
 async fn validation_errors_name_the_node() {
     let env = Env::new();
     let sim = sim(20).await;
-    let runner = start_runner(&env, attach(&sim), test_config());
+    // Submitted before any runner published a node catalogue, so submit accepts them
+    // unchecked and ComfyUI's own refusal is what is tested here (cli/tests/catalogue.rs
+    // covers the refusal at submit).
     let mut bad_value = workflow("invert.json");
     bad_value["1"]["inputs"]["width"] = json!(-5);
     let a = env.submit(&bad_value).await;
     let mut unknown = workflow("invert.json");
     unknown["2"]["class_type"] = json!("NoSuchNode");
     let b = env.submit(&unknown).await;
+    let runner = start_runner(&env, attach(&sim), test_config());
     let ja = env.wait_terminal(&a).await;
     assert_eq!(ja.status, JobStatus::Failed);
     let e = ja.error.unwrap();

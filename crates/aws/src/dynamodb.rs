@@ -34,6 +34,7 @@
 //! | idempotency | `IDEM#{len}:{tenant}#{key}` | `IDEM` | `body`, `expires` (ms), `ttl` | — |
 //! | fleet | `FLEET` | `FLEET` | `body`, `rev` | — |
 //! | worker | `WORKERS` | `W#{id}` | `body` | — |
+//! | node catalogue pointer | `CATALOGUE` | `LATEST` | `body` (`jobs::catalogue::CatalogueRef`; the catalogue itself is in S3) | — |
 //! | asset | `ASSET#{id}` | `ASSET` | `body`, `file_path`, `blob_key` | `gsi1pk = AHASH#{len}:{tenant}#{hash}`, `gsi1sk = {created ms}#{id}` |
 //! | blob record | `BLOB#{len}:{tenant}#{hash}` | `BLOB` | `body` | — |
 //! | API key | `KEY#{sha256}` | `KEY` | `body` | `gsi1pk = KEYS`, `gsi1sk = {key id}` |
@@ -74,6 +75,7 @@
 //! | `put_progress` / `get_progress` | `UpdateItem PROGRESS IF attribute_not_exists(closed) AND (attribute_not_exists(attempt) OR attempt <= :attempt)` (a refusal means the job ended or a later attempt wrote: dropped, Ok) / `GetItem` (an item without `body` is no progress) |
 //! | `get_fleet` / `put_fleet` | `GetItem` / `PutItem IF rev = :expected` (`attribute_not_exists(pk)` for 0) |
 //! | workers | `PutItem` / `DeleteItem` / `Query pk = WORKERS` |
+//! | `get_catalogue_ref` / `put_catalogue_ref` | `GetItem` (consistent, one read unit: once per submit) / `PutItem` (last writer wins) `CATALOGUE` `LATEST` |
 //! | assets | `PutItem` / `GetItem` / `DeleteItem ReturnValues=ALL_OLD`; `find_asset`: `Query gsi1 AHASH#…`, newest first, the first with that `file_path` |
 //! | `is_blob_referenced` | `Query gsi1 AHASH#{tenant}#{hash}`, `Select = COUNT`: `Limit 1` without a key, else `FilterExpression blob_key = :key`, paged until one is found (past a large read budget: answered "referenced", so bytes are kept, never lost) |
 //! | `put_blob_record_if_absent` | `TransactWriteItems`: `Put BLOB` if `attribute_not_exists(pk)` (`ALL_OLD` on refusal gives the record that stands) and `ADD stored :size` on the tenant's `USAGE` item |
@@ -1534,6 +1536,15 @@ impl JobStore for DynamoJobStore {
             }
             Err(e) => Err(self.unavailable("PutItem fleet", &e)),
         }
+    }
+
+    async fn get_catalogue_ref(&self) -> StoreResult<Option<jobs::catalogue::CatalogueRef>> {
+        self.get_body("CATALOGUE".into(), "LATEST").await
+    }
+
+    async fn put_catalogue_ref(&self, pointer: &jobs::catalogue::CatalogueRef) -> StoreResult<()> {
+        self.put_body("CATALOGUE".into(), "LATEST", pointer, vec![])
+            .await
     }
 
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {

@@ -644,3 +644,19 @@ async fn concurrent_submits_of_one_tenant_are_all_admitted() {
     }
     assert_eq!(store.tenant_usage("hot").await.unwrap().active_jobs, 16);
 }
+
+/// The node catalogue's pointer on DynamoDB, its JSON in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_conformance() {
+    let clock = manual_clock();
+    let store = fresh_store(clock.clone()).await;
+    let s3 = common::clients().await.s3;
+    let bucket = common::fresh_bucket().await;
+    let ports = jobs::ports::Ports {
+        store: Arc::new(store),
+        blobs: Arc::new(aws::S3BlobStore::new(s3, bucket)),
+        queue: Arc::new(common::fresh_queue(5).await),
+        clock: clock.clone(),
+    };
+    conformance::catalogues(ports, clock).await;
+}

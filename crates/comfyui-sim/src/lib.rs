@@ -24,6 +24,9 @@
 //!   body that is not JSON; empty 200 bodies for the control POSTs.
 //! - `POST /prompt` with the counter, `number`/`front`, client `prompt_id`, the same
 //!   validation order and 400 shapes, and 200 with `node_errors` for partial failures.
+//!   The validation itself is `comfyui-graph`'s, over this simulator's node table
+//!   (`catalogue.rs`): the same code checks a job's graph at submit, against a real
+//!   server's `/object_info`.
 //! - One worker thread, a heap-ordered queue, three `status` broadcasts per prompt, and
 //!   the WebSocket order of normal, cached, error and interrupted runs, `progress_state`
 //!   included; the reconnect replay; the clientId-reuse quirk; the feature-flag
@@ -42,15 +45,16 @@
 //!   `POST /__sim/faults`.
 //! - Optionally the newer jobs API ([`SimConfig::jobs_api`]).
 
+mod catalogue;
 mod config;
 mod image;
 mod media;
 mod nodes;
 mod nodes_media;
-mod pyfmt;
+// One checker and one Python formatter, shared with submit (see comfyui-graph).
+use comfyui_graph::pyfmt;
 mod server;
 mod state;
-mod validate;
 mod worker;
 
 use std::net::SocketAddr;

@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use crate::catalogue::SimCatalogue;
 use crate::config::Faults;
 use crate::nodes::{self, annotated_filepath, commonpath, normpath, pjoin};
 use crate::pyfmt::{obj, py_float, py_str, py_truthy};
 use crate::state::{Item, Session, Shared, WsOut, lock};
-use crate::validate::validate_prompt;
+use comfyui_graph::validate_prompt;
 
 type St = State<Arc<Shared>>;
 
@@ -338,7 +339,7 @@ async fn post_prompt(State(sh): St, body: Bytes) -> Response {
         _ => return internal_error(),
     };
     let partial = json_data.get("partial_execution_targets");
-    let valid = match validate_prompt(&mut prompt, partial, &sh.env) {
+    let valid = match validate_prompt(&mut prompt, partial, &SimCatalogue(&sh.env)) {
         Ok(v) => v,
         Err(crash) => {
             tracing::error!("error while validating: {}: {}", crash.0.ty, crash.0.msg);

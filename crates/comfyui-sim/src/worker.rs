@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::nodes::{self, In, NodeErr, NodeOut, RunCtx, Val};
 use crate::pyfmt::{PyErr, obj, py_str};
 use crate::state::{Item, MAX_HISTORY, Shared, lock, now_ms};
-use crate::validate::class_of;
+use comfyui_graph::class_of;
 
 struct CacheEntry {
     outputs: Vec<Val>,

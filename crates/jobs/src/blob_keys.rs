@@ -7,6 +7,7 @@
 //! | `cas/{tenant}/{hex}-{ulid}` | uploaded content, one copy per tenant and hash | asset minting | asset delete |
 //! | `staging/{ulid}` | bytes being hashed before they are minted | uploads | minting; retention after a day |
 //! | `uploads/{upload id}` | a large-file upload's signed PUT target | the client | complete; the upload sweep |
+//! | `catalogues/{hex}.json` | node catalogues (`/object_info`), one copy per content | publishing | never (small, few) |
 //! | `models/` | model files the runner syncs (the operator's) | the operator | the operator |
 //!
 //! Storage rules that follow a prefix (S3 lifecycle rules, IAM policies, the local
@@ -27,6 +28,8 @@ pub const CAS: &str = "cas/";
 pub const STAGING: &str = "staging/";
 /// Large-file uploads in progress.
 pub const UPLOADS: &str = "uploads/";
+/// Node catalogues, content-addressed.
+pub const CATALOGUES: &str = "catalogues/";
 /// Model files for the runner.
 pub const MODELS: &str = "models/";
 
@@ -45,6 +48,12 @@ pub fn cas(tenant: &str, hash: &str) -> String {
     let hex = hash.trim_start_matches("blake3:");
     let unique = ulid::Ulid::new().to_string().to_ascii_lowercase();
     format!("{CAS}{tenant}/{hex}-{unique}")
+}
+
+/// Where the catalogue whose hash is `hash` (`blake3:<hex>`) is stored: one key per
+/// content, so identical catalogues are stored once.
+pub fn catalogue(hash: &str) -> String {
+    format!("{CATALOGUES}{}.json", hash.trim_start_matches("blake3:"))
 }
 
 /// A fresh staging key.
@@ -75,6 +84,10 @@ mod tests {
             "outputs/job_01JZV8Q3M7K2W9X0Y1Z2A3B4C5/2/9/fox_00001_.png"
         );
         let hex = "ab".repeat(32);
+        assert_eq!(
+            catalogue(&format!("blake3:{hex}")),
+            format!("catalogues/{hex}.json")
+        );
         let key = cas("t1", &format!("blake3:{hex}"));
         let suffix = key
             .strip_prefix(&format!("cas/t1/{hex}-"))

@@ -18,6 +18,7 @@
 //! | [`retention`] | the sweep that removes what is past its deadline |
 //! | [`api`] | the Comfy API v2 HTTP router, its error envelope, the HTTP status of each error kind, SSE, `Range`, cross-site rules |
 //! | [`app`] | the one application builder every entry point uses (`dev`, the Lambdas) |
+//! | [`catalogue`] | the node catalogue runners publish, and the check of a graph against it at submit |
 //! | [`blob_keys`] | where bytes live in the blob store: every key prefix, spelled once |
 //! | [`content_policy`] | which stored bytes a browser may render (the API sets the headers) |
 //! | [`webhooks`] | signed webhooks: endpoints, the outbox, Standard Webhooks signing, retries, SSRF rules |
@@ -37,6 +38,7 @@ pub mod app;
 pub mod assets;
 pub mod auth;
 pub mod blob_keys;
+pub mod catalogue;
 pub mod content_policy;
 pub mod cursor;
 pub mod dispatch;

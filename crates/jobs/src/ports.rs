@@ -411,6 +411,13 @@ pub trait JobStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<UploadRecord>>;
 
+    /// The pointer to the latest node catalogue, if one was published
+    /// ([`crate::catalogue`]).
+    async fn get_catalogue_ref(&self) -> StoreResult<Option<crate::catalogue::CatalogueRef>>;
+
+    /// Moves the pointer to the latest node catalogue; the last writer wins.
+    async fn put_catalogue_ref(&self, pointer: &crate::catalogue::CatalogueRef) -> StoreResult<()>;
+
     /// A cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -234,6 +234,13 @@ CREATE INDEX idempotency_by_expiry ON idempotency (expires_at_ms);
 "#,
     // Webhooks: endpoints, the outbox a trigger fills, deliveries and attempts.
     webhooks::MIGRATION,
+    // The pointer to the latest node catalogue (jobs::catalogue): one row.
+    r#"
+CREATE TABLE catalogue_ref (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
+"#,
 ];
 
 /// Live event-stream slots: tenant -> holder -> until.
@@ -853,6 +860,20 @@ impl JobStore for SqliteJobStore {
         } else {
             Err(StoreError::Conflict)
         }
+    }
+
+    async fn get_catalogue_ref(&self) -> StoreResult<Option<jobs::catalogue::CatalogueRef>> {
+        self.read_one("SELECT body FROM catalogue_ref WHERE id = 1", vec![])
+    }
+
+    async fn put_catalogue_ref(&self, pointer: &jobs::catalogue::CatalogueRef) -> StoreResult<()> {
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO catalogue_ref (id, body) VALUES (1, ?1)",
+                vec![Value::Text(to_json(pointer)?)],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {

@@ -126,3 +126,12 @@ async fn stream_slot_conformance() {
     // Locally one store serves every stream (the slots live in its memory).
     conformance::stream_slots_are_exact_under_concurrency(store.clone(), store).await;
 }
+
+#[tokio::test]
+async fn catalogue_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path()).unwrap();
+    let clock = manual_clock();
+    let ports = data.ports(clock.clone(), "http://127.0.0.1:8787").unwrap();
+    conformance::catalogues(ports, clock).await;
+}

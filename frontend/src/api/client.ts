@@ -287,6 +287,19 @@ export class ApiClient {
     });
   }
 
+  /**
+   * GET /api/v2/x-serverless-comfyui/catalogue (our extension): the node catalogue the server
+   * checks graphs against, or null when it has none (404) or is not ours.
+   */
+  async getCatalogue(signal?: AbortSignal): Promise<Record<string, unknown> | null> {
+    try {
+      return await this.request<Record<string, unknown>>("GET", "/api/v2/x-serverless-comfyui/catalogue", { signal });
+    } catch (e) {
+      if (e instanceof ApiError && (e.status === 404 || e.status === 405)) return null;
+      throw e;
+    }
+  }
+
   getAsset(id: string): Promise<Asset> {
     return this.request<Asset>("GET", `/api/v2/assets/${encodeURIComponent(id)}`);
   }

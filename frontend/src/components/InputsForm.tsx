@@ -4,6 +4,7 @@ import { CheckCircledIcon, ExclamationTriangleIcon, ImageIcon, ShuffleIcon, Uplo
 import { hexToInt, intToHex, isAssetRef, randomSeed, type Field, type NodeGroup } from "../workflow/discover";
 import { describeItem, type NodeErrors } from "../lib/nodeErrors";
 import { formatBytes } from "../lib/format";
+import { comboOptions, type Catalogue } from "../workflow/catalogue";
 
 export interface UploadState {
   phase: "hashing" | "uploading" | "done" | "error";
@@ -21,11 +22,13 @@ interface Props {
   showAll: boolean;
   nodeErrors: NodeErrors[];
   uploads: Record<string, UploadState>;
+  /** The node catalogue: a text field whose input is a combo there offers its values. */
+  catalogue?: Catalogue | null;
   onChange: (f: Field, value: unknown) => void;
   onPickImage: (f: Field, file: File) => void;
 }
 
-export function InputsForm({ groups, showAll, nodeErrors, uploads, onChange, onPickImage }: Props) {
+export function InputsForm({ groups, showAll, nodeErrors, uploads, catalogue, onChange, onPickImage }: Props) {
   const errorsByNode = new Map(nodeErrors.map((n) => [n.nodeId, n]));
   const visible = groups
     .map((g) => ({ ...g, fields: showAll ? g.fields : g.fields.filter((f) => f.primary) }))
@@ -40,13 +43,13 @@ export function InputsForm({ groups, showAll, nodeErrors, uploads, onChange, onP
   return (
     <Flex direction="column" gap="3">
       {visible.map((g) => (
-        <NodeCard key={g.nodeId} group={g} errors={errorsByNode.get(g.nodeId)} uploads={uploads} onChange={onChange} onPickImage={onPickImage} />
+        <NodeCard key={g.nodeId} group={g} errors={errorsByNode.get(g.nodeId)} uploads={uploads} catalogue={catalogue} onChange={onChange} onPickImage={onPickImage} />
       ))}
     </Flex>
   );
 }
 
-function NodeCard({ group, errors, uploads, onChange, onPickImage }: { group: NodeGroup; errors?: NodeErrors } & Pick<Props, "uploads" | "onChange" | "onPickImage">) {
+function NodeCard({ group, errors, uploads, catalogue, onChange, onPickImage }: { group: NodeGroup; errors?: NodeErrors } & Pick<Props, "uploads" | "catalogue" | "onChange" | "onPickImage">) {
   const headingId = useId();
   const fieldErrors = new Map<string, string[]>();
   const nodeLevel: string[] = [];
@@ -80,7 +83,7 @@ function NodeCard({ group, errors, uploads, onChange, onPickImage }: { group: No
         )}
         <div className="field-grid">
           {group.fields.map((f) => (
-            <FieldControl key={f.key} field={f} errors={fieldErrors.get(f.input)} upload={uploads[f.key]} onChange={onChange} onPickImage={onPickImage} />
+            <FieldControl key={f.key} field={f} errors={fieldErrors.get(f.input)} upload={uploads[f.key]} suggestions={comboOptions(catalogue, f.classType, f.input)} onChange={onChange} onPickImage={onPickImage} />
           ))}
         </div>
       </section>
@@ -88,7 +91,7 @@ function NodeCard({ group, errors, uploads, onChange, onPickImage }: { group: No
   );
 }
 
-function FieldControl({ field, errors, upload, onChange, onPickImage }: { field: Field; errors?: string[]; upload?: UploadState } & Pick<Props, "onChange" | "onPickImage">) {
+function FieldControl({ field, errors, upload, suggestions, onChange, onPickImage }: { field: Field; errors?: string[]; upload?: UploadState; suggestions?: string[] } & Pick<Props, "onChange" | "onPickImage">) {
   const id = `f-${field.nodeId}-${field.input}`.replace(/[^\w-]/g, "_");
   const errId = `${id}-err`;
   const wide = field.kind === "text" || field.kind === "image" || (field.kind === "string" && field.multiline);
@@ -115,7 +118,17 @@ function FieldControl({ field, errors, upload, onChange, onPickImage }: { field:
       control = field.multiline ? (
         <TextArea id={id} value={String(field.value ?? "")} onChange={(e) => onChange(field, e.target.value)} aria-describedby={describedBy} aria-invalid={!!errors} />
       ) : (
-        <TextField.Root id={id} value={String(field.value ?? "")} onChange={(e) => onChange(field, e.target.value)} aria-describedby={describedBy} aria-invalid={!!errors} spellCheck={false} />
+        <>
+          <TextField.Root id={id} value={String(field.value ?? "")} onChange={(e) => onChange(field, e.target.value)} aria-describedby={describedBy} aria-invalid={!!errors} spellCheck={false} list={suggestions ? `${id}-options` : undefined} />
+          {suggestions && (
+            // What the server's node catalogue lists for this input (the installed models, say).
+            <datalist id={`${id}-options`} data-testid="catalogue-options">
+              {suggestions.map((o) => (
+                <option key={o} value={o} />
+              ))}
+            </datalist>
+          )}
+        </>
       );
       break;
     case "seed":

@@ -14,6 +14,21 @@ describe("per-node validation errors", () => {
     });
     expect(n[0]).toEqual({ nodeId: "2", classType: "ImageInvert", items: [{ field: "image", reason: "required_input_missing", message: "Required input is missing" }] });
   });
+  it("says what ComfyUI's details say when its message only repeats the type", () => {
+    const n = normaliseNodeErrors({
+      node_errors: {
+        "4": {
+          class_type: "CheckpointLoaderSimple",
+          errors: [
+            { type: "value_not_in_list", message: "Value not in list", details: "ckpt_name: 'x.safetensors' not in ['a.safetensors']", extra_info: { input_name: "ckpt_name" } },
+            { type: "value_bigger_than_max", message: "Value 99999 bigger than max of 16384", details: "height", extra_info: { input_name: "height" } },
+          ],
+        },
+      },
+    });
+    expect(describeItem(n[0].items[0])).toBe("value not in list: ckpt_name: 'x.safetensors' not in ['a.safetensors']");
+    expect(describeItem(n[0].items[1])).toBe("value bigger than max: Value 99999 bigger than max of 16384");
+  });
   it("ignores missing details", () => {
     expect(normaliseNodeErrors(null)).toEqual([]);
     expect(normaliseNodeErrors({})).toEqual([]);

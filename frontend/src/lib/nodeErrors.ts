@@ -23,11 +23,14 @@ function item(v: unknown): NodeErrorItem {
   if (typeof v !== "object" || v === null) return {};
   const o = v as Record<string, unknown>;
   const extra = (o.extra_info ?? {}) as Record<string, unknown>;
-  return {
-    field: str(o.field) ?? str(o.input) ?? str(o.input_name) ?? str(extra.input_name),
-    reason: str(o.reason) ?? str(o.type) ?? str(o.code),
-    message: str(o.message) ?? str(o.details),
-  };
+  const field = str(o.field) ?? str(o.input) ?? str(o.input_name) ?? str(extra.input_name);
+  const type = str(o.type);
+  let message = str(o.message) ?? str(o.details);
+  // ComfyUI's message can only repeat its type ("Value not in list"); its details then say
+  // what was wrong ("ckpt_name: 'x.safetensors' not in [...]"), unless they only name the input.
+  const details = str(o.details);
+  if (type && details && details !== field && message?.toLowerCase() === type.replace(/_/g, " ").toLowerCase()) message = details;
+  return { field, reason: str(o.reason) ?? type ?? str(o.code), message };
 }
 
 export function normaliseNodeErrors(details: Record<string, unknown> | null | undefined): NodeErrors[] {

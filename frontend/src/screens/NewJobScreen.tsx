@@ -37,6 +37,7 @@ import { normaliseNodeErrors, describeItem } from "../lib/nodeErrors";
 import { uploadInput } from "../lib/upload";
 import { detectText, readPngTextChunks, type ApiWorkflow } from "../workflow/detect";
 import { assetRef, discoverInputs, imageInputsNeedingUpload, setInput, type Field } from "../workflow/discover";
+import { type Catalogue } from "../workflow/catalogue";
 import { InputsForm, type UploadState } from "../components/InputsForm";
 import { ErrorCallout } from "../components/ErrorCallout";
 import invertEx from "../examples/invert.json";
@@ -84,6 +85,20 @@ export function NewJobScreen() {
 
   const detection = useMemo(() => detectText(text), [text]);
   const workflow: ApiWorkflow | null = detection.kind === "api" ? detection.workflow : null;
+  // The node catalogue, for model names and other combo values (best effort: none, no hints).
+  // Read again for each workflow pasted: a runner may have published one meanwhile (the
+  // server answers 304 to the browser's revalidation when nothing changed).
+  const [catalogue, setCatalogue] = useState<Catalogue | null>(null);
+  const hasWorkflow = detection.kind === "api";
+  useEffect(() => {
+    if (!hasWorkflow) return;
+    const abort = new AbortController();
+    client
+      .getCatalogue(abort.signal)
+      .then((c) => setCatalogue(c as Catalogue | null))
+      .catch(() => undefined);
+    return () => abort.abort();
+  }, [client, hasWorkflow]);
   const groups = useMemo(() => (workflow ? discoverInputs(workflow) : []), [workflow]);
   const missingImages = useMemo(() => (workflow ? imageInputsNeedingUpload(workflow) : []), [workflow]);
   const nodeErrors = useMemo(
@@ -336,7 +351,7 @@ export function NewJobScreen() {
                     </Flex>
                   </Text>
                 </Flex>
-                <InputsForm groups={groups} showAll={showAll} nodeErrors={nodeErrors} uploads={uploads} onChange={onFieldChange} onPickImage={onPickImage} />
+                <InputsForm groups={groups} showAll={showAll} nodeErrors={nodeErrors} uploads={uploads} catalogue={catalogue} onChange={onFieldChange} onPickImage={onPickImage} />
               </>
             )}
           </Flex>

@@ -30,7 +30,7 @@ use crate::views::{ErrorEnvelope, JobListView, JobView, SubmitRequest, WorkflowV
         (status = 409, description = "`idempotency_conflict`: the same key is in flight; retry after Retry-After", body = ErrorEnvelope),
         (status = 413, description = "`payload_too_large`: too many bytes, or more than a million JSON values", body = ErrorEnvelope),
         (status = 415, description = UNSUPPORTED_JSON, body = ErrorEnvelope),
-        (status = 422, description = "`invalid_workflow`, `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `invalid_extra_data`, `idempotency_key_reuse`, `reserved_field`, `unknown_field`, `invalid_request` (not an object)", body = ErrorEnvelope),
+        (status = 422, description = "`invalid_workflow` (a malformed graph: `details.node_errors` lists `{field, reason, message}` per node; or a graph the node catalogue shows ComfyUI would refuse: `details` is ComfyUI's own 400 body, `error` and `node_errors` as `{errors, dependent_outputs, class_type}` per node, plus `catalogue`, its hash), `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `invalid_extra_data`, `idempotency_key_reuse`, `reserved_field`, `unknown_field`, `invalid_request` (not an object)", body = ErrorEnvelope),
         (status = 429, description = "`quota_active_jobs` or `quota_submit_rate`: the tenant's quota; nothing was recorded, retry after Retry-After with the same Idempotency-Key", body = ErrorEnvelope),
         (status = 503, description = UNAVAILABLE, body = ErrorEnvelope),
     )

@@ -22,6 +22,7 @@
 //! | `extract` | the `Tenant` extractor (headers to credentials), JSON bodies, JSON answers |
 //! | `jobs` | the job routes, including events as Server-Sent Events |
 //! | `assets` | the asset routes and the large-file upload extension |
+//! | `catalogue` | the node catalogue route (our extension) |
 //! | `multipart` | `POST /api/v2/assets`: the multipart form pumped to storage |
 //! | `content` | serving stored bytes: `Range`, and the content policy's headers |
 //! | `health` | health and the OpenAPI document (no authentication) |
@@ -45,6 +46,7 @@ use crate::service::JobService;
 use crate::views::submit_request_schemas;
 
 mod assets;
+mod catalogue;
 mod content;
 pub mod cross_site;
 mod error;
@@ -176,6 +178,7 @@ fn read_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(assets::get_asset_content))
         .routes(routes!(webhooks::list_webhooks))
         .routes(routes!(webhooks::webhook_deliveries))
+        .routes(routes!(catalogue::get_catalogue))
 }
 
 fn write_routes(max_body_bytes: usize, max_upload: usize) -> OpenApiRouter<Arc<ApiState>> {

@@ -131,6 +131,8 @@ pub struct JobService {
     /// jobs), so reads share one copy for a second.
     fleet_cache: Mutex<Option<(DateTime<Utc>, Fleet)>>,
     quotas: crate::quota::QuotaBook,
+    /// The node catalogue submit checks graphs against, parsed once per hash.
+    catalogues: crate::catalogue::Catalogues,
 }
 
 fn conflict_exhausted() -> DomainError {
@@ -155,6 +157,7 @@ impl JobService {
             cursors: CursorCodec::new(cursor_key),
             fleet_cache: Mutex::new(None),
             wakes: Arc::new(WakeCoalescer::default()),
+            catalogues: Default::default(),
         }
     }
 

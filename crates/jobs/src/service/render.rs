@@ -127,10 +127,18 @@ impl JobService {
             p.nodes_done = p.nodes_total;
             p.message = None;
         }
-        if let Some(position) = queue_position
-            && progress.is_none()
-        {
-            progress = Some(self.waiting_progress(position).await?);
+        if let Some(position) = queue_position {
+            // A graph accepted unchecked says so beside the wait.
+            let unchecked = progress
+                .as_ref()
+                .is_some_and(|p| p.message.as_deref() == Some(crate::catalogue::UNCHECKED_MESSAGE));
+            if progress.is_none() || unchecked {
+                let mut waiting = self.waiting_progress(position).await?;
+                if unchecked && let Some(m) = waiting.message.as_mut() {
+                    *m = format!("{m}; {}", crate::catalogue::UNCHECKED_MESSAGE);
+                }
+                progress = Some(waiting);
+            }
         }
         Ok(self.render(job, progress, queue_position).await)
     }

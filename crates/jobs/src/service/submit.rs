@@ -6,8 +6,12 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{JobService, Submitted};
+use crate::catalogue::Verdict;
 use crate::error::{DomainError, ErrorKind};
-use crate::model::{IdempotencyRecord, Job, JobInput, JobStatus, SCHEMA_VERSION, WorkMessage};
+use crate::model::{
+    IdempotencyRecord, Job, JobInput, JobStatus, Progress, ProgressRecord, SCHEMA_VERSION,
+    WorkMessage,
+};
 use crate::ports::{CreateOutcome, JobSnapshot, JobStore, QueueName};
 use crate::validate::{self, Submission};
 
@@ -22,6 +26,11 @@ impl JobService {
         crate::json_budget::check_value_count(body)?;
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
         check_references(self.ports.store.as_ref(), tenant, &submission.workflow).await?;
+        // Before anything is stored: a graph ComfyUI would refuse never reaches a GPU.
+        let verdict = self
+            .catalogues
+            .check(&self.ports, &submission.workflow)
+            .await?;
         let now = self.ports.clock.now();
         let fingerprint = hex::encode(Sha256::digest(body));
 
@@ -83,6 +92,10 @@ impl JobService {
             }
         };
         tracing::info!(job_id = %job.id, tenant, "job recorded");
+        let progress = match verdict {
+            Verdict::Passed => None,
+            Verdict::Unchecked => self.note_unchecked(&job, now).await,
+        };
         let job = if self.config.record_enqueue_in_background {
             self.send_work(&job).await?;
             let store = self.ports.store.clone();
@@ -101,7 +114,7 @@ impl JobService {
         let view = self
             .view_snapshot(JobSnapshot {
                 job,
-                progress: None,
+                progress,
                 queue_position,
             })
             .await?;
@@ -109,6 +122,27 @@ impl JobService {
             job: view,
             replayed: false,
         })
+    }
+
+    /// Says in the job's progress that its graph was not checked (no catalogue yet).
+    /// Best effort: the job is recorded already, and ComfyUI checks at run time.
+    async fn note_unchecked(&self, job: &Job, now: DateTime<Utc>) -> Option<ProgressRecord> {
+        let record = ProgressRecord {
+            v: SCHEMA_VERSION,
+            attempt: job.attempt,
+            progress: Progress {
+                message: Some(crate::catalogue::UNCHECKED_MESSAGE.to_string()),
+                ..Progress::default()
+            },
+            updated_at: now,
+        };
+        match self.ports.store.put_progress(&job.id, &record).await {
+            Ok(()) => Some(record),
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "could not note an unchecked graph");
+                None
+            }
+        }
     }
 
     fn new_job(&self, tenant: &str, submission: &Submission, now: DateTime<Utc>) -> Job {

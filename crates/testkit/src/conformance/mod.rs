@@ -15,6 +15,8 @@
 //!   over the store and the queue; every job must finish exactly once;
 //! - [`asset_records`]: blob references, dedup records and expired uploads;
 //! - [`retention_records`]: what the retention sweep finds and deletes;
+//! - [`catalogues`]: the node catalogue's pointer, content-addressed publishing, and
+//!   the check submit makes against it;
 //! - [`blob_store`]: whole and streamed writes, overwrites, ranges, sizes, renames and
 //!   deletes, for blobs small (a workflow) and large (an image), since an adapter may
 //!   keep the two apart;
@@ -42,6 +44,7 @@ use jobs::service::{MoveError, apply_move};
 
 mod assets;
 mod blobs;
+mod catalogue;
 mod lease;
 mod queues;
 mod quotas;
@@ -51,6 +54,7 @@ mod webhooks;
 
 pub use assets::{asset_records, retention_records};
 pub use blobs::blob_store;
+pub use catalogue::catalogues;
 pub use lease::{lease_protocol, stalled_runner_is_fenced};
 pub use queues::{queue_at_least_once, queue_sqs, queue_strict};
 pub use quotas::tenant_quotas;

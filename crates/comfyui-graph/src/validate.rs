@@ -1,5 +1,5 @@
-//! `validate_prompt` and `validate_inputs` of ComfyUI 0.3.64's `execution.py`, with the
-//! same error types, messages, `extra_info` keys and quirks:
+//! `validate_prompt` and `validate_inputs` of ComfyUI 0.3.64's `execution.py`, over any
+//! [`Catalogue`], with the same error types, messages, `extra_info` keys and quirks:
 //! - class checks first, first offender only (`invalid_prompt`);
 //! - an exception while validating an upstream node is filed under that upstream node but
 //!   carries the *downstream* input's name and config (`exception_during_inner_validation`);
@@ -10,26 +10,33 @@
 //! walk them in declaration order, so several errors on one node may come in another
 //! order than a given real run.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value, json};
 
-use crate::nodes::{self, Env};
+use crate::Catalogue;
 use crate::pyfmt::{PyErr, obj, py_eq, py_float, py_int, py_num, py_repr, py_str, py_truthy};
 
 /// A Python exception escaped: aiohttp answers 500.
 #[derive(Debug)]
 pub struct Crash(pub PyErr);
 
+/// What a prompt ComfyUI would queue: its output nodes that passed, and the errors of
+/// the outputs it dropped (a 200 that carries `node_errors`).
+#[derive(Debug)]
 pub struct Validated {
     pub outputs: Vec<String>,
     pub node_errors: Map<String, Value>,
 }
 
+/// What ComfyUI answers 400 with: `{"error": .., "node_errors": ..}`.
+#[derive(Debug)]
 pub struct Rejected {
     pub error: Value,
     pub node_errors: Map<String, Value>,
 }
 
-fn err(ty: &str, message: &str, details: &str, extra: Value) -> Value {
+pub(crate) fn err(ty: &str, message: &str, details: &str, extra: Value) -> Value {
     obj([
         ("type", json!(ty)),
         ("message", json!(message)),
@@ -53,15 +60,18 @@ fn fake_traceback(lines: &[(u32, &str)]) -> Value {
 
 type Result3 = (bool, Vec<Value>);
 
-struct Ctx<'a> {
-    prompt: &'a mut Map<String, Value>,
-    env: &'a Env,
+struct Ctx<'a, C: Catalogue + ?Sized> {
+    prompt: &'a Map<String, Value>,
+    catalogue: &'a C,
+    /// The literals ComfyUI would coerce in place (node, input, value), when the caller
+    /// wants them written back; `None` leaves the graph as it was, copying nothing.
+    coerced: Option<&'a mut Vec<(String, String, Value)>>,
     validated: Vec<(String, Result3)>,
     /// Nodes being validated further up the stack: a cycle is Python's RecursionError.
     stack: Vec<String>,
 }
 
-impl Ctx<'_> {
+impl<C: Catalogue + ?Sized> Ctx<'_, C> {
     fn get_validated(&self, id: &str) -> Option<&Result3> {
         self.validated.iter().find(|(k, _)| k == id).map(|(_, v)| v)
     }
@@ -75,7 +85,7 @@ impl Ctx<'_> {
 }
 
 /// A node's `class_type`, or "" when it has none.
-pub(crate) fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
+pub fn class_of(prompt: &Map<String, Value>, id: &str) -> String {
     prompt
         .get(id)
         .and_then(|n| n.get("class_type"))
@@ -100,7 +110,7 @@ fn types_match(received: &Value, input: &Value) -> bool {
     rs.iter().any(|t| is.contains(t))
 }
 
-fn validate_inputs(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
+fn validate_inputs<C: Catalogue + ?Sized>(ctx: &mut Ctx<C>, id: &str) -> Result<Result3, PyErr> {
     if let Some(r) = ctx.get_validated(id) {
         return Ok(r.clone());
     }
@@ -116,10 +126,14 @@ fn validate_inputs(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
     r
 }
 
-fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
-    let node = ctx.prompt.get(id).cloned().unwrap_or(Value::Null);
+fn validate_inputs_inner<C: Catalogue + ?Sized>(
+    ctx: &mut Ctx<C>,
+    id: &str,
+) -> Result<Result3, PyErr> {
+    let prompt = ctx.prompt;
+    let node = prompt.get(id).unwrap_or(&Value::Null);
     let inputs = match node.get("inputs") {
-        Some(Value::Object(m)) => m.clone(),
+        Some(Value::Object(m)) => m,
         Some(other) => {
             return Err(PyErr::new(
                 "TypeError",
@@ -132,8 +146,9 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
         None => return Err(PyErr::key_error(&json!("inputs"))),
     };
     let class = class_of(ctx.prompt, id);
-    let info = nodes::class_info(&class).expect("class checked before");
-    let class_inputs = nodes::input_types(&class, ctx.env);
+    let catalogue = ctx.catalogue;
+    let class_inputs = catalogue.input_types(&class).unwrap_or_default();
+    let skip_checks = catalogue.validate_inputs(&class);
     let mut errors = Vec::new();
     let mut valid = true;
     let mut coerced: Vec<(String, Value)> = Vec::new();
@@ -143,9 +158,12 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
             continue;
         };
         for (x, def) in defs {
-            let input_type = def.get(0).cloned().unwrap_or(Value::Null);
-            let extra_info = def.get(1).cloned().unwrap_or_else(|| json!({}));
-            let info_pair = json!([input_type, extra_info]);
+            let input_type = def.get(0).unwrap_or(&Value::Null);
+            let no_options = json!({});
+            let extra_info = def.get(1).unwrap_or(&no_options);
+            // Built only for an error: a combo of thousands of model names is not copied
+            // for every valid input.
+            let info_pair = || json!([input_type, extra_info]);
             let Some(val) = inputs.get(x) else {
                 if cat == "required" {
                     errors.push(err(
@@ -163,7 +181,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         "bad_linked_input",
                         "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
@@ -179,9 +197,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     other => return Err(PyErr::key_error(other)),
                 };
                 let o_class = class_of(ctx.prompt, &o_key);
-                let returns = nodes::class_info(&o_class)
-                    .map(|c| c.returns)
-                    .unwrap_or(&[]);
+                let returns = catalogue.returns(&o_class);
                 let received_type = match &link[1] {
                     Value::Number(n) if n.is_i64() || n.is_u64() => {
                         let i = n.as_i64().unwrap_or(i64::MAX);
@@ -190,12 +206,13 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         if idx < 0 || idx >= len {
                             return Err(PyErr::new("IndexError", "tuple index out of range"));
                         }
-                        returns[idx as usize]
+                        returns[idx as usize].clone()
                     }
                     Value::Bool(b) => {
                         let idx = *b as usize;
-                        *returns
+                        returns
                             .get(idx)
+                            .cloned()
                             .ok_or_else(|| PyErr::new("IndexError", "tuple index out of range"))?
                     }
                     other => {
@@ -208,16 +225,17 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         ));
                     }
                 };
-                let received = json!(received_type);
-                if !types_match(&received, &input_type) {
+                let received = received_type;
+                if !types_match(&received, input_type) {
                     errors.push(err(
                         "return_type_mismatch",
                         "Return type mismatch between linked nodes",
                         &format!(
-                            "{x}, received_type({received_type}) mismatch input_type({})",
-                            py_str(&input_type)
+                            "{x}, received_type({}) mismatch input_type({})",
+                            py_str(&received),
+                            py_str(input_type)
                         ),
-                        json!({"input_name": x, "input_config": info_pair, "received_type": received_type, "linked_node": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_type": received, "linked_node": val}),
                     ));
                     continue;
                 }
@@ -235,7 +253,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                             &ex.msg,
                             json!({
                                 "input_name": x,
-                                "input_config": info_pair,
+                                "input_config": info_pair(),
                                 "exception_message": ex.msg,
                                 "exception_type": ex.ty,
                                 "traceback": fake_traceback(&[(808, "validate_inputs"), (788, "validate_inputs")]),
@@ -247,38 +265,42 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                     }
                 }
             } else {
-                let mut val = val.clone();
-                if let Value::Object(m) = &val
+                // Borrowed until a coercion changes it: a long prompt is not copied.
+                let raw: &Value = val;
+                let mut val = Cow::Borrowed(raw);
+                if let Value::Object(m) = raw
                     && let Some(inner) = m.get("__value__")
                 {
-                    val = inner.clone();
-                    coerced.push((x.clone(), val.clone()));
+                    val = Cow::Borrowed(inner);
+                    coerced.push((x.clone(), inner.clone()));
                 }
                 let ty = input_type.as_str().unwrap_or("");
                 let conv = match ty {
                     "INT" => Some(py_int(&val)),
                     "FLOAT" => Some(py_float(&val)),
+                    // str() of a str is itself: nothing to convert.
+                    "STRING" if val.is_string() => None,
                     "STRING" => Some(Ok(Value::String(py_str(&val)))),
                     "BOOLEAN" => Some(Ok(Value::Bool(py_truthy(&val)))),
                     _ => None,
                 };
                 match conv {
                     Some(Ok(v)) => {
-                        val = v;
-                        coerced.push((x.clone(), val.clone()));
+                        coerced.push((x.clone(), v.clone()));
+                        val = Cow::Owned(v);
                     }
                     Some(Err(ex)) => {
                         errors.push(err(
                             "invalid_input_type",
                             &format!("Failed to convert an input value to a {ty} value"),
                             &format!("{x}, {}, {}", py_str(&val), ex.msg),
-                            json!({"input_name": x, "input_config": info_pair, "received_value": val, "exception_message": ex.msg}),
+                            json!({"input_name": x, "input_config": info_pair(), "received_value": val, "exception_message": ex.msg}),
                         ));
                         continue;
                     }
                     None => {}
                 }
-                if info.validate_inputs.contains(&x.as_str()) {
+                if skip_checks.iter().any(|s| s == x) || catalogue.resolved_later(&val) {
                     continue;
                 }
                 if let (Some(min), Some(v)) = (extra_info.get("min"), py_num(&val))
@@ -288,7 +310,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         "value_smaller_than_min",
                         &format!("Value {} smaller than min of {}", py_str(&val), py_str(min)),
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
@@ -299,18 +321,23 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
                         "value_bigger_than_max",
                         &format!("Value {} bigger than max of {}", py_str(&val), py_str(max)),
                         x,
-                        json!({"input_name": x, "input_config": info_pair, "received_value": val}),
+                        json!({"input_name": x, "input_config": info_pair(), "received_value": val}),
                     ));
                     continue;
                 }
-                if let Value::Array(options) = &input_type
+                // Newer servers spell a combo `["COMBO", {"options": [...]}]`.
+                let options = match input_type {
+                    Value::String(s) if s == "COMBO" => extra_info.get("options"),
+                    other => Some(other),
+                };
+                if let Some(Value::Array(options)) = options
                     && !options.iter().any(|o| py_eq(o, &val))
                 {
                     let (list_info, config) = if options.len() > 20 {
                         (format!("(list of length {})", options.len()), Value::Null)
                     } else {
                         let items: Vec<String> = options.iter().map(py_repr).collect();
-                        (format!("[{}]", items.join(", ")), info_pair.clone())
+                        (format!("[{}]", items.join(", ")), info_pair())
                     };
                     errors.push(err(
                         "value_not_in_list",
@@ -324,26 +351,17 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
         }
     }
 
-    // Write the coerced literals back into the prompt, as ComfyUI does in place.
-    if let Some(Value::Object(inp)) = ctx.prompt.get_mut(id).and_then(|n| n.get_mut("inputs")) {
-        for (k, v) in coerced {
-            inp.insert(k, v);
+    if !skip_checks.is_empty() {
+        // What the node's inputs are once coerced, as VALIDATE_INPUTS sees them.
+        let mut inputs_now = inputs.clone();
+        for (k, v) in &coerced {
+            inputs_now.insert(k.clone(), v.clone());
         }
-    }
-    if !info.validate_inputs.is_empty() {
-        let inputs_now = ctx
-            .prompt
-            .get(id)
-            .and_then(|n| n.get("inputs"))
-            .and_then(|i| i.as_object())
-            .cloned()
-            .unwrap_or_default();
-        let all_present = info
-            .validate_inputs
+        let all_present = skip_checks
             .iter()
-            .all(|n| inputs_now.contains_key(*n));
+            .all(|n| inputs_now.contains_key(n.as_str()));
         if all_present {
-            for (input, msg) in nodes::custom_validate(&class, &inputs_now, ctx.env) {
+            for (input, msg) in catalogue.custom_validate(&class, &inputs_now) {
                 errors.push(err(
                     "custom_validation_failed",
                     "Custom validation failed for node",
@@ -354,16 +372,47 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<Result3, PyErr> {
         }
     }
 
+    // Written back by the caller, as ComfyUI coerces in place.
+    if let Some(out) = ctx.coerced.as_mut() {
+        out.extend(coerced.into_iter().map(|(k, v)| (id.to_string(), k, v)));
+    }
     let r = (errors.is_empty() && valid, errors);
     ctx.set_validated(id, r.clone());
     Ok(r)
 }
 
-/// Validate a prompt in place. `Err(Crash)`: the real server would raise (500).
-pub fn validate_prompt(
+/// Validate a prompt in place, as ComfyUI does: its literals are coerced (`"64"` → `64`).
+/// `Err(Crash)`: the real server would raise (500).
+pub fn validate_prompt<C: Catalogue + ?Sized>(
     prompt: &mut Map<String, Value>,
     partial: Option<&Value>,
-    env: &Env,
+    catalogue: &C,
+) -> Result<Result<Validated, Rejected>, Crash> {
+    let mut coerced = Vec::new();
+    let verdict = run(prompt, partial, catalogue, Some(&mut coerced));
+    for (id, k, v) in coerced {
+        if let Some(Value::Object(inputs)) = prompt.get_mut(&id).and_then(|n| n.get_mut("inputs")) {
+            inputs.insert(k, v);
+        }
+    }
+    verdict
+}
+
+/// The same verdict as [`validate_prompt`], leaving the prompt as it is (and copying
+/// none of it).
+pub fn validate_prompt_unchanged<C: Catalogue + ?Sized>(
+    prompt: &Map<String, Value>,
+    partial: Option<&Value>,
+    catalogue: &C,
+) -> Result<Result<Validated, Rejected>, Crash> {
+    run(prompt, partial, catalogue, None)
+}
+
+fn run<'a, C: Catalogue + ?Sized>(
+    prompt: &'a Map<String, Value>,
+    partial: Option<&Value>,
+    catalogue: &'a C,
+    coerced: Option<&'a mut Vec<(String, String, Value)>>,
 ) -> Result<Result<Validated, Rejected>, Crash> {
     let mut outputs = Vec::new();
     for (id, node) in prompt.iter() {
@@ -408,8 +457,8 @@ pub fn validate_prompt(
                 node_errors: Map::new(),
             }));
         };
-        let info = class.as_str().and_then(nodes::class_info);
-        let Some(info) = info else {
+        let output_node = class.as_str().and_then(|c| catalogue.output_node(c));
+        let Some(output_node) = output_node else {
             return Ok(Err(Rejected {
                 error: err(
                     "invalid_prompt",
@@ -423,7 +472,7 @@ pub fn validate_prompt(
                 node_errors: Map::new(),
             }));
         };
-        if info.output_node {
+        if output_node {
             let included = match partial {
                 None => true,
                 Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(id)),
@@ -445,7 +494,8 @@ pub fn validate_prompt(
 
     let mut ctx = Ctx {
         prompt,
-        env,
+        catalogue,
+        coerced,
         validated: Vec::new(),
         stack: Vec::new(),
     };
