@@ -51,6 +51,7 @@ pub async fn deployment_with(
         tunables: Tunables::from_lookup(template_env).unwrap(),
         cursor_key: vec![7; 32],
         clock,
+        webhooks: Default::default(),
     };
     (deployment, ecs)
 }
