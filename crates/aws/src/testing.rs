@@ -245,6 +245,37 @@ pub async fn fresh_queues(max_receive_count: u32) -> QueueUrls {
     }
 }
 
+/// A fresh webhook delivery queue with its dead-letter queue, as the template makes
+/// them; returns the delivery queue's URL.
+pub async fn fresh_webhook_queue(max_receive_count: u32) -> String {
+    let client = clients().await.sqs;
+    let base = unique("q");
+    let dlq = create_queue(&client, &format!("{base}-webhooks-dlq"), None).await;
+    create_queue(
+        &client,
+        &format!("{base}-webhooks"),
+        Some((&dlq, max_receive_count)),
+    )
+    .await
+}
+
+/// An item of `table` as stored (to build the stream records DynamoDB Streams would
+/// deliver for it: moto's streams are not used).
+pub async fn raw_item(table: &str, pk: &str, sk: &str) -> Option<crate::stream::Item> {
+    clients()
+        .await
+        .dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item")
+        .item
+}
+
 /// An [`SqsQueue`] over four fresh queues.
 pub async fn fresh_queue(max_receive_count: u32) -> SqsQueue {
     SqsQueue::new(clients().await.sqs, fresh_queues(max_receive_count).await)

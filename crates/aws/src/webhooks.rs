@@ -134,8 +134,8 @@ pub fn outbox_event(sequence: &str, old: Option<&Item>, new: &Item) -> Option<Ou
 pub enum ClaimOne {
     /// Claimed now: only `token` may record its attempt.
     Claimed(Claimed),
-    /// Pending, not due before this time, and nobody holds it.
-    NotDue(DateTime<Utc>),
+    /// Pending, not due before `due`, and nobody holds it; `attempts` made so far.
+    NotDue { due: DateTime<Utc>, attempts: u32 },
     /// Another claim holds it (its lease has not lapsed): its holder sends it.
     Held,
     /// Delivered, given up, or gone: nothing to send.
@@ -181,7 +181,10 @@ impl DynamoWebhookStore {
             return Ok(if item.contains_key("token") {
                 ClaimOne::Held
             } else {
-                ClaimOne::NotDue(DateTime::from_timestamp_millis(due_ms).unwrap_or(now))
+                ClaimOne::NotDue {
+                    due: DateTime::from_timestamp_millis(due_ms).unwrap_or(now),
+                    attempts: body_of::<Delivery>(item)?.attempts,
+                }
             });
         }
         let token = ulid::Ulid::new().to_string();

@@ -75,6 +75,12 @@ pub struct DeliveryMessage {
     pub delivery: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The attempts the delivery had when this message was sent. A message that finds
+    /// the delivery not yet due *and* with other attempts since is a duplicate (a
+    /// stream batch retried, a message sent twice) and ends, so only one chain of
+    /// delayed messages follows a delivery.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// The HTTP sender, built on its first use.
@@ -205,6 +211,7 @@ impl WebhookRelay {
             let message = DeliveryMessage {
                 delivery: id.clone(),
                 token: None,
+                attempts: 0,
             };
             self.enqueue(&message, now).await?;
         }
@@ -249,15 +256,14 @@ impl WebhookRelay {
                 .await?
             {
                 ClaimOne::Claimed(claim) => claim,
-                ClaimOne::NotDue(due) => {
-                    let next = DeliveryMessage {
-                        delivery: message.delivery.clone(),
-                        token: None,
-                    };
-                    return Ok(self.enqueue(&next, due).await?);
+                ClaimOne::NotDue { due, attempts } if attempts == message.attempts => {
+                    // A wait longer than one message can be delayed: sent on.
+                    return Ok(self.enqueue(&message, due).await?);
                 }
-                // Its holder sends it; should it die, the tick takes it over.
-                ClaimOne::Held | ClaimOne::Finished => return Ok(()),
+                // A duplicate; its holder sends it, or (should it die) the tick.
+                ClaimOne::NotDue { .. } | ClaimOne::Held | ClaimOne::Finished => {
+                    return Ok(());
+                }
             },
         };
         let done = self.deliverer.attempt(claim).await;
@@ -267,6 +273,7 @@ impl WebhookRelay {
             let next_message = DeliveryMessage {
                 delivery: message.delivery,
                 token: None,
+                attempts: done.attempts,
             };
             self.enqueue(&next_message, next).await?;
         }
@@ -314,6 +321,7 @@ impl WebhookRelay {
             let message = DeliveryMessage {
                 delivery: claim.delivery.id.clone(),
                 token: Some(claim.token.clone()),
+                attempts: claim.delivery.attempts,
             };
             self.enqueue(&message, now).await?;
         }

@@ -73,6 +73,8 @@ pub struct Attempted {
     pub recorded: bool,
     /// The delivery's state after it, as recorded.
     pub state: DeliveryState,
+    /// The delivery's attempts after it.
+    pub attempts: u32,
     /// When the next attempt is due, for a recorded `Pending`.
     pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -229,6 +231,7 @@ impl Deliverer {
                 return Attempted {
                     accepted: false,
                     recorded,
+                    attempts: delivery.attempts + 1,
                     state: DeliveryState::GaveUp,
                     next_attempt_at: None,
                 };
@@ -238,6 +241,7 @@ impl Deliverer {
                 return Attempted {
                     accepted: false,
                     recorded: false,
+                    attempts: delivery.attempts,
                     state: DeliveryState::Pending,
                     next_attempt_at: None,
                 };
@@ -316,6 +320,7 @@ impl Deliverer {
         Attempted {
             accepted,
             recorded,
+            attempts,
             state,
             next_attempt_at,
         }

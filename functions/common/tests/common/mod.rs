@@ -70,3 +70,31 @@ pub fn scheduled_event() -> Value {
         "detail": {}
     })
 }
+
+/// Serves `router` on a loopback port; returns its base URL.
+pub async fn front(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// An API key of `tenant`, stored as `keys create` stores it.
+pub async fn api_key(deployment: &Deployment, tenant: &str) -> String {
+    let minted = jobs::auth::mint_key(tenant, chrono::Utc::now()).unwrap();
+    deployment
+        .ports()
+        .store
+        .put_api_key(&minted.record)
+        .await
+        .unwrap();
+    minted.secret
+}
+
+pub fn invert() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workflows/invert.json"
+    );
+    json!({ "workflow": serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap() })
+}

@@ -1,0 +1,318 @@
+//! The `webhooks` function over moto: a job ends on the table, the stream record
+//! DynamoDB Streams would deliver for that write goes through the handler, and a real
+//! receiver on 127.0.0.1 gets signed requests it verifies with its own HMAC.
+//!
+//! Where moto is not AWS: its DynamoDB Streams are not read here. The stream records
+//! are built from the real `META` item read back before and after the write (the
+//! `NEW_AND_OLD_IMAGES` view, in DynamoDB JSON), which is what a stream record
+//! carries. The SQS event source is played by a loop that receives, hands the batch to
+//! the handler and deletes what it did not report as failed, as Lambda does.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use common::{api_key, deployment, front, invert};
+use functions_common::Deployment;
+use functions_common::webhooks::WebhooksHandler;
+use hmac::Mac;
+use jobs::webhooks::deliver::DeliveryConfig;
+use jobs::webhooks::ports::WebhookStore;
+use jobs::webhooks::{Delivery, DeliveryState, backoff::Backoff};
+use serde_json::{Value, json};
+
+/// What the receiver saw: (when, signature verified, webhook-id, body, answered).
+type Seen = Arc<Mutex<Vec<(Instant, bool, String, Value, u16)>>>;
+
+/// A receiver that answers 500 to its first `fail_first` requests, then 204, and
+/// checks each signature itself (Standard Webhooks: HMAC-SHA256 of
+/// "{id}.{timestamp}.{body}" under the base64 key after `whsec_`).
+async fn receiver(secret: Arc<Mutex<String>>, fail_first: usize) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            let secret = secret.lock().unwrap().clone();
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let (id, ts, sig) = (
+                    header("webhook-id"),
+                    header("webhook-timestamp"),
+                    header("webhook-signature"),
+                );
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(secret.trim_start_matches("whsec_"))
+                    .unwrap_or_default();
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+                mac.update(format!("{id}.{ts}.{body}").as_bytes());
+                let expected = format!(
+                    "v1,{}",
+                    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+                );
+                let verified = !key.is_empty() && sig.split(' ').any(|s| s == expected);
+                let mut log = log.lock().unwrap();
+                let status = if log.len() < fail_first { 500 } else { 204 };
+                let parsed = serde_json::from_str(&body).unwrap_or(Value::Null);
+                log.push((Instant::now(), verified, id, parsed, status));
+                StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    (format!("{}/hook", front(app).await), seen)
+}
+
+/// The record DynamoDB Streams delivers for a write of `new` over `old`.
+fn stream_event(sequence: &str, old: &aws::stream::Item, new: &aws::stream::Item) -> Value {
+    let keys: aws::stream::Item = new
+        .iter()
+        .filter(|(k, _)| *k == "pk" || *k == "sk")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    json!({"Records": [{
+        "eventID": format!("ev-{sequence}"),
+        "eventName": "MODIFY",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": chrono::Utc::now().timestamp() as f64,
+            "Keys": aws::stream::image_of_item(&keys),
+            "NewImage": aws::stream::image_of_item(new),
+            "OldImage": aws::stream::image_of_item(old),
+            "SequenceNumber": sequence,
+            "SizeBytes": 512,
+            "StreamViewType": "NEW_AND_OLD_IMAGES"
+        },
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-12-07T00:00:00.000"
+    }]})
+}
+
+/// Plays Lambda's SQS event source for `rounds`: receive, handle, delete the messages
+/// not reported as failed. Returns the messages handled.
+async fn drain(
+    handler: &WebhooksHandler,
+    queue: &aws::WebhookQueue,
+    until: impl Fn() -> bool,
+) -> usize {
+    let mut handled = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let got = queue
+            .receive(Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            if until() {
+                return handled;
+            }
+            continue;
+        }
+        let records: Vec<Value> = got
+            .iter()
+            .map(|m| {
+                json!({
+                    "messageId": m.message_id, "receiptHandle": m.receipt, "body": m.body,
+                    "attributes": {}, "messageAttributes": {}, "md5OfBody": "",
+                    "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:webhooks",
+                    "awsRegion": "us-east-1"
+                })
+            })
+            .collect();
+        let answer = handler.handle(json!({ "Records": records })).await.unwrap();
+        let failed: Vec<&str> = answer["batchItemFailures"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|f| f["itemIdentifier"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for m in &got {
+            if !failed.contains(&m.message_id.as_str()) {
+                queue.delete(&m.receipt).await.unwrap();
+                handled += 1;
+            }
+        }
+    }
+    panic!("the delivery queue never settled");
+}
+
+async fn with_webhooks() -> Deployment {
+    let (mut deployment, _ecs) = deployment().await;
+    deployment.webhooks.queue_url = Some(aws::testing::fresh_webhook_queue(5).await);
+    // The receiver is on 127.0.0.1: the explicit setting for local testing.
+    deployment.webhooks.allow_private = true;
+    deployment
+}
+
+fn quick_retries() -> DeliveryConfig {
+    DeliveryConfig {
+        backoff: Backoff {
+            first: Duration::from_secs(1),
+            jitter: 0.0,
+            ..Backoff::default()
+        },
+        timeout: Duration::from_secs(5),
+        ..DeliveryConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_on_the_table_is_delivered_signed_once_after_delayed_retries() {
+    let deployment = with_webhooks().await;
+    let key = api_key(&deployment, "acme").await;
+    let submit = front(functions_common::submit_router(&deployment)).await;
+    let http = reqwest::Client::new();
+    let secret = Arc::new(Mutex::new(String::new()));
+    let (url, seen) = receiver(secret.clone(), 2).await;
+
+    // Registered on AWS: the route no longer answers 501.
+    let answer = http
+        .post(format!("{submit}/api/v2/x-serverless-comfyui/webhooks"))
+        .bearer_auth(&key)
+        .json(&json!({ "url": url }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 201);
+    let endpoint: Value = answer.json().await.unwrap();
+    *secret.lock().unwrap() = endpoint["secret"].as_str().unwrap().to_string();
+    let endpoint_id = endpoint["id"].as_str().unwrap().to_string();
+
+    let job: Value = http
+        .post(format!("{submit}/api/v2/jobs"))
+        .bearer_auth(&key)
+        .json(&invert())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let table = &deployment.aws.table;
+    let pk = format!("JOB#{id}");
+    let old = aws::testing::raw_item(table, &pk, "META").await.unwrap();
+    let canceled = http
+        .post(format!("{submit}/api/v2/jobs/{id}/cancel"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status().as_u16(), 200);
+    let new = aws::testing::raw_item(table, &pk, "META").await.unwrap();
+
+    let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
+    let event = stream_event("4100000000000000000001", &old, &new);
+    for _ in 0..2 {
+        // The second time is Lambda retrying the batch: no second delivery.
+        let answer = handler.handle(event.clone()).await.unwrap();
+        assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    }
+    let delivery_id = Delivery::id_for("4100000000000000000001", &endpoint_id);
+
+    let queue = aws::WebhookQueue::new(
+        deployment.clients.sqs.clone(),
+        deployment.webhooks.queue_url.clone().unwrap(),
+    );
+    let store = deployment.webhook_store();
+    let settled = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, _, _, status)| *status == 204)
+    };
+    drain(&handler, &queue, settled).await;
+    // Anything still chained would show within a second more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drain(&handler, &queue, || true).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let statuses: Vec<u16> = seen.iter().map(|s| s.4).collect();
+    assert_eq!(
+        statuses,
+        vec![500, 500, 204],
+        "one accepted delivery after two failures"
+    );
+    for (_, verified, webhook_id, body, _) in &seen {
+        assert!(
+            verified,
+            "the signature verifies with the receiver's own HMAC"
+        );
+        assert_eq!(
+            webhook_id, &delivery_id,
+            "the same webhook-id on every attempt"
+        );
+        assert_eq!(body["type"], "job.canceled");
+        assert_eq!(body["data"]["id"], id.as_str());
+        assert_eq!(body["data"]["status"], "canceled");
+    }
+    // Each retry came from a re-sent, delayed message (backoff 1 s, then 2 s).
+    assert!(
+        seen[1].0 - seen[0].0 >= Duration::from_millis(900),
+        "{:?}",
+        seen[1].0 - seen[0].0
+    );
+    assert!(
+        seen[2].0 - seen[1].0 >= Duration::from_millis(1900),
+        "{:?}",
+        seen[2].0 - seen[1].0
+    );
+
+    let delivery = store.get_delivery(&delivery_id).await.unwrap().unwrap();
+    assert_eq!(
+        (delivery.state, delivery.attempts),
+        (DeliveryState::Delivered, 3)
+    );
+    let attempts = store.list_attempts("acme", &endpoint_id, 10).await.unwrap();
+    assert_eq!(attempts.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_are_not_a_status_change_make_nothing_and_unknown_events_are_refused() {
+    let deployment = with_webhooks().await;
+    let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
+    let queue = aws::WebhookQueue::new(
+        deployment.clients.sqs.clone(),
+        deployment.webhooks.queue_url.clone().unwrap(),
+    );
+    // A job's META whose status did not change (a lease renewal, say).
+    let item = aws::stream::item_from_image(&json!({
+        "pk": {"S": "JOB#01JEXAMPLE0000000000000000"}, "sk": {"S": "META"},
+        "status": {"S": "running"}, "tenant": {"S": "acme"}
+    }))
+    .unwrap();
+    let answer = handler
+        .handle(stream_event("1", &item, &item))
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    assert!(
+        queue
+            .receive(Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A message naming no delivery is dropped (not retried into the DLQ).
+    let sqs = json!({"Records": [{"messageId": "m1", "receiptHandle": "r", "body": "{}",
+        "eventSource": "aws:sqs", "attributes": {}, "messageAttributes": {}}]});
+    let answer = handler.handle(sqs).await.unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    let error = handler
+        .handle(json!({"source": "aws.s3"}))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("aws.s3"), "{error}");
+}
