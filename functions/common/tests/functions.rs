@@ -468,6 +468,7 @@ fn every_variable_the_functions_read_is_set_by_the_template() {
         env::UPLOAD_TTL_MINUTES,
         env::ALLOWED_ORIGINS,
         env::CURSOR_KEY,
+        env::WEBHOOK_QUEUE_URL,
     ];
     for name in resources.iter().copied().chain(tunables) {
         assert!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use common::{api_key, deployment, front, invert};
+use common::{api_key, deployment, deployment_with, front, invert};
 use functions_common::Deployment;
 use functions_common::webhooks::WebhooksHandler;
 use hmac::Mac;
@@ -149,7 +149,11 @@ async fn drain(
 }
 
 async fn with_webhooks() -> Deployment {
-    let (mut deployment, _ecs) = deployment().await;
+    let (deployment, _ecs) = deployment().await;
+    webhooks_on(deployment).await
+}
+
+async fn webhooks_on(mut deployment: Deployment) -> Deployment {
     deployment.webhooks.queue_url = Some(aws::testing::fresh_webhook_queue(5).await);
     // The receiver is on 127.0.0.1: the explicit setting for local testing.
     deployment.webhooks.allow_private = true;
@@ -168,14 +172,19 @@ fn quick_retries() -> DeliveryConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_ends_on_the_table_is_delivered_signed_once_after_delayed_retries() {
-    let deployment = with_webhooks().await;
-    let key = api_key(&deployment, "acme").await;
+/// An endpoint of tenant `acme` at a receiver failing its first `fail_first`
+/// requests, and a job of `acme` canceled: returns the endpoint id, the job id, the
+/// stream event of the cancel (sequence `sequence`), and what the receiver saw.
+async fn canceled_job(
+    deployment: &Deployment,
+    fail_first: usize,
+    sequence: &str,
+) -> (String, String, Value, Seen) {
+    let key = api_key(deployment, "acme").await;
     let submit = front(functions_common::submit_router(&deployment)).await;
     let http = reqwest::Client::new();
     let secret = Arc::new(Mutex::new(String::new()));
-    let (url, seen) = receiver(secret.clone(), 2).await;
+    let (url, seen) = receiver(secret.clone(), fail_first).await;
 
     // Registered on AWS: the route no longer answers 501.
     let answer = http
@@ -212,9 +221,15 @@ async fn a_job_that_ends_on_the_table_is_delivered_signed_once_after_delayed_ret
         .unwrap();
     assert_eq!(canceled.status().as_u16(), 200);
     let new = aws::testing::raw_item(table, &pk, "META").await.unwrap();
+    (endpoint_id, id, stream_event(sequence, &old, &new), seen)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_on_the_table_is_delivered_signed_once_after_delayed_retries() {
+    let deployment = with_webhooks().await;
+    let (endpoint_id, id, event, seen) =
+        canceled_job(&deployment, 2, "4100000000000000000001").await;
     let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
-    let event = stream_event("4100000000000000000001", &old, &new);
     for _ in 0..2 {
         // The second time is Lambda retrying the batch: no second delivery.
         let answer = handler.handle(event.clone()).await.unwrap();
@@ -315,4 +330,46 @@ async fn records_that_are_not_a_status_change_make_nothing_and_unknown_events_ar
         .await
         .unwrap_err();
     assert!(error.to_string().contains("aws.s3"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_re_enqueues_a_delivery_whose_message_was_lost() {
+    let clock = Arc::new(jobs::ports::ManualClock::new(chrono::Utc::now()));
+    let (deployment, _ecs) = deployment_with(5, clock.clone()).await;
+    let deployment = webhooks_on(deployment).await;
+    let (endpoint_id, _, event, seen) = canceled_job(&deployment, 0, "4200000000000000000007").await;
+    let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
+    handler.handle(event).await.unwrap();
+    let queue = aws::WebhookQueue::new(
+        deployment.clients.sqs.clone(),
+        deployment.webhooks.queue_url.clone().unwrap(),
+    );
+    // The message is lost (received and deleted, never handled).
+    let lost = queue
+        .receive(Duration::from_secs(2), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    queue.delete(&lost[0].receipt).await.unwrap();
+
+    // Due, but not long enough to be overdue: its own message might still come.
+    assert_eq!(handler.relay().tick().await.unwrap().0, 0);
+    clock.advance(chrono::Duration::minutes(3));
+    assert_eq!(handler.relay().tick().await.unwrap().0, 1);
+    // Claimed by the tick: a second tick does not enqueue it again.
+    assert_eq!(handler.relay().tick().await.unwrap().0, 0);
+
+    let seen_now = seen.clone();
+    drain(&handler, &queue, move || !seen_now.lock().unwrap().is_empty()).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].1 && seen[0].4 == 204);
+    let delivery_id = Delivery::id_for("4200000000000000000007", &endpoint_id);
+    let delivery = deployment
+        .webhook_store()
+        .get_delivery(&delivery_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.state, DeliveryState::Delivered);
 }
