@@ -26,6 +26,8 @@ pub fn template_env(name: &str) -> Option<String> {
         "SERVERLESS_COMFYUI_ALLOWED_ORIGINS" => "https://comfy.example.com",
         // The template parameter GpuPricePerHour defaults to 0 (no estimate).
         "SERVERLESS_COMFYUI_GPU_PRICE_PER_HOUR" => "0",
+        // Not set by the template (off); only local testing turns it on.
+        "SERVERLESS_COMFYUI_WEBHOOKS_ALLOW_PRIVATE" => "false",
         _ => return None,
     };
     Some(value.to_string())
