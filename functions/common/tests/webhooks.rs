@@ -1,12 +1,12 @@
-//! The `webhooks` function over moto: a job ends on the table, the stream record
-//! DynamoDB Streams would deliver for that write goes through the handler, and a real
-//! receiver on 127.0.0.1 gets signed requests it verifies with its own HMAC.
+//! The `webhooks` function over moto: a job ends on the table, the table's real stream
+//! records (moto's DynamoDB Streams, `NEW_AND_OLD_IMAGES`) go through the handler, and
+//! a real receiver on 127.0.0.1 gets signed requests it verifies with its own HMAC.
 //!
-//! Where moto is not AWS: its DynamoDB Streams are not read here. The stream records
-//! are built from the real `META` item read back before and after the write (the
-//! `NEW_AND_OLD_IMAGES` view, in DynamoDB JSON), which is what a stream record
-//! carries. The SQS event source is played by a loop that receives, hands the batch to
-//! the handler and deletes what it did not report as failed, as Lambda does.
+//! Where this is not Lambda: the handler gets *every* record of the stream (the
+//! event source mapping's filter is not applied), which is stricter: it must ignore
+//! what the filter would have dropped. The SQS event source is played by a loop that
+//! receives, hands the batch to the handler and deletes what it did not report as
+//! failed, as Lambda does.
 
 mod common;
 
@@ -154,6 +154,7 @@ async fn with_webhooks() -> Deployment {
 }
 
 async fn webhooks_on(mut deployment: Deployment) -> Deployment {
+    aws::testing::enable_stream(&deployment.aws.table).await;
     deployment.webhooks.queue_url = Some(aws::testing::fresh_webhook_queue(5).await);
     // The receiver is on 127.0.0.1: the explicit setting for local testing.
     deployment.webhooks.allow_private = true;
@@ -173,13 +174,13 @@ fn quick_retries() -> DeliveryConfig {
 }
 
 /// An endpoint of tenant `acme` at a receiver failing its first `fail_first`
-/// requests, and a job of `acme` canceled: returns the endpoint id, the job id, the
-/// stream event of the cancel (sequence `sequence`), and what the receiver saw.
+/// requests, and a job of `acme` canceled: returns the endpoint id, the job id, every
+/// record of the table's stream as one Lambda event, the sequence number of the
+/// cancel's record, and what the receiver saw.
 async fn canceled_job(
     deployment: &Deployment,
     fail_first: usize,
-    sequence: &str,
-) -> (String, String, Value, Seen) {
+) -> (String, String, Value, String, Seen) {
     let key = api_key(deployment, "acme").await;
     let submit = front(functions_common::submit_router(&deployment)).await;
     let http = reqwest::Client::new();
@@ -210,9 +211,6 @@ async fn canceled_job(
         .await
         .unwrap();
     let id = job["id"].as_str().unwrap().to_string();
-    let table = &deployment.aws.table;
-    let pk = format!("JOB#{id}");
-    let old = aws::testing::raw_item(table, &pk, "META").await.unwrap();
     let canceled = http
         .post(format!("{submit}/api/v2/jobs/{id}/cancel"))
         .bearer_auth(&key)
@@ -220,22 +218,57 @@ async fn canceled_job(
         .await
         .unwrap();
     assert_eq!(canceled.status().as_u16(), 200);
-    let new = aws::testing::raw_item(table, &pk, "META").await.unwrap();
-    (endpoint_id, id, stream_event(sequence, &old, &new), seen)
+    let table = aws::testing::clients()
+        .await
+        .dynamodb
+        .describe_table()
+        .table_name(&deployment.aws.table)
+        .send()
+        .await
+        .unwrap();
+    let arn = table
+        .table()
+        .unwrap()
+        .latest_stream_arn()
+        .unwrap()
+        .to_string();
+    let records = aws::testing::stream_records(&arn, None).await;
+    let pk = json!({"S": format!("JOB#{id}")});
+    let cancel = records
+        .iter()
+        .find(|r| {
+            r["dynamodb"]["Keys"]["pk"] == pk
+                && r["dynamodb"]["NewImage"]["status"]["S"] == "canceled"
+        })
+        .expect("the cancel's record on the stream");
+    let sequence = cancel["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        records.len() > 2,
+        "the stream carries every write, not only the job's moves"
+    );
+    (
+        endpoint_id,
+        id,
+        json!({ "Records": records }),
+        sequence,
+        seen,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_ends_on_the_table_is_delivered_signed_once_after_delayed_retries() {
     let deployment = with_webhooks().await;
-    let (endpoint_id, id, event, seen) =
-        canceled_job(&deployment, 2, "4100000000000000000001").await;
+    let (endpoint_id, id, event, sequence, seen) = canceled_job(&deployment, 2).await;
     let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
     for _ in 0..2 {
         // The second time is Lambda retrying the batch: no second delivery.
         let answer = handler.handle(event.clone()).await.unwrap();
         assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
     }
-    let delivery_id = Delivery::id_for("4100000000000000000001", &endpoint_id);
+    let delivery_id = Delivery::id_for(&sequence, &endpoint_id);
 
     let queue = aws::WebhookQueue::new(
         deployment.clients.sqs.clone(),
@@ -337,7 +370,7 @@ async fn the_tick_re_enqueues_a_delivery_whose_message_was_lost() {
     let clock = Arc::new(jobs::ports::ManualClock::new(chrono::Utc::now()));
     let (deployment, _ecs) = deployment_with(5, clock.clone()).await;
     let deployment = webhooks_on(deployment).await;
-    let (endpoint_id, _, event, seen) = canceled_job(&deployment, 0, "4200000000000000000007").await;
+    let (endpoint_id, _, event, sequence, seen) = canceled_job(&deployment, 0).await;
     let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
     handler.handle(event).await.unwrap();
     let queue = aws::WebhookQueue::new(
@@ -360,11 +393,14 @@ async fn the_tick_re_enqueues_a_delivery_whose_message_was_lost() {
     assert_eq!(handler.relay().tick().await.unwrap().0, 0);
 
     let seen_now = seen.clone();
-    drain(&handler, &queue, move || !seen_now.lock().unwrap().is_empty()).await;
+    drain(&handler, &queue, move || {
+        !seen_now.lock().unwrap().is_empty()
+    })
+    .await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].1 && seen[0].4 == 204);
-    let delivery_id = Delivery::id_for("4200000000000000000007", &endpoint_id);
+    let delivery_id = Delivery::id_for(&sequence, &endpoint_id);
     let delivery = deployment
         .webhook_store()
         .get_delivery(&delivery_id)
