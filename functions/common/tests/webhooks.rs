@@ -182,7 +182,7 @@ async fn canceled_job(
     fail_first: usize,
 ) -> (String, String, Value, String, Seen) {
     let key = api_key(deployment, "acme").await;
-    let submit = front(functions_common::submit_router(&deployment)).await;
+    let submit = front(functions_common::submit_router(deployment)).await;
     let http = reqwest::Client::new();
     let secret = Arc::new(Mutex::new(String::new()));
     let (url, seen) = receiver(secret.clone(), fail_first).await;
