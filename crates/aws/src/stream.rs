@@ -6,6 +6,12 @@
 //! `HashMap<String, AttributeValue>`, so [`item_from_image`] converts the one into the
 //! other; [`image_of_item`] goes the other way, for tests and emulators that build the
 //! records DynamoDB Streams would deliver from items read back from the table.
+//!
+//! [`expired_output_asset`] reads what a TTL deletion of a job's output item leaves to
+//! do: DynamoDB's TTL removes a job's items (`META`, `PROGRESS`, `OUT#…`, each on its
+//! own, in no order) but not the output *asset* records those `OUT#` items name, nor
+//! their bytes; the stream carries each deletion with its old image, so its consumer
+//! releases the asset as `jobs::retention` does in `dev`.
 
 use std::collections::HashMap;
 
@@ -13,6 +19,22 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use serde_json::{Map, Value, json};
+
+/// The principal of the stream records of TTL deletions (`userIdentity`), as AWS
+/// documents it: type `Service`, principal `dynamodb.amazonaws.com`.
+pub const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
+
+/// The job and asset an expired job's output item named, from the old image of its
+/// TTL deletion: `(job id, asset id)`; `None` for any other item.
+pub fn expired_output_asset(old: &Item) -> Option<(String, String)> {
+    let text = |name: &str| old.get(name).and_then(|v| v.as_s().ok());
+    let job = text("pk")?.strip_prefix("JOB#")?;
+    if !text("sk")?.starts_with("OUT#") {
+        return None;
+    }
+    let output: jobs::model::OutputRecord = serde_json::from_str(text("body")?).ok()?;
+    Some((job.to_string(), output.asset_id))
+}
 
 /// An item as the SDK holds it.
 pub type Item = HashMap<String, AttributeValue>;
@@ -130,6 +152,24 @@ mod tests {
         assert_eq!(item["pk"], AttributeValue::S("JOB#01J".into()));
         assert_eq!(item["bin"], AttributeValue::B(Blob::new(vec![0, 1, 2])));
         assert_eq!(image_of_item(&item), image);
+    }
+
+    #[test]
+    fn an_expired_output_item_names_its_job_and_asset_and_nothing_else_does() {
+        let body = json!({"node_id": "9", "name": "o.png", "type": "image",
+            "content_type": "image/png", "size_bytes": 3, "asset_id": "asset_01J",
+            "hash": null, "blob_key": "outputs/j/1/o.png"});
+        let mut item = item_from_image(&json!({
+            "pk": {"S": "JOB#01JJOB"}, "sk": {"S": "OUT#00001#0000"},
+            "body": {"S": body.to_string()}, "ttl": {"N": "1"}
+        }))
+        .unwrap();
+        assert_eq!(
+            expired_output_asset(&item),
+            Some(("01JJOB".into(), "asset_01J".into()))
+        );
+        item.insert("sk".into(), AttributeValue::S("META".into()));
+        assert_eq!(expired_output_asset(&item), None);
     }
 
     #[test]

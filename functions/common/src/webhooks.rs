@@ -5,6 +5,7 @@
 //! | event | what runs |
 //! |---|---|
 //! | DynamoDB stream batch (`aws:dynamodb`) | each record whose job `status` moved into `running` or an end becomes an outbox event ([`aws::webhooks::outbox_event`]), fanned out to one delivery per endpoint that wants it ([`Deliverer::fan_out_ids`], the code `dev` runs), each handed to the delivery queue as one message. A record that fails is reported by its sequence number (`ReportBatchItemFailures`): Lambda retries the batch from there, and since delivery ids derive from the record's sequence number, a retried record writes no second delivery |
+//! | a TTL deletion on the stream (`REMOVE` by `dynamodb.amazonaws.com`) of a job's `OUT#` item | the output asset it names is deleted and its bytes released ([`jobs::assets::release_bytes`], as `jobs::retention` does in `dev`): TTL removes the job's items but not its output asset records nor their bytes |
 //! | delivery queue batch (`aws:sqs`) | each message names a delivery: it is claimed (fenced by a token), signed and sent ([`Deliverer::attempt`], the same sender rules as `dev`), and the attempt recorded. A failed attempt sends the message again delayed until the next try (at most 15 minutes a message; longer waits chain), a success or a give-up ends it. A message that cannot be *processed* (the table or the queue failing) is reported back, and after the queue's `maxReceiveCount` goes to its dead-letter queue |
 //!
 //! **The safety net.** A delivery whose message was lost (a send that failed after the
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jobs::app::App;
 use jobs::ports::{Clock, QueueError, StoreError};
+use jobs::service::Ports;
 use jobs::webhooks::deliver::{Deliverer, DeliveryConfig};
 use jobs::webhooks::http::{HttpSender, HttpSenderConfig};
 use jobs::webhooks::ports::{SendOutcome, WebhookSender, WebhookStore};
@@ -140,6 +142,8 @@ impl WebhookSender for LazySender {
 /// deployment.
 pub struct WebhookRelay {
     deliverer: Deliverer,
+    /// The job ports, for the assets a TTL deletion leaves behind.
+    ports: Ports,
     store: DynamoWebhookStore,
     queue: WebhookQueue,
     clock: Arc<dyn Clock>,
@@ -155,6 +159,7 @@ impl WebhookRelay {
         let sender = Arc::new(LazySender::new(deployment.webhooks.allow_private));
         Some(WebhookRelay {
             deliverer: Deliverer::new(hooks, sender, config.clone()),
+            ports: deployment.ports(),
             store: deployment.webhook_store(),
             queue: WebhookQueue::new(deployment.clients.sqs.clone(), url),
             clock: deployment.clock.clone(),
@@ -177,9 +182,6 @@ impl WebhookRelay {
         &self,
         record: &aws_lambda_events::dynamodb::EventRecord,
     ) -> Result<usize, WebhooksError> {
-        if record.event_name == "REMOVE" {
-            return Ok(0);
-        }
         // The images as DynamoDB JSON, as the stream delivered them.
         let change = serde_json::to_value(&record.change).unwrap_or_default();
         let image = |name: &str| -> Option<stream::Item> {
@@ -193,6 +195,16 @@ impl WebhookRelay {
                 }
             }
         };
+        if record.event_name == "REMOVE" {
+            let by_ttl = record.user_identity.as_ref().is_some_and(|who| {
+                who.type_ == "Service" && who.principal_id == stream::TTL_PRINCIPAL
+            });
+            match image("OldImage") {
+                Some(old) if by_ttl => self.release_expired_output(&old).await?,
+                _ => {}
+            }
+            return Ok(0);
+        }
         let Some(new) = image("NewImage") else {
             return Ok(0);
         };
@@ -217,6 +229,27 @@ impl WebhookRelay {
         }
         tracing::info!(job_id = %event.job_id, status = event.status.as_str(), deliveries = ids.len(), "webhook event");
         Ok(ids.len())
+    }
+
+    /// After TTL deleted an expired job's output item: deletes the output asset it
+    /// names and releases its bytes. Safe to repeat (a retried batch finds it gone).
+    async fn release_expired_output(&self, old: &stream::Item) -> Result<(), WebhooksError> {
+        let Some((job_id, asset_id)) = stream::expired_output_asset(old) else {
+            return Ok(());
+        };
+        let store = &self.ports.store;
+        let Some(asset) = store.get_asset(&asset_id).await? else {
+            return Ok(());
+        };
+        // Only the job's own output: never an asset a user uploaded.
+        if asset.job_id.as_ref().map(|j| j.as_str()) != Some(job_id.as_str()) {
+            return Ok(());
+        }
+        if store.delete_asset(&asset.id).await? {
+            jobs::assets::release_bytes(&self.ports, &asset).await?;
+            tracing::info!(%job_id, %asset_id, "expired output asset released");
+        }
+        Ok(())
     }
 
     /// A stream batch, in order; the first record that fails is reported with its

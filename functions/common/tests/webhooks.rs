@@ -409,3 +409,108 @@ async fn the_tick_re_enqueues_a_delivery_whose_message_was_lost() {
         .unwrap();
     assert_eq!(delivery.state, DeliveryState::Delivered);
 }
+
+/// The record of DynamoDB deleting `old`: by TTL (`userIdentity` the DynamoDB service)
+/// or, without it, by a caller.
+fn removal(sequence: &str, old: &aws::stream::Item, by_ttl: bool) -> Value {
+    let mut event = stream_event(sequence, old, old);
+    let record = &mut event["Records"][0];
+    record["eventName"] = json!("REMOVE");
+    record["dynamodb"]
+        .as_object_mut()
+        .unwrap()
+        .remove("NewImage");
+    if by_ttl {
+        record["userIdentity"] =
+            json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"});
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_deletion_of_an_output_item_releases_its_asset_and_bytes_and_nothing_else_does() {
+    use jobs::model::{Asset, JobId, OutputKind, OutputRecord};
+    let deployment = with_webhooks().await;
+    let handler = WebhooksHandler::with_config(&deployment, quick_retries()).unwrap();
+    let ports = deployment.ports();
+    let job = JobId::generate();
+    let asset = |id: &str, job: Option<&JobId>| Asset {
+        v: 1,
+        id: id.into(),
+        tenant: "acme".into(),
+        hash: format!(
+            "blake3:{}",
+            id.len().to_string().repeat(64).get(..64).unwrap()
+        ),
+        size_bytes: 3,
+        content_type: "image/png".into(),
+        file_path: Some("o.png".into()),
+        tags: vec![],
+        created_at: chrono::Utc::now(),
+        blob_key: format!("outputs/{id}/1/o.png"),
+        job_id: job.cloned(),
+    };
+    // The job's output, and an asset the user uploaded (no job).
+    let output = asset("asset_out", Some(&job));
+    let upload = asset("asset_upload_1", None);
+    for a in [&output, &upload] {
+        ports.store.put_asset(a).await.unwrap();
+        ports
+            .blobs
+            .put(&a.blob_key, bytes::Bytes::from_static(b"png"), "image/png")
+            .await
+            .unwrap();
+    }
+    let out_item = |asset: &Asset| {
+        let record = OutputRecord {
+            node_id: "9".into(),
+            name: "o.png".into(),
+            kind: OutputKind::Image,
+            content_type: "image/png".into(),
+            size_bytes: 3,
+            asset_id: asset.id.clone(),
+            hash: Some(asset.hash.clone()),
+            blob_key: asset.blob_key.clone(),
+        };
+        aws::stream::item_from_image(&json!({
+            "pk": {"S": format!("JOB#{}", job.as_str())}, "sk": {"S": "OUT#00001#0000"},
+            "body": {"S": serde_json::to_string(&record).unwrap()}, "ttl": {"N": "1"}
+        }))
+        .unwrap()
+    };
+    let exists = |a: &Asset| {
+        let ports = ports.clone();
+        let a = a.clone();
+        async move {
+            (
+                ports.store.get_asset(&a.id).await.unwrap().is_some(),
+                ports.blobs.get(&a.blob_key).await.unwrap().is_some(),
+            )
+        }
+    };
+
+    // A caller's delete of the item (not TTL) releases nothing.
+    let answer = handler
+        .handle(removal("10", &out_item(&output), false))
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    assert_eq!(exists(&output).await, (true, true));
+    // An output item naming an asset that is not the job's (an upload) releases nothing.
+    handler
+        .handle(removal("11", &out_item(&upload), true))
+        .await
+        .unwrap();
+    assert_eq!(exists(&upload).await, (true, true));
+    // TTL's deletion of the job's output item: the asset and its bytes go.
+    for sequence in ["12", "12"] {
+        // Twice: a retried batch finds it gone and is fine.
+        let answer = handler
+            .handle(removal(sequence, &out_item(&output), true))
+            .await
+            .unwrap();
+        assert_eq!(answer["batchItemFailures"], json!([]));
+    }
+    assert_eq!(exists(&output).await, (false, false));
+    assert_eq!(exists(&upload).await, (true, true));
+}
