@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the three Lambda functions (submit, status, dispatch) as deployable zips with
+# Builds the four Lambda functions (submit, status, dispatch, webhooks) as deployable zips with
 # cargo-lambda, as `sam build` does, and checks their size.
 #
 # cargo-lambda (pinned in tests/lambda/requirements.txt, with the zig linker it brings)
@@ -21,7 +21,7 @@ case "${LAMBDA_ARCH:-x86_64}" in
   *) echo "LAMBDA_ARCH must be x86_64 or arm64" >&2; exit 2 ;;
 esac
 
-functions=(submit status dispatch)
+functions=(submit status dispatch webhooks)
 bins=()
 for f in "${functions[@]}"; do bins+=(--bin "$f"); done
 cargo lambda build --release --locked "$arch" --output-format zip "${bins[@]}"

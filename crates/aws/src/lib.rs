@@ -12,6 +12,8 @@
 //! | `JobStore` | [`DynamoJobStore`] | DynamoDB (one table, two indexes) | [`dynamodb`] |
 //! | `WebhookStore` | [`DynamoWebhookStore`] | DynamoDB (the same table) | [`webhooks`] |
 //! | the runner's model sync | [`S3Models`] | S3 (the bucket's `models/` prefix) | [`models`] |
+//! | webhook delivery messages (the `webhooks` Lambda) | [`WebhookQueue`] | SQS (one queue with a DLQ) | [`webhook_queue`] |
+//! | the jobs table's stream records (the `webhooks` Lambda) | — | DynamoDB Streams images | [`stream`] |
 //!
 //! **How a process gets them.** [`AwsConfig::from_env`] reads the resource names
 //! (table, bucket, queue URLs, cluster...) and fails naming *every* missing variable at
@@ -38,8 +40,10 @@ pub mod inline;
 pub mod models;
 pub mod s3;
 pub mod sqs;
+pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhook_queue;
 pub mod webhooks;
 
 pub use config::{AwsConfig, Clients, ConfigError, DataConfig, QueueUrls};
@@ -49,4 +53,5 @@ pub use inline::InlineInputs;
 pub use models::{ModelObject, S3Models};
 pub use s3::S3BlobStore;
 pub use sqs::SqsQueue;
+pub use webhook_queue::WebhookQueue;
 pub use webhooks::DynamoWebhookStore;

@@ -245,6 +245,115 @@ pub async fn fresh_queues(max_receive_count: u32) -> QueueUrls {
     }
 }
 
+/// A fresh webhook delivery queue with its dead-letter queue, as the template makes
+/// them; returns the delivery queue's URL.
+pub async fn fresh_webhook_queue(max_receive_count: u32) -> String {
+    let client = clients().await.sqs;
+    let base = unique("q");
+    let dlq = create_queue(&client, &format!("{base}-webhooks-dlq"), None).await;
+    create_queue(
+        &client,
+        &format!("{base}-webhooks"),
+        Some((&dlq, max_receive_count)),
+    )
+    .await
+}
+
+/// Turns on `table`'s stream as the template does (`NEW_AND_OLD_IMAGES`); returns the
+/// stream's ARN.
+pub async fn enable_stream(table: &str) -> String {
+    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    clients()
+        .await
+        .dynamodb
+        .update_table()
+        .table_name(table)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .expect("stream specification"),
+        )
+        .send()
+        .await
+        .expect("enable the stream")
+        .table_description
+        .and_then(|t| t.latest_stream_arn)
+        .expect("a stream ARN")
+}
+
+/// One DynamoDB Streams call to moto over its JSON protocol (the Streams SDK is not a
+/// dependency; moto checks no signatures, the credential scope only routes it).
+async fn streams_call(target: &str, body: serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(&moto().endpoint)
+        .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{target}"))
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("a DynamoDB Streams call")
+        .error_for_status()
+        .expect("a DynamoDB Streams answer")
+        .json()
+        .await
+        .expect("DynamoDB Streams JSON")
+}
+
+/// Every record of the stream `stream_arn` from its start, after `after` (a sequence
+/// number) if given, as Lambda hands them to a function (`eventSourceARN` added).
+/// moto keeps one shard.
+pub async fn stream_records(stream_arn: &str, after: Option<&str>) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let description = streams_call("DescribeStream", json!({ "StreamArn": stream_arn })).await;
+    let mut records = Vec::new();
+    for shard in description["StreamDescription"]["Shards"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let mut iterator = streams_call(
+            "GetShardIterator",
+            json!({"StreamArn": stream_arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"}),
+        )
+        .await["ShardIterator"]
+            .clone();
+        // moto answers every record at once; the bound only stops a runaway.
+        for _ in 0..100 {
+            if iterator.is_null() {
+                break;
+            }
+            let page = streams_call("GetRecords", json!({ "ShardIterator": iterator })).await;
+            let got = page["Records"].as_array().cloned().unwrap_or_default();
+            if got.is_empty() {
+                break;
+            }
+            records.extend(got);
+            iterator = page["NextShardIterator"].clone();
+        }
+    }
+    let sequence = |r: &serde_json::Value| {
+        r["dynamodb"]["SequenceNumber"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    records
+        .into_iter()
+        .filter(|r| after.is_none_or(|a| sequence(r).parse::<u128>().ok() > a.parse::<u128>().ok()))
+        .map(|mut r| {
+            r["eventSourceARN"] = json!(stream_arn);
+            r
+        })
+        .collect()
+}
+
 /// An [`SqsQueue`] over four fresh queues.
 pub async fn fresh_queue(max_receive_count: u32) -> SqsQueue {
     SqsQueue::new(clients().await.sqs, fresh_queues(max_receive_count).await)

@@ -14,11 +14,12 @@
 //! | `list_endpoints` / `get_endpoint` | `Query pk = WHT#…, begins_with(sk, WH#)` / `GetItem` (consistent) |
 //! | `delete_endpoint` | `TransactWriteItems`: `Delete` the endpoint if it exists, `ADD n :-1`; then its deliveries and attempts, from `gsi1 WHE#{id}`, by `BatchWriteItem` |
 //! | `fan_out` | `PutItem` of each delivery if `attribute_not_exists(pk)` (ids are derived from the event, so a repeat writes nothing new) |
+//! | `claim` (not a port method: the Lambda claims the delivery a message names) | `GetItem`, then the same conditional `UpdateItem` as `claim_due` |
 //! | `claim_due` | `Query gsi2 WHDUE, gsi2sk <= now`, then per delivery `UpdateItem SET token, gsi2sk = lease end IF gsi2sk = :as_read` (a stale index entry, or another claimer, fails the condition: skipped) |
 //! | `record_attempt` | `GetItem` the delivery, then `TransactWriteItems`: `Update` it `IF token = :token` (moving it to its next due time, or to `WHDONE`), `Put` the attempt |
 //! | `list_attempts` | `Query gsi1 WHE#{endpoint}, begins_with(gsi1sk, A#)`, newest first |
 //! | `delete_finished_deliveries` | `Query gsi2 WHDONE, gsi2sk < before`, then each delivery's collection deleted |
-//! | `pending_events` | nothing: on AWS the outbox is the table's **stream** (see `docs/functions.md`, "Webhooks on AWS"): a consumer turns each record into an event with [`outbox_event`] and calls `Deliverer::fan_out`; that consumer (a Lambda) is not built yet |
+//! | `pending_events` | nothing: on AWS the outbox is the table's **stream** (see `docs/functions.md`, "Webhooks on AWS"): a consumer turns each record into an event with [`outbox_event`] and calls `Deliverer::fan_out`; the `webhooks` Lambda (functions/common) is that consumer |
 //!
 //! The index reads are eventually consistent; every decision they lead to is a
 //! conditional write on the base table, so a lagging index costs a skipped item, never
@@ -128,12 +129,98 @@ pub fn outbox_event(sequence: &str, old: Option<&Item>, new: &Item) -> Option<Ou
     })
 }
 
+/// What [`DynamoWebhookStore::claim`] found for one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOne {
+    /// Claimed now: only `token` may record its attempt.
+    Claimed(Claimed),
+    /// Pending, not due before `due`, and nobody holds it; `attempts` made so far.
+    NotDue { due: DateTime<Utc>, attempts: u32 },
+    /// Another claim holds it (its lease has not lapsed): its holder sends it.
+    Held,
+    /// Delivered, given up, or gone: nothing to send.
+    Finished,
+}
+
 impl DynamoWebhookStore {
     /// Times come from the callers (the deliverer's clock), so the store needs none.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoWebhookStore {
             client,
             table: table.into(),
+        }
+    }
+
+    /// Claims one delivery by id if it is due at `now` (what the `webhooks` Lambda does
+    /// for each message of its queue): `GetItem`, then the same conditional
+    /// `UpdateItem` as [`WebhookStore::claim_due`], so two claimers of one delivery
+    /// never both hold it.
+    pub async fn claim(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> StoreResult<ClaimOne> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(delivery_pk(id), "WHD")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.unavailable("GetItem delivery", &e))?;
+        let Some(item) = out.item() else {
+            return Ok(ClaimOne::Finished);
+        };
+        let (Some("WHDUE"), Some(sort)) = (text(item, "gsi2pk"), text(item, "gsi2sk")) else {
+            return Ok(ClaimOne::Finished);
+        };
+        let due_ms: i64 = sort.get(..13).and_then(|d| d.parse().ok()).unwrap_or(0);
+        if due_ms > ms(now) {
+            return Ok(if item.contains_key("token") {
+                ClaimOne::Held
+            } else {
+                ClaimOne::NotDue {
+                    due: DateTime::from_timestamp_millis(due_ms).unwrap_or(now),
+                    attempts: body_of::<Delivery>(item)?.attempts,
+                }
+            });
+        }
+        let token = ulid::Ulid::new().to_string();
+        let until = ms(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(delivery_pk(id), "WHD")))
+            .update_expression("SET #token = :token, gsi2sk = :until")
+            .condition_expression("gsi2sk = :read AND gsi2pk = :due")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":token", s(&token))
+            .expression_attribute_values(":until", s(at_key(until, id)))
+            .expression_attribute_values(":read", s(sort))
+            .expression_attribute_values(":due", s("WHDUE"))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => match out.attributes() {
+                Some(item) => Ok(ClaimOne::Claimed(Claimed {
+                    delivery: body_of(item)?,
+                    token,
+                })),
+                None => Ok(ClaimOne::Finished),
+            },
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(ClaimOne::Held)
+            }
+            Err(e) => Err(self.unavailable("UpdateItem claim delivery", &e)),
         }
     }
 

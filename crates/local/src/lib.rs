@@ -25,7 +25,9 @@ pub mod launcher;
 mod queue;
 pub mod serve;
 mod store;
-pub mod webhook_http;
+/// The webhook sender lives in `jobs` (feature `webhook-http`), shared with the
+/// `webhooks` Lambda; re-exported under its old name.
+pub use jobs::webhooks::http as webhook_http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

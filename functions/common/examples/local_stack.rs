@@ -162,6 +162,7 @@ async fn deployment(aws: &AwsConfig, caller: &str) -> anyhow::Result<Deployment>
         tunables: Tunables::from_lookup(tunable).map_err(|e| anyhow::anyhow!("{e}"))?,
         cursor_key: rand_key(),
         clock: Arc::new(SystemClock),
+        webhooks: Default::default(),
     })
 }
 

@@ -4,7 +4,7 @@
 //! | event | shape | what runs |
 //! |---|---|---|
 //! | SQS wake batch | `Records[].eventSource == "aws:sqs"` | one scale decision; on failure every message is reported back (`ReportBatchItemFailures`), so SQS redelivers them |
-//! | the every-minute tick | `source` `aws.events` or `aws.scheduler`, `detail-type` `Scheduled Event` | [`Dispatcher::tick`]: re-enqueue, take over or fail lapsed leases, drain dead letters, expire, sweep, scale |
+//! | the every-minute tick | `source` `aws.events` or `aws.scheduler`, `detail-type` `Scheduled Event` | [`Dispatcher::tick`]: re-enqueue, take over or fail lapsed leases, drain dead letters, expire, sweep, scale; then [`WebhookRelay::tick`]: re-enqueue overdue webhook deliveries, prune finished ones |
 //! | Spot interruption warning, rebalance recommendation | `source` `aws.ec2`, `detail.instance-id` | `StopTask` each runner on that instance (SIGTERM: it hands its job back) |
 //! | Auto Scaling launch failure | `source` `aws.autoscaling`, `EC2 Instance Launch Unsuccessful` | recorded as the fleet's capacity error (health, queued jobs' progress) |
 //!
@@ -22,6 +22,8 @@ use jobs::ports::{LaunchError, StoreError};
 use serde_json::Value;
 
 use crate::Deployment;
+use crate::webhooks::WebhookRelay;
+use jobs::webhooks::deliver::DeliveryConfig;
 
 pub const SPOT_WARNING: &str = "EC2 Spot Instance Interruption Warning";
 pub const REBALANCE: &str = "EC2 Instance Rebalance Recommendation";
@@ -164,15 +166,19 @@ pub struct DispatchHandler {
     launcher: Arc<EcsLauncher>,
     /// EMF metric lines (`aws::emf`), when the stack is named.
     metrics: Option<Emf>,
+    /// The tick's webhook safety net, when the deployment has a delivery queue.
+    webhooks: Option<WebhookRelay>,
 }
 
 impl DispatchHandler {
     pub fn new(deployment: &Deployment) -> Self {
         let launcher = Arc::new(deployment.launcher());
+        let app = deployment.app();
         DispatchHandler {
-            dispatcher: deployment.app().dispatcher(launcher.clone()),
+            dispatcher: app.dispatcher(launcher.clone()),
             launcher,
             metrics: Emf::from_env(),
+            webhooks: WebhookRelay::new(deployment, &app, DeliveryConfig::default()),
         }
     }
 
@@ -192,6 +198,14 @@ impl DispatchHandler {
                 let report = self.dispatcher.tick().await;
                 tracing::info!(?report, "tick");
                 self.publish(&tick_metrics(&report));
+                if let Some(relay) = &self.webhooks {
+                    match relay.tick().await {
+                        Ok((requeued, pruned)) => {
+                            tracing::info!(requeued, pruned, "tick: webhook deliveries")
+                        }
+                        Err(e) => tracing::error!(error = %e, "tick: webhook safety net failed"),
+                    }
+                }
                 Ok(to_json(&report))
             }
             DispatchEvent::Reclaim {

@@ -18,6 +18,10 @@ pub const UPLOAD_TTL_MINUTES: &str = "SERVERLESS_COMFYUI_UPLOAD_TTL_MINUTES";
 pub const ALLOWED_ORIGINS: &str = "SERVERLESS_COMFYUI_ALLOWED_ORIGINS";
 pub const CURSOR_KEY: &str = "SERVERLESS_COMFYUI_CURSOR_KEY";
 pub const GPU_PRICE_PER_HOUR: &str = "SERVERLESS_COMFYUI_GPU_PRICE_PER_HOUR";
+/// The webhook delivery queue (the `webhooks` and `dispatch` functions).
+pub const WEBHOOK_QUEUE_URL: &str = "SERVERLESS_COMFYUI_WEBHOOK_QUEUE_URL";
+/// `true` lets webhooks reach loopback and private addresses: for local testing only.
+pub const WEBHOOKS_ALLOW_PRIVATE: &str = "SERVERLESS_COMFYUI_WEBHOOKS_ALLOW_PRIVATE";
 
 /// The shortest cursor key accepted: 32 bytes, as many as the MAC's output.
 pub const MIN_CURSOR_KEY_BYTES: usize = 32;
@@ -119,6 +123,44 @@ impl<'a> Reader<'a> {
             ));
         }
         value.into_bytes()
+    }
+}
+
+/// Where webhook deliveries go through.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookSettings {
+    /// The delivery queue's URL; required by the functions that send to it (`webhooks`,
+    /// and `dispatch` for its safety net), absent elsewhere.
+    pub queue_url: Option<String>,
+    /// Whether webhook URLs may reach loopback and private addresses (off unless
+    /// [`WEBHOOKS_ALLOW_PRIVATE`] is `true`).
+    pub allow_private: bool,
+}
+
+impl WebhookSettings {
+    pub(crate) fn read(r: &mut Reader<'_>, needs_queue: bool) -> WebhookSettings {
+        let queue_url = if needs_queue {
+            r.raw(WEBHOOK_QUEUE_URL)
+        } else {
+            None
+        };
+        let allow_private = match (r.lookup)(WEBHOOKS_ALLOW_PRIVATE)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                r.problems.push(format!(
+                    "{WEBHOOKS_ALLOW_PRIVATE} is {other:?}: expected true or false"
+                ));
+                false
+            }
+        };
+        WebhookSettings {
+            queue_url,
+            allow_private,
+        }
     }
 }
 
@@ -272,6 +314,28 @@ mod tests {
         env.insert(IDEMPOTENCY_TTL_HOURS, "169");
         let err = read(&env).unwrap_err();
         assert!(err.to_string().contains(IDEMPOTENCY_TTL_HOURS), "{err}");
+    }
+
+    #[test]
+    fn the_webhook_queue_is_required_where_it_is_sent_to_and_private_addresses_are_opt_in() {
+        let env = HashMap::from([(WEBHOOKS_ALLOW_PRIVATE, "yes")]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let mut reader = Reader::new(&lookup);
+        let settings = WebhookSettings::read(&mut reader, true);
+        assert!(!settings.allow_private);
+        let text = reader.problems.join("; ");
+        assert!(
+            text.contains(&format!("{WEBHOOK_QUEUE_URL} is missing")),
+            "{text}"
+        );
+        assert!(text.contains(WEBHOOKS_ALLOW_PRIVATE), "{text}");
+
+        let env = HashMap::from([(WEBHOOKS_ALLOW_PRIVATE, "true")]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let mut reader = Reader::new(&lookup);
+        let settings = WebhookSettings::read(&mut reader, false);
+        assert!(reader.problems.is_empty() && settings.allow_private);
+        assert_eq!(settings.queue_url, None);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! # functions-common — what the three Lambda functions share
 //!
-//! The deployed product runs as three functions behind one API (ARCHITECTURE §3):
+//! The deployed product runs as four functions behind one API (ARCHITECTURE §3):
 //!
 //! | function | trigger | serves |
 //! |---|---|---|
 //! | `submit` | API Gateway HTTP API, `POST`/`DELETE /api/*` | [`submit_router`]: the write routes |
 //! | `status` | API Gateway HTTP API, `GET`/`HEAD /api/*` | [`status_router`]: the read routes |
 //! | `dispatch` | SQS wake queue, EventBridge tick, Spot notices | [`dispatch::DispatchHandler`] |
+//! | `webhooks` | the jobs table's DynamoDB stream, the webhook delivery queue | [`webhooks::WebhooksHandler`] |
 //!
 //! Each binary's `main.rs` only wires: [`init_tracing`], [`Deployment::from_env`], then
 //! hands the router to `lambda_http::run` or the handler to `lambda_runtime::run`.
@@ -23,12 +24,16 @@
 
 pub mod dispatch;
 pub mod env;
+pub mod webhooks;
 
 use std::sync::Arc;
 
-use aws::{AwsConfig, Clients, DynamoJobStore, EcsLauncher, InlineInputs, S3BlobStore, SqsQueue};
+use aws::{
+    AwsConfig, Clients, DynamoJobStore, DynamoWebhookStore, EcsLauncher, InlineInputs, S3BlobStore,
+    SqsQueue,
+};
 use jobs::api::{self, ServerInfo};
-use jobs::app::{App, AppConfig};
+use jobs::app::{App, AppConfig, WebhookParts};
 use jobs::assets::AssetsConfig;
 use jobs::auth::KeyAuthenticator;
 use jobs::cross_site::CrossSitePolicy;
@@ -36,9 +41,10 @@ use jobs::dispatch::DispatchConfig;
 use jobs::events::EventsConfig;
 use jobs::ports::{Clock, SystemClock};
 use jobs::service::{JobsConfig, Ports};
+use jobs::webhooks::service::WebhooksConfig;
 use serde_json::json;
 
-pub use env::{EnvError, Tunables};
+pub use env::{EnvError, Tunables, WebhookSettings};
 
 /// Which function is starting: decides which variables it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,16 @@ pub enum Function {
     Submit,
     Status,
     Dispatch,
+    Webhooks,
+}
+
+/// Everything a function reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub aws: AwsConfig,
+    pub tunables: Tunables,
+    pub cursor_key: Vec<u8>,
+    pub webhooks: WebhookSettings,
 }
 
 /// The largest `POST /api/v2/assets` body on Lambda. A synchronous invocation carries
@@ -63,19 +79,20 @@ pub struct Deployment {
     /// random one elsewhere (no other function hands out cursors).
     pub cursor_key: Vec<u8>,
     pub clock: Arc<dyn Clock>,
+    pub webhooks: WebhookSettings,
 }
 
 impl Deployment {
     /// Reads the environment and builds the SDK clients. No network call.
     pub async fn from_env(function: Function) -> Result<Deployment, EnvError> {
-        let (aws, tunables, cursor_key) =
-            Self::settings(function, |name| std::env::var(name).ok())?;
+        let settings = Self::settings(function, |name| std::env::var(name).ok())?;
         Ok(Deployment {
-            aws,
+            aws: settings.aws,
             clients: Clients::load().await,
-            tunables,
-            cursor_key,
+            tunables: settings.tunables,
+            cursor_key: settings.cursor_key,
             clock: Arc::new(SystemClock),
+            webhooks: settings.webhooks,
         })
     }
 
@@ -83,13 +100,19 @@ impl Deployment {
     pub fn settings(
         function: Function,
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(AwsConfig, Tunables, Vec<u8>), EnvError> {
+    ) -> Result<Settings, EnvError> {
         let mut reader = env::Reader::new(&lookup);
         let tunables = Tunables::read(&mut reader);
         let cursor_key = match function {
             Function::Status => reader.secret(env::CURSOR_KEY, env::MIN_CURSOR_KEY_BYTES),
-            Function::Submit | Function::Dispatch => rand::random::<[u8; 32]>().to_vec(),
+            Function::Submit | Function::Dispatch | Function::Webhooks => {
+                rand::random::<[u8; 32]>().to_vec()
+            }
         };
+        let webhooks = WebhookSettings::read(
+            &mut reader,
+            matches!(function, Function::Dispatch | Function::Webhooks),
+        );
         let aws = AwsConfig::from_lookup(&lookup);
         let mut problems: Vec<String> = match &aws {
             Ok(_) => Vec::new(),
@@ -99,7 +122,12 @@ impl Deployment {
         };
         problems.extend(reader.problems);
         match aws {
-            Ok(aws) if problems.is_empty() => Ok((aws, tunables, cursor_key)),
+            Ok(aws) if problems.is_empty() => Ok(Settings {
+                aws,
+                tunables,
+                cursor_key,
+                webhooks,
+            }),
             _ => Err(EnvError { problems }),
         }
     }
@@ -134,7 +162,13 @@ impl Deployment {
         EcsLauncher::new(self.clients.ecs.clone(), self.aws.ecs.clone())
     }
 
-    /// The application, as every function builds it.
+    /// The webhook store, on the jobs table.
+    pub fn webhook_store(&self) -> DynamoWebhookStore {
+        DynamoWebhookStore::new(self.clients.dynamodb.clone(), self.aws.table.clone())
+    }
+
+    /// The application, as every function builds it: with webhooks, whose routes
+    /// register endpoints that the `webhooks` function delivers to.
     pub fn app(&self) -> App {
         let t = &self.tunables;
         let ports = self.ports();
@@ -181,7 +215,18 @@ impl Deployment {
             // S3 serves the bytes: a Lambda answer is capped at 6 MB.
             content_delivery: api::ContentDelivery::Redirect,
         };
-        App::build(ports, auth, self.cursor_key.clone(), config)
+        let webhooks = WebhookParts {
+            store: Arc::new(self.webhook_store()),
+            // Checks names at registration too; its HTTP client is built on first use.
+            sender: Some(Arc::new(webhooks::LazySender::new(
+                self.webhooks.allow_private,
+            ))),
+            config: WebhooksConfig {
+                allow_private: self.webhooks.allow_private,
+                ..WebhooksConfig::default()
+            },
+        };
+        App::build_with_webhooks(ports, auth, self.cursor_key.clone(), config, Some(webhooks))
     }
 }
 

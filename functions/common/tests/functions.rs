@@ -10,40 +10,14 @@
 
 mod common;
 
-use common::{INSTANCE, RUNNER_TASK, deployment, scheduled_event, template_env};
+use common::{
+    INSTANCE, RUNNER_TASK, api_key, deployment, front, invert, scheduled_event, template_env,
+};
 use functions_common::dispatch::{DispatchError, DispatchHandler};
 use functions_common::{Deployment, Function, status_router, submit_router};
 use jobs::model::JobId;
 use jobs::ports::QueueName;
 use serde_json::{Value, json};
-
-/// Serves `router` on a loopback port; returns its base URL.
-async fn front(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{address}")
-}
-
-/// An API key of `tenant`, stored as `keys create` stores it.
-async fn api_key(deployment: &Deployment, tenant: &str) -> String {
-    let minted = jobs::auth::mint_key(tenant, chrono::Utc::now()).unwrap();
-    deployment
-        .ports()
-        .store
-        .put_api_key(&minted.record)
-        .await
-        .unwrap();
-    minted.secret
-}
-
-fn invert() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/workflows/invert.json"
-    );
-    json!({ "workflow": serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap() })
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -494,6 +468,7 @@ fn every_variable_the_functions_read_is_set_by_the_template() {
         env::UPLOAD_TTL_MINUTES,
         env::ALLOWED_ORIGINS,
         env::CURSOR_KEY,
+        env::WEBHOOK_QUEUE_URL,
     ];
     for name in resources.iter().copied().chain(tunables) {
         assert!(

@@ -101,9 +101,10 @@
 //!   finished jobs are in no index (`expired_jobs` answers empty, and
 //!   `delete_expired_idempotency` 0: TTL deletes both). TTL removes a job's items and
 //!   the S3 lifecycle its workflow and outputs, but not the asset records of its
-//!   outputs (`ASSET#`) nor their `BLOB#` dedup records. The fix: give output asset
-//!   items the job's `ttl`, and have a stream consumer (DynamoDB Streams carries TTL
-//!   deletions) release their blobs as `jobs::retention` does. `count_jobs_by_status`
+//!   outputs (`ASSET#`) nor their `BLOB#` dedup records: the `webhooks` function,
+//!   on the table's stream, releases them on each TTL deletion of an `OUT#` item
+//!   (`stream::expired_output_asset`, then `jobs::assets::release_bytes`, as
+//!   `jobs::retention` does). `count_jobs_by_status`
 //!   counts only the active statuses (from the sparse index). `delete_job` and
 //!   `job_assets` are complete (the collection, then `META` if still finished).
 //! - The progress and worker items carry no `ttl` yet (progress does not know its

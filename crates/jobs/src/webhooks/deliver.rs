@@ -1,7 +1,8 @@
 //! The deliverer: fans the outbox out into deliveries, and sends what is due.
 //!
-//! It runs beside the API (`dev` runs [`Deliverer::run`] as a task; on AWS a consumer
-//! of the table's stream and queue would call the same steps), never inside a job's
+//! It runs beside the API (`dev` runs [`Deliverer::run`] as a task; on AWS the
+//! `webhooks` Lambda calls the same steps, [`Deliverer::fan_out_ids`] for each record of
+//! the table's stream and [`Deliverer::attempt`] for each message of its queue), never inside a job's
 //! path: a receiver that is slow or down costs this loop time, bounded by the sender's
 //! timeout and [`DeliveryConfig::concurrency`], and never a job or a runner.
 
@@ -62,6 +63,22 @@ pub struct Round {
     pub delivered: usize,
 }
 
+/// How one [`Deliverer::attempt`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempted {
+    /// The receiver answered 2xx.
+    pub accepted: bool,
+    /// The attempt was recorded under the claim (false: the claim had lapsed, or the
+    /// store failed; the delivery is then someone else's, or due again after the lease).
+    pub recorded: bool,
+    /// The delivery's state after it, as recorded.
+    pub state: DeliveryState,
+    /// The delivery's attempts after it.
+    pub attempts: u32,
+    /// When the next attempt is due, for a recorded `Pending`.
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub struct Deliverer {
     hooks: Arc<WebhookService>,
     sender: Arc<dyn WebhookSender>,
@@ -95,9 +112,16 @@ impl Deliverer {
     /// outbox, removes the event). Returns how many deliveries it made. What a consumer
     /// of the table's stream calls for each record (`aws::webhooks::outbox_event`).
     pub async fn fan_out(&self, event: &OutboxEvent) -> Result<usize, DomainError> {
+        Ok(self.fan_out_ids(event).await?.len())
+    }
+
+    /// [`Self::fan_out`], answering the ids of the deliveries written (or found
+    /// written by an earlier fan-out of the same event): what a consumer that hands
+    /// each delivery to a queue needs.
+    pub async fn fan_out_ids(&self, event: &OutboxEvent) -> Result<Vec<String>, DomainError> {
         let deliveries = self.deliveries_of(event).await?;
         self.hooks.store.fan_out(event, &deliveries).await?;
-        Ok(deliveries.len())
+        Ok(deliveries.into_iter().map(|d| d.id).collect())
     }
 
     /// The deliveries an event makes: one per endpoint that wants it, each carrying the
@@ -163,7 +187,7 @@ impl Deliverer {
         let delivered = futures::stream::iter(claimed)
             .map(|claim| self.attempt(claim))
             .buffer_unordered(self.config.concurrency.max(1))
-            .filter(|ok| futures::future::ready(*ok))
+            .filter(|done| futures::future::ready(done.accepted))
             .count()
             .await;
         Ok(Round {
@@ -173,8 +197,9 @@ impl Deliverer {
         })
     }
 
-    /// Sends one claimed delivery and records the attempt; true if it was accepted.
-    async fn attempt(&self, claim: Claimed) -> bool {
+    /// Sends one claimed delivery and records the attempt. Public for a consumer that
+    /// claims deliveries one at a time (the `webhooks` Lambda, from its queue).
+    pub async fn attempt(&self, claim: Claimed) -> Attempted {
         let Claimed { delivery, token } = claim;
         let store = &self.hooks.store;
         let endpoint = match store
@@ -202,12 +227,24 @@ impl Deliverer {
                     },
                     state: DeliveryState::GaveUp,
                 };
-                let _ = store.record_attempt(&token, &record).await;
-                return false;
+                let recorded = store.record_attempt(&token, &record).await.is_ok();
+                return Attempted {
+                    accepted: false,
+                    recorded,
+                    attempts: delivery.attempts + 1,
+                    state: DeliveryState::GaveUp,
+                    next_attempt_at: None,
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook endpoint unreadable; the lease will lapse and it is tried again");
-                return false;
+                return Attempted {
+                    accepted: false,
+                    recorded: false,
+                    attempts: delivery.attempts,
+                    state: DeliveryState::Pending,
+                    next_attempt_at: None,
+                };
             }
         };
         let clock = self.hooks.jobs.ports().clock.clone();
@@ -269,16 +306,23 @@ impl Deliverer {
             event = delivery.event.as_str(), attempt = attempts, status = ?outcome.status,
             latency_ms, state = state.as_str(), "webhook attempt"
         );
-        match store.record_attempt(&token, &record).await {
-            Ok(()) => accepted,
+        let recorded = match store.record_attempt(&token, &record).await {
+            Ok(()) => true,
             Err(StoreError::Conflict) => {
                 tracing::warn!(delivery_id = %delivery.id, "webhook claim lapsed before its attempt was recorded");
-                accepted
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook attempt not recorded; it will be tried again");
-                accepted
+                false
             }
+        };
+        Attempted {
+            accepted,
+            recorded,
+            attempts,
+            state,
+            next_attempt_at,
         }
     }
 

@@ -70,6 +70,7 @@
 //! | [`ports`] | [`ports::WebhookStore`] and [`ports::WebhookSender`] |
 //! | [`service`] | registration, listing, deletion and attempts (what the routes call) |
 //! | [`deliver`] | the deliverer: outbox fan-out, claiming, sending, recording |
+//! | `http` (feature `webhook-http`) | the reqwest sender: inner addresses refused at connect time |
 
 use std::collections::BTreeMap;
 
@@ -81,6 +82,8 @@ use crate::model::{JobId, JobStatus};
 pub mod address;
 pub mod backoff;
 pub mod deliver;
+#[cfg(feature = "webhook-http")]
+pub mod http;
 pub mod ports;
 pub mod service;
 pub mod signing;

@@ -106,7 +106,7 @@ pub struct SendOutcome {
     pub error: Option<String>,
 }
 
-/// Sends one signed request. The adapter (`local::webhook_http`) owns the address
+/// Sends one signed request. The adapter ([`super::http`], feature `webhook-http`) owns the address
 /// rules at connect time, the timeout, the redirect policy and the bounded read.
 #[async_trait]
 pub trait WebhookSender: Send + Sync + 'static {

@@ -26,6 +26,8 @@ pub fn template_env(name: &str) -> Option<String> {
         "SERVERLESS_COMFYUI_ALLOWED_ORIGINS" => "https://comfy.example.com",
         // The template parameter GpuPricePerHour defaults to 0 (no estimate).
         "SERVERLESS_COMFYUI_GPU_PRICE_PER_HOUR" => "0",
+        // Not set by the template (off); only local testing turns it on.
+        "SERVERLESS_COMFYUI_WEBHOOKS_ALLOW_PRIVATE" => "false",
         _ => return None,
     };
     Some(value.to_string())
@@ -51,6 +53,7 @@ pub async fn deployment_with(
         tunables: Tunables::from_lookup(template_env).unwrap(),
         cursor_key: vec![7; 32],
         clock,
+        webhooks: Default::default(),
     };
     (deployment, ecs)
 }
@@ -68,4 +71,32 @@ pub fn scheduled_event() -> Value {
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/stack-DispatchFunctionTick-1ABC"],
         "detail": {}
     })
+}
+
+/// Serves `router` on a loopback port; returns its base URL.
+pub async fn front(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// An API key of `tenant`, stored as `keys create` stores it.
+pub async fn api_key(deployment: &Deployment, tenant: &str) -> String {
+    let minted = jobs::auth::mint_key(tenant, chrono::Utc::now()).unwrap();
+    deployment
+        .ports()
+        .store
+        .put_api_key(&minted.record)
+        .await
+        .unwrap();
+    minted.secret
+}
+
+pub fn invert() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workflows/invert.json"
+    );
+    json!({ "workflow": serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap() })
 }

@@ -1,4 +1,6 @@
-//! Sending webhooks over HTTP: the [`WebhookSender`] `dev` uses, with reqwest.
+//! Sending webhooks over HTTP: the [`WebhookSender`] `dev` and the `webhooks` Lambda
+//! use, with reqwest (behind this crate's `webhook-http` feature, so that what needs
+//! no sender links no HTTP client; `local::webhook_http` re-exports it).
 //!
 //! What keeps a tenant's URL from turning our server against its own network:
 //!
@@ -13,16 +15,17 @@
 //! - every request has a connect and a total timeout, and at most 4 KiB of an answer
 //!   is read (then the connection is dropped).
 //!
-//! `allow_private` (`dev --webhooks-allow-private`) turns the address rule off.
+//! `allow_private` (`dev --webhooks-allow-private`, or the Lambda's
+//! `SERVERLESS_COMFYUI_WEBHOOKS_ALLOW_PRIVATE`, for local testing) turns the address rule off.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::address;
+use super::ports::{SendOutcome, WebhookSender};
 use async_trait::async_trait;
 use bytes::Bytes;
-use jobs::webhooks::address;
-use jobs::webhooks::ports::{SendOutcome, WebhookSender};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// The most of an answer read before the connection is dropped.
