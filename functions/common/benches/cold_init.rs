@@ -1,4 +1,4 @@
-//! Cold init of the three Lambda functions: process start → the first request to
+//! Cold init of the four Lambda functions: process start → the first request to
 //! the Lambda Runtime API (`GET /2018-06-01/runtime/invocation/next`), which is the
 //! moment a function says it is ready for its first event. Target: ≤ 30 ms.
 //!
@@ -29,7 +29,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::sync::mpsc;
 
-const FUNCTIONS: [&str; 3] = ["submit", "status", "dispatch"];
+const FUNCTIONS: [&str; 4] = ["submit", "status", "dispatch", "webhooks"];
 
 fn target_dir() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -59,6 +59,7 @@ fn environment(function: &str, runtime_api: &str) -> Vec<(String, String)> {
         ("SERVERLESS_COMFYUI_WAKE_QUEUE_URL", queue("wake")),
         ("SERVERLESS_COMFYUI_WORK_DLQ_URL", queue("work-dlq")),
         ("SERVERLESS_COMFYUI_WAKE_DLQ_URL", queue("wake-dlq")),
+        ("SERVERLESS_COMFYUI_WEBHOOK_QUEUE_URL", queue("webhooks")),
         ("SERVERLESS_COMFYUI_ECS_CLUSTER", "bench-cluster".into()),
         ("SERVERLESS_COMFYUI_TASK_DEFINITION", "bench-runner".into()),
         ("SERVERLESS_COMFYUI_CAPACITY_PROVIDER", "bench-gpu".into()),
