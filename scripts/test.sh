@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust suites, the dispatch
-# simulation's short check, the release build of the Lambda functions
+# simulation's short check, `sam build` of the Lambda functions
 # (scripts/lambda-build.sh), the Python suite that drives `serverless-comfyui dev`
 # and the AWS half on moto (tests/sdk/test_aws.py) with the official comfy-sdk, a
 # Schemathesis run of dev's OpenAPI document, the offline deployment lints
@@ -33,8 +33,9 @@ step "dispatch simulation (short): our scaling policy against a queue-depth alar
 # baseline on p95 queue wait at no more GPU-hours (docs/costs.md has the full run).
 cargo run -p local --example dispatch_sim --locked -- --short --check
 
-step "Lambda functions: cargo lambda build --release (x86_64), zips under 8 MB"
-# cargo-lambda (pinned) goes into .venv-lambda; its release build shares ./target.
+step "Lambda functions: sam build (rust-cargolambda, x86_64), zips under 8 MB"
+# aws-sam-cli and cargo-lambda (pinned) go into .venv-sam and .venv-lambda; the
+# release build shares ./target.
 scripts/lambda-build.sh
 
 step "Python suite: comfy-sdk against dev, and against the AWS half on moto"
