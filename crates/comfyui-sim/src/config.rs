@@ -30,6 +30,10 @@ pub struct SimConfig {
     /// Serve the `[newer]` jobs API (`GET /api/jobs/{id}`, `POST /api/jobs/{id}/cancel`).
     /// Off by default, like 0.3.64.
     pub jobs_api: bool,
+    /// With [`SimConfig::jobs_api`]: whether `POST /api/jobs/{id}/cancel` exists. ComfyUI
+    /// 0.8.0 serves `GET /api/jobs/{id}` but answers that cancel with 405, so a client must
+    /// not take one for the other. On by default.
+    pub jobs_api_cancel: bool,
     /// Reject a `prompt_id` that is not a canonical lowercase UUID with 400
     /// `invalid_prompt_id`, like newer servers. Off by default, like 0.3.64.
     pub strict_prompt_id: bool,
@@ -62,6 +66,7 @@ impl Default for SimConfig {
             ],
             previews: false,
             jobs_api: false,
+            jobs_api_cancel: true,
             strict_prompt_id: false,
             cors_origin: None,
             max_upload_size_mb: 100,

@@ -46,6 +46,9 @@ struct Args {
     /// Serve the newer jobs API (/api/jobs/{id}, /api/jobs/{id}/cancel).
     #[arg(long)]
     jobs_api: bool,
+    /// With --jobs-api: answer its cancel route with 405, as ComfyUI 0.8.0 does.
+    #[arg(long)]
+    jobs_api_without_cancel: bool,
     /// Reject non-canonical prompt_ids like newer servers.
     #[arg(long)]
     strict_prompt_id: bool,
@@ -117,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         },
         previews: args.previews,
         jobs_api: args.jobs_api,
+        jobs_api_cancel: !args.jobs_api_without_cancel,
         strict_prompt_id: args.strict_prompt_id,
         cors_origin: args.enable_cors_header,
         max_upload_size_mb: args.max_upload_size,

@@ -89,9 +89,18 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/__sim/drop_ws", post(post_drop_ws))
         .route("/__sim/info", get(sim_info));
     if sh.cfg.jobs_api {
-        app = app
-            .route("/api/jobs/{id}", get(get_job))
-            .route("/api/jobs/{id}/cancel", post(cancel_job));
+        app = app.route("/api/jobs/{id}", get(get_job));
+        app = if sh.cfg.jobs_api_cancel {
+            app.route("/api/jobs/{id}/cancel", post(cancel_job))
+        } else {
+            // ComfyUI 0.8.0: the jobs routes are there, their cancel is not (aiohttp's 405).
+            app.route(
+                "/api/jobs/{id}/cancel",
+                axum::routing::any(|| async {
+                    (StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed")
+                }),
+            )
+        };
     }
     let limit = (sh.cfg.max_upload_size_mb as usize).saturating_mul(1024 * 1024);
     app.fallback(|| async {

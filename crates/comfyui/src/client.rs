@@ -179,6 +179,9 @@ pub struct Client {
     base: Url,
     client_id: String,
     jobs_api: std::sync::Arc<OnceCell<bool>>,
+    /// Set once `POST /api/jobs/{id}/cancel` proved absent though the jobs API is there
+    /// (ComfyUI 0.8.0 answers it 405): cancels then use the queue and `/interrupt`.
+    jobs_cancel_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn status_err(method: &'static str, path: &str, status: u16, body: &[u8]) -> Error {
@@ -216,6 +219,7 @@ impl Client {
             base,
             client_id: uuid::Uuid::new_v4().to_string(),
             jobs_api: Default::default(),
+            jobs_cancel_missing: Default::default(),
         })
     }
 
@@ -517,15 +521,31 @@ impl Client {
         Ok(*v)
     }
 
-    /// `POST /api/jobs/{id}/cancel` → `cancelled`. Only on servers with the jobs API.
-    pub async fn cancel_job(&self, prompt_id: &str) -> Result<bool> {
+    /// `POST /api/jobs/{id}/cancel` → `Some(cancelled)`. `None` where the server has no
+    /// such route (405, or the router's plain 404), which some servers with the jobs API
+    /// lack (ComfyUI 0.8.0): remembered, so later cancels go straight to the queue and
+    /// `/interrupt`.
+    pub async fn cancel_job(&self, prompt_id: &str) -> Result<Option<bool>> {
+        use std::sync::atomic::Ordering;
+        if self.jobs_cancel_missing.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let path = format!("api/jobs/{prompt_id}/cancel");
         let (status, body) = self.send(&path, self.http.post(self.url(&path))).await?;
+        let json_error = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .is_some_and(|v| v.get("error").is_some());
+        if status == 405 || (status == 404 && !json_error) {
+            self.jobs_cancel_missing.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
         if status != 200 {
             return Err(status_err("POST", &path, status, &body));
         }
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-        Ok(v.get("cancelled").and_then(Value::as_bool).unwrap_or(false))
+        Ok(Some(
+            v.get("cancelled").and_then(Value::as_bool).unwrap_or(false),
+        ))
     }
 
     /// Where a prompt stands: `/queue` first, then `/history` (moving an item from running
@@ -631,7 +651,8 @@ impl Client {
     }
 
     /// Cancel a prompt, whatever its state (ARCHITECTURE §4): the jobs-cancel API where
-    /// the server has it; otherwise delete it while pending or interrupt it (by id) while
+    /// the server has it (the jobs API alone is not enough: see [`Client::cancel_job`]);
+    /// otherwise delete it while pending or interrupt it (by id) while
     /// running; then verify with `/queue` and `/history` for up to `verify_timeout`.
     pub async fn cancel_prompt(
         &self,
@@ -639,11 +660,20 @@ impl Client {
         verify_timeout: Duration,
     ) -> Result<CancelReport> {
         let mut method = CancelMethod::None;
-        if self.has_jobs_api().await? {
-            if self.cancel_job(prompt_id).await? {
-                method = CancelMethod::JobsApi;
+        let via_jobs_api = if self.has_jobs_api().await? {
+            match self.cancel_job(prompt_id).await? {
+                Some(true) => {
+                    method = CancelMethod::JobsApi;
+                    true
+                }
+                Some(false) => true,
+                // The jobs API without its cancel route: as a server without it.
+                None => false,
             }
         } else {
+            false
+        };
+        if !via_jobs_api {
             // Bounded: a delete can lose the race against the worker picking it up.
             for _ in 0..3 {
                 match self.prompt_state(prompt_id).await? {
@@ -728,9 +758,12 @@ impl Client {
             out.deleted = pending.iter().map(|s| s.to_string()).collect();
         }
         for i in q.running.iter().filter(mine) {
-            if self.has_jobs_api().await? {
-                self.cancel_job(&i.prompt_id).await?;
+            let cancelled = if self.has_jobs_api().await? {
+                self.cancel_job(&i.prompt_id).await?.is_some()
             } else {
+                false
+            };
+            if !cancelled {
                 self.interrupt(Some(&i.prompt_id)).await?;
             }
             out.interrupted.push(i.prompt_id.clone());

@@ -363,6 +363,63 @@ async fn jobs_api_is_detected_and_used() {
     sim.shutdown().await;
 }
 
+/// ComfyUI 0.8.0 has `GET /api/jobs/{id}` but answers `POST /api/jobs/{id}/cancel` with
+/// 405: a cancel must fall back to deleting a pending prompt and interrupting a running
+/// one, not fail (found against a real 0.8.0, where cancels never landed).
+#[tokio::test]
+async fn jobs_api_without_its_cancel_route_falls_back_to_the_queue_and_interrupt() {
+    let (sim, client) = sim_with(SimConfig {
+        jobs_api: true,
+        jobs_api_cancel: false,
+        step_ms: 30,
+        ..SimConfig::default()
+    })
+    .await;
+    assert!(client.has_jobs_api().await.unwrap());
+    let busy = new_prompt_id();
+    client
+        .queue_prompt(&PromptRequest::new(busy.clone(), txt2img(500)).client_id("x"))
+        .await
+        .unwrap();
+    let waiting = new_prompt_id();
+    client
+        .queue_prompt(&PromptRequest::new(waiting.clone(), invert()).client_id("x"))
+        .await
+        .unwrap();
+    let r = client
+        .cancel_prompt(&waiting, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.method, r.outcome),
+        (
+            CancelMethod::QueueDelete,
+            CancelOutcome::RemovedWhilePending
+        )
+    );
+    wait_running(&client, &busy).await;
+    let r = client
+        .cancel_prompt(&busy, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.method, CancelMethod::Interrupt);
+    assert!(
+        matches!(r.outcome, CancelOutcome::Interrupted(_)),
+        "{:?}",
+        r.outcome
+    );
+    // A predecessor's leftovers are cleared the same way.
+    let left = new_prompt_id();
+    client
+        .queue_prompt(&PromptRequest::new(left.clone(), txt2img(500)).client_id("old-runner-1"))
+        .await
+        .unwrap();
+    wait_running(&client, &left).await;
+    let cleared = client.clear_leftovers("old-runner").await.unwrap();
+    assert_eq!(cleared.interrupted, vec![left.clone()]);
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn websocket_drop_mid_run_completion_found_through_history() {
     let (sim, client) = sim_with(SimConfig {
@@ -587,4 +644,13 @@ async fn http_500_fault_is_an_error() {
     sim.set_faults(Faults::default());
     assert!(client.queue().await.is_ok());
     sim.shutdown().await;
+}
+
+/// Waits (bounded) until `prompt_id` is the running prompt.
+async fn wait_running(client: &Client, prompt_id: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !client.queue().await.unwrap().is_running(prompt_id) {
+        assert!(std::time::Instant::now() < end, "{prompt_id} never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
