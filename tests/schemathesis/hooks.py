@@ -10,7 +10,10 @@ kind, and a request that is valid by the schema may still break one of them:
 - a `cursor` is one the server issued for the same query;
 - lengths are bounded in bytes of UTF-8, where JSON Schema counts characters;
 - integers are written without a fraction (`2`, not `2.0`), where JSON Schema counts
-  `2.0` as an integer too.
+  `2.0` as an integer too;
+- a webhook URL is an absolute http(s) URL with a host, no credentials, at a public
+  address (not loopback, private, link-local or metadata), at most 2048 bytes: a URL's
+  grammar and address classes are beyond a JSON Schema pattern.
 
 And one thing the other way round: in `multipart/form-data` every part is text, so a
 value of the wrong type (`tags: null`) reaches the server as text that may well be
@@ -150,6 +153,41 @@ def _body(case):
     return case.body if isinstance(case.body, dict) else {}
 
 
+WEBHOOK_URL_BYTES = 2048
+
+
+def _not_a_public_http_url(raw):
+    """Whether `raw` breaks the webhook URL rule, judged independently of the server:
+    Python's URL parser and `ipaddress`, not the server's WHATWG parser."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str) or _over(raw, WEBHOOK_URL_BYTES):
+        return True
+    if any(ord(c) < 0x21 or c in "<>\\^`{|}\"" or ord(c) == 0x7F for c in raw.strip()):
+        return True  # not a URL as written (the server's parser refuses or rewrites it)
+    try:
+        parts = urlsplit(raw.strip())
+        host = parts.hostname
+        parts.port  # raises on a bad port
+    except ValueError:
+        return True
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return True
+    if parts.username is not None or parts.password is not None:
+        return True
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        pass
+    # A name: refused if it is not a valid host name (the server's parser refuses it).
+    labels = host.split(".")
+    return not all(labels) or any(not re.fullmatch(r"[a-z0-9_-]{1,63}", label) for label in labels)
+
+
 def _breaks_unspellable_rule(case, response):
     """Whether the refusal names a rule the schema cannot spell, broken by this request."""
     error = _error(response)
@@ -175,6 +213,9 @@ def _breaks_unspellable_rule(case, response):
             return "cursor" in query and (query["cursor"], _filters(case)) not in ISSUED_CURSORS
         if code == "invalid_metadata_filter":
             return any(_over(k, LABEL_KEY_BYTES) for k in (query.get("metadata") or {}))
+    if operation == "POST /api/v2/x-serverless-comfyui/webhooks" and response.status_code == 422:
+        if code == "invalid_webhook_url":
+            return _not_a_public_http_url(body.get("url"))
     if response.status_code == 422 and code == "invalid_request" and "floating point" in error.get("message", ""):
         return any(_whole_float(value) for value in body.values())
     if response.status_code == 422 and code == "invalid_file_path":

@@ -38,11 +38,19 @@ impl Default for WebhooksConfig {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpointRequest {
-    /// Where to POST events: an absolute `http(s)` URL at a public address.
+    /// Where to POST events: an absolute `http(s)` URL at a public address, at most
+    /// 2048 bytes, without credentials (422 `invalid_webhook_url`: also for a host that is
+    /// loopback, private, link-local or a metadata address, or a name resolving to one).
+    #[schema(
+        min_length = 8,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub url: String,
     /// Event types to receive; absent: the four terminal ones (`job.running` only
     /// when asked for).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub events: Option<Vec<String>>,
     /// Only jobs whose metadata has every one of these labels.
     #[serde(default)]
