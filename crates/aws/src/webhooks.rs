@@ -31,7 +31,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update,
     WriteRequest,
@@ -43,7 +42,7 @@ use jobs::webhooks::{Attempt, Claimed, Delivery, DeliveryState, Endpoint, Outbox
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dynamodb::{GSI1, GSI2};
+use crate::dynamodb::{GSI1, GSI2, condition_failed};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -212,14 +211,7 @@ impl DynamoWebhookStore {
                 })),
                 None => Ok(ClaimOne::Finished),
             },
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(ClaimOne::Held)
-            }
+            Err(e) if condition_failed(&e) => Ok(ClaimOne::Held),
             Err(e) => Err(self.unavailable("UpdateItem claim delivery", &e)),
         }
     }
@@ -486,16 +478,11 @@ impl WebhookStore for DynamoWebhookStore {
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
-            if let Err(e) = put {
-                let exists = matches!(
-                    e.as_service_error(),
-                    Some(
-                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_)
-                    )
-                );
-                if !exists {
-                    return Err(self.unavailable("PutItem delivery", &e));
-                }
+            // An existing delivery is this one, fanned out before: nothing to add.
+            if let Err(e) = put
+                && !condition_failed(&e)
+            {
+                return Err(self.unavailable("PutItem delivery", &e));
             }
         }
         Ok(())
@@ -551,11 +538,7 @@ impl WebhookStore for DynamoWebhookStore {
                         });
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(UpdateItemError::ConditionalCheckFailedException(_))
-                    ) => {}
+                Err(e) if condition_failed(&e) => {}
                 Err(e) => return Err(self.unavailable("UpdateItem claim delivery", &e)),
             }
         }

@@ -174,3 +174,13 @@ pub(super) fn job_attributes(
         ("gsi2sk", active.then(|| s(job.id.as_str()))),
     ])
 }
+
+/// Whether a single-item write failed only because its `ConditionExpression` was
+/// false: the domain's "someone else moved first", never an outage. One test for
+/// every operation's error type (they all carry the service's error code).
+pub(crate) fn condition_failed<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    err.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
+}

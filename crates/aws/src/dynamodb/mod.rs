@@ -132,7 +132,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -158,6 +157,7 @@ mod items;
 mod requests;
 mod table;
 
+pub(crate) use items::condition_failed;
 use items::*;
 pub use table::create_table;
 
@@ -362,11 +362,7 @@ impl JobStore for DynamoJobStore {
             match result {
                 Ok(_) => return Ok(true),
                 // Another holder took it since the read: read again.
-                Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(PutItemError::ConditionalCheckFailedException(_))
-                    ) => {}
+                Err(e) if condition_failed(&e) => {}
                 Err(e) => return Err(self.unavailable("PutItem stream slot", &e)),
             }
         }
@@ -390,10 +386,7 @@ impl JobStore for DynamoJobStore {
                 .send()
                 .await;
             if let Err(e) = result
-                && !matches!(
-                    e.as_service_error(),
-                    Some(aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_))
-                )
+                && !condition_failed(&e)
             {
                 return Err(self.unavailable("DeleteItem stream slot", &e));
             }
@@ -469,14 +462,7 @@ impl JobStore for DynamoJobStore {
         match result {
             Ok(_) => Ok(()),
             // An unknown job is left alone.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if condition_failed(&e) => Ok(()),
             Err(e) => Err(self.unavailable("UpdateItem enqueued", &e)),
         }
     }
@@ -655,14 +641,7 @@ impl JobStore for DynamoJobStore {
             Ok(_) => Ok(()),
             // The job has ended, or a later attempt's progress is there: this one is
             // stale, dropped.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if condition_failed(&e) => Ok(()),
             Err(e) => Err(self.unavailable("UpdateItem progress", &e)),
         }
     }
@@ -701,14 +680,7 @@ impl JobStore for DynamoJobStore {
         };
         match request.send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Err(StoreError::Conflict)
-            }
+            Err(e) if condition_failed(&e) => Err(StoreError::Conflict),
             Err(e) => Err(self.unavailable("PutItem fleet", &e)),
         }
     }
