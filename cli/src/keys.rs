@@ -142,6 +142,13 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                 store.put_api_key(&key).await?;
             }
             println!("revoked {id} (tenant {})", key.tenant);
+            if data_dir.table.is_some() {
+                eprintln!(
+                    "the deployed API refuses it within {} s (a warm function that accepted it \
+                     just before remembers it that long)",
+                    jobs::auth::ACCEPTED_KEY_WINDOW.as_secs()
+                );
+            }
             let active = store
                 .list_api_keys()
                 .await?

@@ -93,12 +93,13 @@ const WORKER_ID: &str = "SERVERLESS_COMFYUI_WORKER_ID";
 /// growing to 5 s; an event stream is answered buffered). The moto end to end measured
 /// it (docs/costs.md).
 pub const PROGRESS_INTERVAL_SECONDS: f64 = 2.0;
-/// On AWS an idle runner's receive long-polls 5 s (locally 1 s): each is a billed SQS
-/// request, and a message that arrives is answered at once either way. The price is
-/// that an idle runner notices SIGTERM or its idle deadline up to 5 s late (far inside
-/// the task's stop timeout). Only when idle: beside a job the receive stays short (see
-/// the main loop). The measurement is in docs/costs.md.
-pub const IDLE_POLL_WAIT: Duration = Duration::from_secs(5);
+/// On AWS the runner's receive long-polls 20 s, SQS's longest (locally 1 s): each is a
+/// billed SQS request, and a message that arrives is answered at once either way. The
+/// receive runs in its own task (see `runner`), so the loop notices a job's end or
+/// SIGTERM at once; the price is that a shutdown waits up to 20 s for the poll in flight,
+/// to make what it brings visible again (beside the running job's drain, inside the
+/// task's 120 s stop timeout). The measurement is in docs/costs.md.
+pub const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 
 /// Tests only: a seed for the fault-injecting work queue (the local binary's hidden
 /// `--chaos-queue-seed`). The template never sets it.
@@ -404,7 +405,7 @@ pub async fn prepare(
     metadata_uri: Option<&str>,
 ) -> Result<(RunnerConfig, EngineSpec, jobs::service::Ports), RunnerError> {
     let (mut config, engine) = env.settings.to_config()?;
-    config.poll_wait = IDLE_POLL_WAIT;
+    config.poll_wait = RECEIVE_WAIT;
     if let Some(emf) = aws::emf::Emf::from_env() {
         config.observer = Some(Arc::new(MetricsObserver(emf)));
     }

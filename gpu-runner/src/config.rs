@@ -46,7 +46,7 @@ pub struct RunnerConfig {
     pub max_reserved_wait: Duration,
     /// At most one progress write per this interval (v2 clients poll; 2/s is plenty).
     pub progress_interval: Duration,
-    /// Long-poll wait of an idle receive.
+    /// Long-poll wait of each receive (it runs beside the main loop: see `runner`).
     pub poll_wait: Duration,
     /// An API-format workflow run once after each ComfyUI start, before taking jobs.
     pub warmup_workflow: Option<Map<String, Value>>,

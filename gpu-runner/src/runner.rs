@@ -10,6 +10,17 @@
 //!   **reserve** the next job, stage it and submit it, so ComfyUI goes straight from one
 //!   prompt to the next. It is claimed at its `execution_start`.
 //!
+//! Every receive is a long poll of [`RunnerConfig::poll_wait`] that runs in **its own
+//! task**, at most one at a time, while the loop goes on reaping jobs and keeping the
+//! registry item true. Why: a long poll cannot be dropped once sent (a message it
+//! received would stay hidden for a visibility timeout), so a receive awaited by the loop
+//! itself either delays noticing a job's end (the registry says `busy` meanwhile, and a
+//! dispatcher deciding then launches a second runner) or must be a short poll, which SQS
+//! bills even when empty (about 20 a job when paced at 500 ms). In its own task, a poll
+//! that finds nothing costs one request per `poll_wait`, and one that finds the next job
+//! answers the moment it is sent. What it brings is taken if the loop can still use it,
+//! and made visible again at once otherwise (shutdown, ComfyUI down, full).
+//!
 //! A finished job's outputs are fetched and stored while the next one runs (at most
 //! [`MAX_FINISHING`] jobs finish in the background at once).
 //!
@@ -31,10 +42,10 @@ use std::time::{Duration, Instant};
 
 use jobs::lifecycle::{Fence, Refusal};
 use jobs::model::{JobId, JobStatus, SCHEMA_VERSION, WorkMessage};
-use jobs::ports::{QueueName, Received, WorkerPhase, WorkerRecord};
+use jobs::ports::{QueueName, QueueResult, Received, WorkerPhase, WorkerRecord};
 use jobs::service::{MoveError, Ports, apply_move};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
@@ -120,6 +131,7 @@ impl Runner {
             registry: Registry::new(&sh).await,
             sh,
             tasks: JoinSet::new(),
+            receiving: None,
             active: HashMap::new(),
             drain: CancellationToken::new(),
             hand_back: CancellationToken::new(),
@@ -133,7 +145,10 @@ impl Runner {
         };
         main.registry.put(&main.sh, WorkerPhase::Starting).await;
         let result = main.run(&shutdown).await;
-        main.drain_out().await;
+        // The poll in flight ends (its wait at most) while the jobs drain.
+        let receiving = main.receiving.take();
+        let sh = main.sh.clone();
+        tokio::join!(main.drain_out(), release_in_flight(&sh, receiving));
         stop_engine.cancel();
         let _ = supervisor.task.await;
         if let Err(e) = main
@@ -199,7 +214,10 @@ impl Registry {
 
     async fn put(&mut self, sh: &Shared, phase: WorkerPhase) {
         let due = match self.last {
-            Some((at, last)) => last != phase || at.elapsed() >= sh.config.heartbeat(),
+            // Refreshed once a lease (30 s on AWS), not with the lease's own heartbeat
+            // (a third of it): the dispatcher judges a worker stale after 2 minutes, and
+            // each refresh is a billed write.
+            Some((at, last)) => last != phase || at.elapsed() >= sh.config.lease,
             None => true,
         };
         if !due {
@@ -224,14 +242,13 @@ struct MainLoop {
     sh: Arc<Shared>,
     registry: Registry,
     tasks: JoinSet<(JobId, JobEnd)>,
+    /// The receive in flight, if any (see the module docs).
+    receiving: Option<JoinHandle<QueueResult<Vec<Received>>>>,
     active: HashMap<JobId, Active>,
     drain: CancellationToken,
     hand_back: CancellationToken,
     report: RunReport,
 }
-
-/// At most one receive this often while a job is active (see the main loop).
-const SHORT_RECEIVE_EVERY: Duration = Duration::from_millis(500);
 
 enum Want {
     Nothing,
@@ -244,7 +261,6 @@ impl MainLoop {
         let mut engine_rx = self.sh.engine.clone();
         let mut last_work = Instant::now();
         let mut was_up = false;
-        let mut last_short_receive: Option<Instant> = None;
         loop {
             while let Some(done) = self.tasks.try_join_next() {
                 self.reap(done);
@@ -276,6 +292,7 @@ impl MainLoop {
                         return Ok(ExitReason::Idle);
                     }
                     tokio::select! {
+                        got = in_flight(&mut self.receiving) => self.release_all(got).await,
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(self.sh.config.heartbeat()) => {}
                     }
@@ -297,6 +314,8 @@ impl MainLoop {
                     tokio::select! {
                         _ = engine_rx.changed() => {}
                         Some(done) = self.tasks.join_next() => self.reap(done),
+                        // ComfyUI is not up: what a poll sent before brings goes back.
+                        got = in_flight(&mut self.receiving) => self.release_all(got).await,
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
@@ -311,6 +330,7 @@ impl MainLoop {
             self.registry.put(&self.sh, phase).await;
             if let Some(idle) = self.sh.config.idle_timeout
                 && self.active.is_empty()
+                && self.receiving.is_none()
                 && last_work.elapsed() >= idle
             {
                 if !self.kept_warm().await {
@@ -321,78 +341,59 @@ impl MainLoop {
                 tracing::debug!("idle, but kept warm by the fleet's decision");
                 last_work = Instant::now();
             }
-            match self.want() {
-                Want::Nothing => {
-                    tokio::select! {
-                        Some(done) = self.tasks.join_next() => self.reap(done),
-                        _ = self.sh.wake.notified() => {}
-                        _ = shutdown.cancelled() => {}
-                        _ = engine_rx.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
+            let want = self.want();
+            if self.receiving.is_none() && !matches!(want, Want::Nothing) {
+                let mut wait = self.sh.config.poll_wait;
+                if let Some(idle) = self.sh.config.idle_timeout
+                    && self.active.is_empty()
+                {
+                    // Ends by the idle deadline, so the runner can leave on time.
+                    wait = wait.min(
+                        idle.saturating_sub(last_work.elapsed())
+                            .max(Duration::from_millis(10)),
+                    );
                 }
-                want => {
-                    let short = !(matches!(want, Want::Claim) && self.active.is_empty());
-                    // Beside an active job (reserving the next, or while one finishes)
-                    // a receive waits 100 ms, which SQS (whole seconds) turns into a
-                    // short poll that answers at once: unpaced, this loop sent
-                    // ReceiveMessage back to back, ~40 billed requests a job on moto.
-                    if short {
-                        let left = last_short_receive.map_or(Duration::ZERO, |at| {
-                            SHORT_RECEIVE_EVERY.saturating_sub(at.elapsed())
-                        });
-                        if !left.is_zero() {
-                            tokio::select! {
-                                Some(done) = self.tasks.join_next() => self.reap(done),
-                                _ = self.sh.wake.notified() => {}
-                                _ = shutdown.cancelled() => {}
-                                _ = engine_rx.changed() => {}
-                                _ = tokio::time::sleep(left) => {}
-                            }
-                            continue;
-                        }
-                        last_short_receive = Some(Instant::now());
-                    }
-                    let wait = match want {
-                        Want::Claim if self.active.is_empty() => {
-                            let mut w = self.sh.config.poll_wait;
-                            if let Some(idle) = self.sh.config.idle_timeout {
-                                w = w.min(
-                                    idle.saturating_sub(last_work.elapsed())
-                                        .max(Duration::from_millis(10)),
-                                );
-                            }
-                            w
-                        }
-                        // Short, so that a job that ends is reaped (and the registry
-                        // says idle) at once: a long poll here delayed that by up to
-                        // its wait, and a dispatcher deciding meanwhile launched a
-                        // second runner for the next job (seen on moto, 1 s polls).
-                        _ => Duration::from_millis(100),
-                    };
-                    // Not raced against anything: dropping a receive mid-flight would
-                    // hide a message for a whole visibility timeout.
-                    let received = self
-                        .sh
-                        .ports
+                let sh = self.sh.clone();
+                self.receiving = Some(tokio::spawn(async move {
+                    sh.ports
                         .queue
-                        .receive(QueueName::Work, 1, wait, self.sh.config.lease)
-                        .await;
-                    match received {
-                        Ok(messages) => {
-                            for m in messages {
-                                last_work = Instant::now();
-                                self.handle(m).await;
+                        .receive(QueueName::Work, 1, wait, sh.config.lease)
+                        .await
+                }));
+            }
+            tokio::select! {
+                Some(done) = self.tasks.join_next() => self.reap(done),
+                got = in_flight(&mut self.receiving) => match got {
+                    Ok(messages) => {
+                        for m in messages {
+                            if shutdown.is_cancelled() || matches!(self.want(), Want::Nothing) {
+                                self.release(&m).await;
+                                continue;
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "receive failed");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            last_work = Instant::now();
+                            self.handle(m).await;
                         }
                     }
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receive failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = self.sh.wake.notified() => {}
+                _ = shutdown.cancelled() => {}
+                _ = engine_rx.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
+    }
+
+    async fn release_all(&self, got: QueueResult<Vec<Received>>) {
+        release_received(&self.sh, &got.unwrap_or_default()).await;
+    }
+
+    /// A message this runner received but cannot use now: visible to others at once.
+    async fn release(&self, m: &Received) {
+        release_received(&self.sh, std::slice::from_ref(m)).await;
     }
 
     fn occupying(&self) -> Vec<Phase> {
@@ -611,6 +612,47 @@ impl MainLoop {
             }
         }
     }
+}
+
+/// Waits for the receive in flight, if any, and makes what it brought visible again:
+/// the loop has ended and will take nothing more.
+async fn release_in_flight(
+    sh: &Shared,
+    mut receiving: Option<JoinHandle<QueueResult<Vec<Received>>>>,
+) {
+    if receiving.is_some() {
+        let got = in_flight(&mut receiving).await;
+        release_received(sh, &got.unwrap_or_default()).await;
+    }
+}
+
+/// Makes received messages visible to others at once (a visibility of zero).
+async fn release_received(sh: &Shared, messages: &[Received]) {
+    for m in messages {
+        tracing::debug!(message_id = %m.message_id, "received but not taken; released");
+        let _ = sh
+            .ports
+            .queue
+            .change_visibility(QueueName::Work, &m.receipt, Duration::ZERO)
+            .await;
+    }
+}
+
+/// The outcome of the receive in flight, when it ends; never, if there is none. Takes
+/// the handle, so the next receive can start.
+async fn in_flight(
+    receiving: &mut Option<JoinHandle<QueueResult<Vec<Received>>>>,
+) -> QueueResult<Vec<Received>> {
+    let Some(handle) = receiving.as_mut() else {
+        return std::future::pending().await;
+    };
+    let got = handle.await;
+    *receiving = None;
+    got.unwrap_or_else(|e| {
+        Err(jobs::ports::QueueError::Unavailable(format!(
+            "receive task: {e}"
+        )))
+    })
 }
 
 /// The structured line the chaos test counts: a delivery of a job this runner already

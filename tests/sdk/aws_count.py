@@ -21,6 +21,10 @@ DynamoDB units are estimated as DynamoDB bills them (on-demand):
 - reads: 1 unit per started 4 KB strongly consistent, half eventually consistent
   (`GetItem` per item; `Query` on the total evaluated before any filter; transactions
   twice).
+Set `AWS_COUNT_TRACE=<file>` to append one JSON line per DynamoDB write (caller,
+operation, each item's key, size and units, its index units apart: where the units
+go) and one per request (caller, operation, when, how long: where a Lambda's
+duration goes).
 The proxy reads the items before and after a write, and re-runs a filtered query
 without its filter, straight from moto (not counted): moto has no
 `ReturnConsumedCapacity`.
@@ -29,11 +33,14 @@ without its filter, straight from moto (not counted): moto has no
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import math
 import re
 import threading
+import time
+import os
 import urllib.parse
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,8 +174,15 @@ def projection(item: dict | None, table: dict, index: dict) -> dict | None:
 
 def write_units(dyn: Dynamo, table: str, before: dict | None, after: dict | None, factor: int) -> tuple[float, int]:
     """Units of one item's write, its indexes included; and the item's size."""
+    units, index_units, size = write_units_split(dyn, table, before, after, factor)
+    return units + index_units, size
+
+
+def write_units_split(dyn: Dynamo, table: str, before: dict | None, after: dict | None, factor: int) -> tuple[float, float, int]:
+    """(the item's units, its indexes' units, the item's size) of one item's write."""
     size = max(item_size(before), item_size(after))
-    units = factor * kb_units(size) if size else factor  # a write of nothing still costs 1
+    item_units = factor * kb_units(size) if size else factor  # a write of nothing still costs 1
+    units = 0
     t = dyn.table(table)
     for index in t["indexes"]:
         old, new = projection(before, t, index), projection(after, t, index)
@@ -177,7 +191,7 @@ def write_units(dyn: Dynamo, table: str, before: dict | None, after: dict | None
         key_changed = old is not None and new is not None and any(old[k] != new[k] for k in index["keys"])
         units += kb_units(item_size(old)) if key_changed else 0
         units += kb_units(item_size(new if new is not None else old))
-    return units, size
+    return item_units, units, size
 
 
 def read_units(size: int, consistent: bool, factor: float = 1.0) -> float:
@@ -194,6 +208,7 @@ class Proxy(ThreadingHTTPServer):
         self.upstream = upstream
         self.counts = Counts()
         self.dynamo = Dynamo(upstream)
+        self.write_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -206,6 +221,11 @@ class Proxy(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The status line and headers, then the body, go out as separate writes: with
+    # Nagle's algorithm on, the body waited for the caller's delayed ACK (~40 ms) on
+    # a keep-alive connection, a stall AWS does not have that made every Lambda's
+    # measured duration longer (a submit by ~45 ms a call).
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -272,28 +292,42 @@ class Handler(BaseHTTPRequestHandler):
         return f"{self.command} {what}{extra}{suffix}"
 
     def _handle(self):
+        started = time.monotonic()
         body = self._body()
         caller, service, presigned = self._who()
+        self._caller = caller
         target = self.headers.get("X-Amz-Target", "")
         op = target.split(".")[-1] if target else (self._s3_operation(presigned) if service == "s3" else self.command)
         before = None
         request = None
-        if service == "dynamodb" and op in WRITES:
-            request = json.loads(body or b"{}")
-            before = [(t, k, self.server.dynamo.get(t, k)) for t, k, _ in write_targets(self.server.dynamo, op, request)]
-        try:
-            status, headers, data = self._forward(body)
-        except OSError:
-            # moto is gone (the end of a run): say so without a traceback.
-            status, headers, data = 502, [], b""
-        wcu = rcu = 0.0
-        size = 0
-        if service == "dynamodb":
+        write = service == "dynamodb" and op in WRITES
+        # Writes pass one at a time, so the items read before and after each are its
+        # own (another caller's write landing in between would be billed to it too).
+        with self.server.write_lock if write else contextlib.nullcontext():
+            if write:
+                request = json.loads(body or b"{}")
+                before = [(t, k, self.server.dynamo.get(t, k)) for t, k, _ in write_targets(self.server.dynamo, op, request)]
             try:
-                wcu, rcu, size = self._units(op, request if request is not None else json.loads(body or b"{}"), before, data)
-            except Exception as e:  # an estimate must not break the run
-                print(f"aws_count: could not estimate {op}: {e!r}")
+                status, headers, data = self._forward(body)
+            except OSError:
+                # moto is gone (the end of a run): say so without a traceback.
+                status, headers, data = 502, [], b""
+            wcu = rcu = 0.0
+            size = 0
+            if service == "dynamodb":
+                try:
+                    wcu, rcu, size = self._units(op, request if request is not None else json.loads(body or b"{}"), before, data)
+                except Exception as e:  # an estimate must not break the run
+                    print(f"aws_count: could not estimate {op}: {e!r}")
         self.server.counts.add((caller, service, op), wcu=wcu, rcu=rcu, item_bytes=size)
+        if TRACE:
+            entry = {"caller": caller, "op": op, "service": service, "at": started, "ms": round((time.monotonic() - started) * 1000, 1)}
+            if service == "dynamodb" and op == "GetItem":
+                key = json.loads(body or b"{}").get("Key", {})
+                entry["key"] = {k: next(iter(v.values())) for k, v in key.items()}
+            line = json.dumps(entry)
+            with TRACE_LOCK, open(TRACE, "a") as f:
+                f.write(line + "\n")
         self.send_response_only(status)
         for k, v in headers:
             if k.lower() not in HOP and k.lower() != "content-length":
@@ -312,11 +346,17 @@ class Handler(BaseHTTPRequestHandler):
         if op in WRITES:
             factor = 2 if op == "TransactWriteItems" else 1
             wcu = size = 0
+            trace = []
             for (table, key, old) in before:
                 new = dyn.get(table, key)
-                units, s = write_units(dyn, table, old, new, factor)
-                wcu += units
+                units, index_units, s = write_units_split(dyn, table, old, new, factor)
+                wcu += units + index_units
                 size += s
+                trace.append({"key": {k: next(iter(v.values())) for k, v in key.items()}, "bytes": s, "units": units, "index_units": index_units})
+            if TRACE:
+                line = json.dumps({"caller": self._caller, "op": op, "items": trace})
+                with TRACE_LOCK, open(TRACE, "a") as f:
+                    f.write(line + "\n")
             return wcu, 0.0, size
         if op == "GetItem":
             s = item_size(response.get("Item"))
@@ -370,6 +410,8 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
 
+TRACE = os.environ.get("AWS_COUNT_TRACE")
+TRACE_LOCK = threading.Lock()
 WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
 
 

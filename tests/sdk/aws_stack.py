@@ -60,8 +60,12 @@ def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60)
 class Stack:
     """moto, the counting proxy, the simulator and the local stack, started in order."""
 
-    def __init__(self, logs: Path, step_ms: int = 50, tick_seconds: int = 5, runner_idle_seconds: int = 30):
+    def __init__(self, logs: Path, step_ms: int = 50, tick_seconds: int = 5, runner_idle_seconds: int = 30,
+                 functions_profile: str = "debug"):
         self.logs = logs
+        # The functions' build: their durations are billed, so the cost benchmark runs
+        # them as deployed (release); the tests take the debug build they already have.
+        self.functions_profile = functions_profile
         self.procs: list[subprocess.Popen] = []
         self.files = []
         try:
@@ -102,7 +106,9 @@ class Stack:
         self.comfyui_url = f"http://127.0.0.1:{sim_port}"
         _wait_http(f"{self.comfyui_url}/system_stats", proc, "comfyui-sim")
 
-        stack = _need(DEBUG / "examples" / "local_stack", "cargo build -p functions-common --example local_stack")
+        release = self.functions_profile == "release"
+        stack = _need(ROOT / "target" / self.functions_profile / "examples" / "local_stack",
+                      "cargo build" + (" --release" if release else "") + " -p functions-common --example local_stack")
         runner = _need(DEBUG / "gpu-runner-aws",
                        "cargo build -p gpu-runner --no-default-features --features aws --bin gpu-runner-aws")
         env = dict(os.environ)

@@ -119,6 +119,49 @@ pub struct KeyAuthenticator {
     /// Whether any key record (active or revoked) exists, cached briefly: checked on
     /// every request. Once true it stays true for the life of the process.
     keys_exist: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, bool)>>,
+    /// Keys accepted recently ([`KeyAuthenticator::remembering_accepted_keys`]).
+    accepted: Option<AcceptedKeys>,
+}
+
+/// Keys this process accepted in the last `ttl`, by hash, with their tenant. Only
+/// acceptances are kept: a new key works at once, and a wrong or revoked one is read
+/// (and refused) every time. Bounded: at [`MAX_ACCEPTED_KEYS`] the expired entries go,
+/// and if that frees nothing, all of them.
+struct AcceptedKeys {
+    ttl: chrono::Duration,
+    entries: std::sync::Mutex<
+        std::collections::HashMap<String, (chrono::DateTime<chrono::Utc>, String)>,
+    >,
+}
+
+/// At most this many accepted keys are remembered per process.
+pub const MAX_ACCEPTED_KEYS: usize = 1024;
+
+/// How long the deployed functions remember an accepted key: the longest a revoked key
+/// keeps working there (in a warm `submit` or `status` instance that accepted it just
+/// before). comfy-sdk polls a job every 0.5 to 5 s with the same key, so a warm
+/// instance reads it about twice a minute instead of on every poll.
+pub const ACCEPTED_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AcceptedKeys {
+    fn tenant(&self, hash: &str, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(at, _)| now - *at < self.ttl)
+            .map(|(_, tenant)| tenant.clone())
+    }
+
+    fn remember(&self, hash: String, tenant: String, now: chrono::DateTime<chrono::Utc>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_ACCEPTED_KEYS && !entries.contains_key(&hash) {
+            entries.retain(|_, (at, _)| now - *at < self.ttl);
+            if entries.len() >= MAX_ACCEPTED_KEYS {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (now, tenant));
+    }
 }
 
 impl KeyAuthenticator {
@@ -132,7 +175,21 @@ impl KeyAuthenticator {
             clock,
             allow_default_without_keys,
             keys_exist: std::sync::Mutex::new(None),
+            accepted: None,
         }
+    }
+
+    /// Remembers each accepted key for `ttl`, so a client polling with it is not looked
+    /// up on every request. The price: a revoked key keeps working for up to `ttl` in a
+    /// process that accepted it just before. Deployed on AWS (where each lookup is a
+    /// billed DynamoDB read and a round trip in every `status` poll) with 30 s; `dev`
+    /// reads its SQLite file every time.
+    pub fn remembering_accepted_keys(mut self, ttl: std::time::Duration) -> Self {
+        self.accepted = Some(AcceptedKeys {
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        self
     }
 
     async fn any_key_record(&self) -> Result<bool, DomainError> {
@@ -193,6 +250,14 @@ impl Authenticator for KeyAuthenticator {
         }
         let token = bearer(credentials)?;
         let presented = key_hash(token);
+        let now = self.clock.now();
+        if let Some(tenant) = self
+            .accepted
+            .as_ref()
+            .and_then(|a| a.tenant(&presented, now))
+        {
+            return Ok(Tenant(tenant));
+        }
         let record = self.store.find_api_key(&presented).await?;
         // Compare in constant time even though the lookup was by hash: the comparison
         // must not leak how much of a guessed hash matched.
@@ -203,7 +268,12 @@ impl Authenticator for KeyAuthenticator {
             ))
         });
         match record {
-            Some(record) if matches && record.revoked_at.is_none() => Ok(Tenant(record.tenant)),
+            Some(record) if matches && record.revoked_at.is_none() => {
+                if let Some(accepted) = &self.accepted {
+                    accepted.remember(presented, record.tenant.clone(), now);
+                }
+                Ok(Tenant(record.tenant))
+            }
             Some(_) if matches => Err(DomainError::unauthorized("this API key was revoked")),
             _ => Err(DomainError::unauthorized("invalid API key")),
         }

@@ -204,6 +204,10 @@ async fn update_fleet(
     Err(StoreError::Conflict)
 }
 
+/// How long a decision that changed nothing goes unrecorded: its time is rewritten
+/// at most this often.
+const UNCHANGED_DECISION_REWRITE: Duration = Duration::minutes(5);
+
 /// The fleet as health shows it, read from the store alone: the `status` function has
 /// no launcher (it may not start or stop tasks), only the store's `FLEET` item and the
 /// worker registry the dispatcher and the runners keep.
@@ -338,7 +342,14 @@ impl Dispatcher {
     /// One scaling decision, counting `awaiting_takeover` lapsed leases as demand.
     async fn scale_with(&self, awaiting_takeover: u64) -> Result<ScaleReport, StoreError> {
         let now = self.clock().now();
-        let workers = self.live_workers(now).await?;
+        // Past max_workers × jobs_per_worker more queued jobs change nothing.
+        let cap =
+            u64::from(self.config.max_workers) * u64::from(self.config.jobs_per_worker.max(1));
+        // Two independent reads, together: each is a round trip in the wake's duration.
+        let (workers, unclaimed_queued) = tokio::try_join!(
+            self.live_workers(now),
+            store(&self.jobs).count_unclaimed_queued(now, cap),
+        )?;
         let busy = workers
             .iter()
             .filter(|w| w.phase == WorkerPhase::Busy)
@@ -350,10 +361,6 @@ impl Dispatcher {
             .iter()
             .filter(|w| w.phase != WorkerPhase::Draining)
             .count() as u32;
-        // Past max_workers × jobs_per_worker more queued jobs change nothing.
-        let cap =
-            u64::from(self.config.max_workers) * u64::from(self.config.jobs_per_worker.max(1));
-        let unclaimed_queued = store(&self.jobs).count_unclaimed_queued(now, cap).await?;
         // A job whose runner died is as much demand as a queued one: without a runner
         // nobody takes it over (and nothing else may be queued to bring one up).
         let demand = unclaimed_queued.saturating_add(awaiting_takeover).min(cap);
@@ -380,9 +387,16 @@ impl Dispatcher {
             next.min_warm = self.config.min_warm_workers;
             next.worker_stale_after_s =
                 u64::try_from(self.config.worker_stale_after.num_seconds()).ok();
-            next.decided_at = Some(now);
             if deficit > 0 {
                 next.launch_lease_until = Some(now + self.config.launch_lease);
+            }
+            // The same decision as recorded, recorded lately: nothing to write (on AWS
+            // every wake, one per submitted job, would rewrite the item otherwise).
+            let recent = fleet
+                .decided_at
+                .is_some_and(|at| now - at < UNCHANGED_DECISION_REWRITE);
+            if !(recent && next == *fleet) {
+                next.decided_at = Some(now);
             }
             FleetChange::Write(next)
         })

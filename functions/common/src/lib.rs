@@ -173,11 +173,10 @@ impl Deployment {
         let t = &self.tunables;
         let ports = self.ports();
         // Deployed, every request needs a key: there is no loopback default tenant.
-        let auth = Arc::new(KeyAuthenticator::new(
-            ports.store.clone(),
-            ports.clock.clone(),
-            false,
-        ));
+        let auth = Arc::new(
+            KeyAuthenticator::new(ports.store.clone(), ports.clock.clone(), false)
+                .remembering_accepted_keys(jobs::auth::ACCEPTED_KEY_WINDOW),
+        );
         let config = AppConfig {
             jobs: JobsConfig {
                 retention: t.retention,

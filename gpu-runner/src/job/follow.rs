@@ -204,7 +204,10 @@ impl JobTask {
                 since: now,
                 value: 0.0,
             });
-            self.write_progress(tracker).await;
+            // No write for the start itself: the job already reads `running` (its claim
+            // said so), and its first progress is written one interval in, as if a
+            // write had just been made. One billed DynamoDB write a job less on AWS.
+            self.last_progress_write = Some(now);
             *flush_at = None;
             return None;
         }

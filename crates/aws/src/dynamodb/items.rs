@@ -146,6 +146,12 @@ pub(super) fn job_attributes(
 ) -> StoreResult<Vec<(&'static str, Option<AttributeValue>)>> {
     let mut body = job.clone();
     body.outputs = Vec::new();
+    // The revision and the lease's end live in attributes of their own, outside `body`:
+    // a lease renewal changes only those two, so it rewrites no attribute the tenant
+    // index projects (one write unit, not two). A job read from that index is a view:
+    // it carries neither (`rev` 0, no `lease_until`); decisions read the table.
+    body.rev = 0;
+    body.lease_until = None;
     let active = !job.status.is_terminal();
     let labels = job
         .metadata
@@ -164,6 +170,7 @@ pub(super) fn job_attributes(
             "reserved_until",
             job.reserved_until.map(|t| n(t.timestamp_millis())),
         ),
+        ("lease_until", job.lease_until.map(|t| s(exact_time(t)))),
         ("ttl", Some(n(job.expires_at.timestamp()))),
         ("gsi1pk", Some(s(format!("TENANT#{}", job.tenant)))),
         ("gsi1sk", Some(s(job.id.as_str()))),
@@ -173,6 +180,29 @@ pub(super) fn job_attributes(
         ),
         ("gsi2sk", active.then(|| s(job.id.as_str()))),
     ])
+}
+
+/// An instant as RFC 3339 with every digit it has, so it reads back equal.
+fn exact_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// Puts back what [`job_attributes`] keeps outside `body`: the revision and the
+/// lease's end. An item without them (the tenant index projects neither; or written
+/// before they moved out of `body`) keeps what its `body` says.
+pub(super) fn restore_job_attributes(job: &mut Job, item: &Item) -> StoreResult<()> {
+    if let Some(AttributeValue::N(rev)) = item.get("rev") {
+        job.rev = rev.parse().map_err(|_| {
+            StoreError::Unavailable(format!("job {}: unreadable rev {rev}", job.id))
+        })?;
+    }
+    if let Some(AttributeValue::S(until)) = item.get("lease_until") {
+        let until = chrono::DateTime::parse_from_rfc3339(until).map_err(|_| {
+            StoreError::Unavailable(format!("job {}: unreadable lease_until {until}", job.id))
+        })?;
+        job.lease_until = Some(until.with_timezone(&chrono::Utc));
+    }
+    Ok(())
 }
 
 /// Whether a single-item write failed only because its `ConditionExpression` was

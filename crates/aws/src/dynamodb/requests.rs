@@ -47,6 +47,7 @@ impl DynamoJobStore {
     /// A job from its `META` item (outputs not attached), or None if it has expired.
     pub(super) fn job_from_meta(&self, item: &Item) -> StoreResult<Option<Job>> {
         let mut job: Job = body_of(item)?;
+        restore_job_attributes(&mut job, item)?;
         job.enqueued = matches!(item.get("enqueued"), Some(AttributeValue::Bool(true)));
         Ok((job.expires_at > self.clock.now()).then_some(job))
     }

@@ -27,10 +27,12 @@ impl JobService {
         let submission = validate::parse_submission(validate::parse_json_strict(body)?)?;
         check_references(self.ports.store.as_ref(), tenant, &submission.workflow).await?;
         // Before anything is stored: a graph ComfyUI would refuse never reaches a GPU.
-        let verdict = self
-            .catalogues
-            .check(&self.ports, &submission.workflow)
-            .await?;
+        // The tenant's quota is read meanwhile (two independent reads: on AWS each is
+        // a DynamoDB round trip in a billed Lambda duration).
+        let (verdict, quota) = tokio::try_join!(
+            self.catalogues.check(&self.ports, &submission.workflow),
+            async { Ok::<_, DomainError>(self.quotas.quota(tenant).await?) },
+        )?;
         let now = self.ports.clock.now();
         let fingerprint = hex::encode(Sha256::digest(body));
 
@@ -69,7 +71,6 @@ impl JobService {
             created_at: now,
             expires_at: now + self.config.idempotency_ttl,
         });
-        let quota = self.quotas.quota(tenant).await?;
         let queue_position = match self
             .ports
             .store
@@ -194,15 +195,22 @@ impl JobService {
 
     /// Sends the work message and a wake nudge, then records that it did.
     pub async fn enqueue(&self, job: Job) -> Result<Job, DomainError> {
-        self.send_work(&job).await?;
-        record_enqueued(self.ports.store.as_ref(), job).await
+        self.send_job_message(&job).await?;
+        // The nudge and the record both follow the work message, not each other.
+        let (_, job) = tokio::join!(self.wake(), record_enqueued(self.ports.store.as_ref(), job));
+        job
     }
 
     /// Sends the job's work message and nudges the dispatcher.
     async fn send_work(&self, job: &Job) -> Result<(), DomainError> {
+        self.send_job_message(job).await?;
+        self.wake().await;
+        Ok(())
+    }
+
+    async fn send_job_message(&self, job: &Job) -> Result<(), DomainError> {
         let message = WorkMessage::for_job(&job.id).body();
         self.ports.queue.send(QueueName::Work, &message).await?;
-        self.wake().await;
         Ok(())
     }
 }
