@@ -168,8 +168,9 @@ def test_calls_and_billed_units_per_job_are_counted(stack, client, capsys):
     assert runner_writes > 0
     # A ~6 s job: the runner once spun on ReceiveMessage (a 100 ms wait is a short
     # poll on SQS) while reserving the next job, ~100 calls a job, then ~20 paced at
-    # 500 ms; now every receive is a 5 s long poll in its own task: one that brings
-    # the next job, and about one per 5 s that finds nothing.
+    # 500 ms; now every receive is a 20 s long poll in its own task
+    # (aws_env::RECEIVE_WAIT, moto included): one that brings the next job, and
+    # about one per 20 s that finds nothing.
     receives = m["aws"][("runner", "sqs", "ReceiveMessage")]["requests"] / m["jobs"]
     assert receives <= 6, receives
     table, total = report(m)
